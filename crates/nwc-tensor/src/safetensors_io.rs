@@ -1,0 +1,140 @@
+//! Reading and writing safetensors files.
+
+use std::path::{Path, PathBuf};
+
+use safetensors::{Dtype as StDtype, SafeTensors};
+
+use crate::error::{Result, TensorError};
+use crate::source::{WeightSource, map_file};
+use crate::tensor::{DType, Tensor};
+
+fn malformed(reason: impl std::fmt::Display) -> TensorError {
+    TensorError::Malformed {
+        format: "safetensors",
+        reason: reason.to_string(),
+    }
+}
+
+fn from_st(d: StDtype, name: &str) -> Result<DType> {
+    Ok(match d {
+        StDtype::F32 => DType::F32,
+        StDtype::F16 => DType::F16,
+        StDtype::BF16 => DType::BF16,
+        StDtype::F64 => DType::F64,
+        StDtype::I8 => DType::I8,
+        StDtype::I16 => DType::I16,
+        StDtype::I32 => DType::I32,
+        StDtype::I64 => DType::I64,
+        StDtype::U8 => DType::U8,
+        StDtype::U16 => DType::U16,
+        StDtype::U32 => DType::U32,
+        StDtype::U64 => DType::U64,
+        StDtype::BOOL => DType::Bool,
+        other => {
+            return Err(TensorError::UnsupportedDtype {
+                name: name.to_string(),
+                dtype: format!("{other:?}"),
+            });
+        }
+    })
+}
+
+fn to_st(d: DType) -> StDtype {
+    match d {
+        DType::F32 => StDtype::F32,
+        DType::F16 => StDtype::F16,
+        DType::BF16 => StDtype::BF16,
+        DType::F64 => StDtype::F64,
+        DType::I8 => StDtype::I8,
+        DType::I16 => StDtype::I16,
+        DType::I32 => StDtype::I32,
+        DType::I64 => StDtype::I64,
+        DType::U8 => StDtype::U8,
+        DType::U16 => StDtype::U16,
+        DType::U32 => StDtype::U32,
+        DType::U64 => StDtype::U64,
+        DType::Bool => StDtype::BOOL,
+    }
+}
+
+/// A safetensors file, memory-mapped; tensors are copied out one at a time on request.
+pub struct SafetensorsFile {
+    path: PathBuf,
+    map: memmap2::Mmap,
+    names: Vec<String>,
+}
+
+impl std::fmt::Debug for SafetensorsFile {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SafetensorsFile")
+            .field("path", &self.path)
+            .field("tensors", &self.names.len())
+            .finish()
+    }
+}
+
+impl SafetensorsFile {
+    /// Opens and validates the header of a safetensors file.
+    ///
+    /// # Errors
+    /// [`TensorError::Io`] when the file cannot be read, [`TensorError::Malformed`] when its
+    /// header is invalid.
+    pub fn open(path: impl AsRef<Path>) -> Result<Self> {
+        let path = path.as_ref().to_path_buf();
+        let map = map_file(&path)?;
+        let st = SafeTensors::deserialize(&map).map_err(malformed)?;
+        // File order (by offset), so streaming writers keep the layout of the source.
+        let mut entries: Vec<(usize, String)> = st
+            .tensors()
+            .into_iter()
+            .map(|(n, v)| (v.data().as_ptr() as usize, n))
+            .collect();
+        entries.sort();
+        let names = entries.into_iter().map(|(_, n)| n).collect();
+        Ok(Self { path, map, names })
+    }
+
+    /// The path it was opened from.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+}
+
+impl WeightSource for SafetensorsFile {
+    fn names(&self) -> Vec<String> {
+        self.names.clone()
+    }
+
+    fn tensor(&self, name: &str) -> Result<Tensor> {
+        let st = SafeTensors::deserialize(&self.map).map_err(malformed)?;
+        let view = st
+            .tensor(name)
+            .map_err(|_| TensorError::NotFound(name.to_string()))?;
+        let dtype = from_st(view.dtype(), name)?;
+        Tensor::from_bytes(name, dtype, view.shape().to_vec(), view.data().to_vec())
+    }
+}
+
+/// Writes tensors to a safetensors file (what other runtimes load).
+///
+/// # Errors
+/// [`TensorError::Io`] when writing fails, [`TensorError::Malformed`] when the tensors cannot be
+/// serialized (for example duplicate names).
+pub fn write_safetensors(path: impl AsRef<Path>, tensors: &[Tensor]) -> Result<()> {
+    let path = path.as_ref();
+    let views: Vec<(String, safetensors::tensor::TensorView<'_>)> = tensors
+        .iter()
+        .map(|t| {
+            safetensors::tensor::TensorView::new(to_st(t.dtype()), t.shape().to_vec(), t.bytes())
+                .map(|v| (t.name().to_string(), v))
+                .map_err(malformed)
+        })
+        .collect::<Result<_>>()?;
+    safetensors::serialize_to_file(views, None, path).map_err(|e| match e {
+        safetensors::SafeTensorError::IoError(source) => TensorError::Io {
+            path: path.to_path_buf(),
+            source,
+        },
+        other => malformed(other),
+    })
+}
