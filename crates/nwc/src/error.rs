@@ -1,0 +1,53 @@
+//! The error type of the `nwc` facade.
+
+/// Everything the nwc pipeline can fail with. Lower crates' errors are wrapped whole, so the
+/// distinction between "bad input data" and "I/O failed" survives.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum NwcError {
+    /// Loading or preprocessing weights failed (missing file, malformed safetensors/GGUF,
+    /// NaN/Inf weights, unsupported dtype, ...).
+    #[error(transparent)]
+    Tensor(#[from] nwc_tensor::TensorError),
+    /// Reading or writing the `.nwc` container failed (corrupt, truncated, wrong version, ...).
+    #[error(transparent)]
+    Format(#[from] nwc_format::FormatError),
+    /// Entropy coding failed (a corrupt segment or table).
+    #[error(transparent)]
+    Entropy(#[from] nwc_entropy::EntropyError),
+    /// The file needs a different codec (or checkpoint) than the one given.
+    #[error("codec mismatch: {0}")]
+    CodecMismatch(String),
+    /// A value cannot be represented by the codec at this setting (for example a weight millions
+    /// of quantizer steps away from zero).
+    #[error("tensor {name}: {reason}")]
+    Unrepresentable {
+        /// Tensor name.
+        name: String,
+        /// Why.
+        reason: String,
+    },
+    /// A codec or option was configured with an invalid value.
+    #[error("invalid configuration: {0}")]
+    Config(String),
+    /// The decoded data is inconsistent (parameters out of range, lengths disagreeing) although
+    /// the container itself parsed.
+    #[error("corrupt tensor {name}: {reason}")]
+    Corrupt {
+        /// Tensor name.
+        name: String,
+        /// What is wrong.
+        reason: String,
+    },
+    /// An I/O error outside the container (opening or creating a file).
+    #[error("{path}: {source}")]
+    Io {
+        /// The file.
+        path: std::path::PathBuf,
+        /// The underlying error.
+        source: std::io::Error,
+    },
+}
+
+/// Shorthand for results of this crate.
+pub type Result<T, E = NwcError> = std::result::Result<T, E>;

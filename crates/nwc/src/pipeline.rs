@@ -1,0 +1,623 @@
+//! The compression pipeline: tensors and whole models into `.nwc` files and back.
+
+use std::io::Write;
+use std::path::Path;
+use std::time::Instant;
+
+use half::f16;
+use ndarray::ArrayView2;
+use nwc_entropy::{Coder, Table};
+use nwc_format::{
+    CodecKind, CodedPayload, FileReader, Header, Payload, ReadOptions, Record, TableRecord, Writer,
+};
+use nwc_tensor::{ChunkConfig, Chunked, LevelBands, ScaleAxis, Tensor, WeightSource, chunk};
+
+use crate::codec::WeightCodec;
+use crate::error::{NwcError, Result};
+
+/// Which tensors are entropy-coded; every other tensor is stored losslessly.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TensorPolicy {
+    /// Tensors with fewer elements are stored losslessly (norms, biases, small heads).
+    pub min_elements: usize,
+    /// Code embedding tables (names containing `embed` or `wte`/`wpe`) too.
+    pub code_embeddings: bool,
+    /// Names containing any of these substrings are always stored losslessly.
+    pub keep_lossless: Vec<String>,
+}
+
+impl Default for TensorPolicy {
+    fn default() -> Self {
+        Self {
+            min_elements: 4096,
+            code_embeddings: true,
+            keep_lossless: Vec::new(),
+        }
+    }
+}
+
+impl TensorPolicy {
+    /// Whether `t` is entropy-coded under this policy: a float tensor with at least two
+    /// dimensions and enough elements that is not excluded by name.
+    pub fn codes(&self, t: &Tensor) -> bool {
+        let name = t.name();
+        let is_embedding = ["embed", "wte", "wpe"].iter().any(|p| name.contains(p));
+        t.dtype().is_float()
+            && t.matrix_dims().is_some()
+            && t.numel() >= self.min_elements
+            && (self.code_embeddings || !is_embedding)
+            && !self.keep_lossless.iter().any(|p| name.contains(p.as_str()))
+    }
+}
+
+/// Options of a [`Compressor`].
+#[derive(Debug, Clone, PartialEq)]
+pub struct CompressOptions {
+    /// Chunking and normalization.
+    pub chunk: ChunkConfig,
+    /// Chunks per independently decodable segment (1..=4096).
+    pub chunks_per_segment: usize,
+    /// Which tensors are coded.
+    pub policy: TensorPolicy,
+    /// Importance bands that map per-column importance to quality levels.
+    pub bands: LevelBands,
+}
+
+impl Default for CompressOptions {
+    fn default() -> Self {
+        Self {
+            chunk: ChunkConfig::default(),
+            chunks_per_segment: 1024,
+            policy: TensorPolicy::default(),
+            bands: LevelBands::default(),
+        }
+    }
+}
+
+/// What happened to one tensor.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TensorReport {
+    /// Tensor name.
+    pub name: String,
+    /// Elements.
+    pub n_params: u64,
+    /// Bytes of its record in the file (framing included).
+    pub bytes: u64,
+    /// Whether it was entropy-coded (otherwise stored losslessly).
+    pub coded: bool,
+    /// Σ (w − ŵ)² over the tensor, as the decoder will reconstruct it (0 for lossless).
+    pub sq_error: f64,
+    /// Σ w² over the tensor.
+    pub sq_signal: f64,
+}
+
+impl TensorReport {
+    /// Measured bits per parameter of this tensor's record.
+    pub fn bits_per_param(&self) -> f64 {
+        8.0 * self.bytes as f64 / self.n_params.max(1) as f64
+    }
+
+    /// Normalized MSE `Σ(w − ŵ)² / Σ w²` (0 for lossless or all-zero tensors).
+    pub fn nmse(&self) -> f64 {
+        if self.sq_signal > 0.0 { self.sq_error / self.sq_signal } else { 0.0 }
+    }
+}
+
+/// The outcome of compressing a model.
+#[derive(Debug, Clone, PartialEq)]
+pub struct CompressReport {
+    /// One entry per tensor, in file order.
+    pub tensors: Vec<TensorReport>,
+    /// Size of the whole file in bytes (header, index and footer included).
+    pub file_bytes: u64,
+    /// Wall-clock seconds spent.
+    pub seconds: f64,
+}
+
+impl CompressReport {
+    /// Total parameters.
+    pub fn n_params(&self) -> u64 {
+        self.tensors.iter().map(|t| t.n_params).sum()
+    }
+
+    /// Measured rate of the whole file: `8 · file bytes / parameters`.
+    pub fn bits_per_param(&self) -> f64 {
+        8.0 * self.file_bytes as f64 / self.n_params().max(1) as f64
+    }
+
+    /// Measured rate over the coded tensors only (their records' bytes).
+    pub fn coded_bits_per_param(&self) -> f64 {
+        let (b, n) = self
+            .tensors
+            .iter()
+            .filter(|t| t.coded)
+            .fold((0u64, 0u64), |(b, n), t| (b + t.bytes, n + t.n_params));
+        8.0 * b as f64 / n.max(1) as f64
+    }
+
+    /// Normalized MSE over all coded tensors together.
+    pub fn coded_nmse(&self) -> f64 {
+        let (e, s) = self
+            .tensors
+            .iter()
+            .filter(|t| t.coded)
+            .fold((0.0, 0.0), |(e, s), t| (e + t.sq_error, s + t.sq_signal));
+        if s > 0.0 { e / s } else { 0.0 }
+    }
+}
+
+/// Per-tensor importance (per input column), for example the diagonal of the layer's Hessian.
+/// `None` means "no information": every column gets level 0 (data-free mode).
+pub trait Importance {
+    /// Importance of each column of tensor `name` (`cols` values), if known.
+    fn importance(&self, name: &str, cols: usize) -> Option<Vec<f32>>;
+}
+
+/// Data-free mode: no importance, every column at level 0.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Uniform;
+
+impl Importance for Uniform {
+    fn importance(&self, _name: &str, _cols: usize) -> Option<Vec<f32>> {
+        None
+    }
+}
+
+/// Compresses tensors and models with one codec.
+pub struct Compressor<'c> {
+    codec: &'c dyn WeightCodec,
+    options: CompressOptions,
+}
+
+impl std::fmt::Debug for Compressor<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Compressor")
+            .field("codec", &self.codec.kind())
+            .field("options", &self.options)
+            .finish()
+    }
+}
+
+fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> NwcError + '_ {
+    move |source| NwcError::Io {
+        path: path.to_path_buf(),
+        source,
+    }
+}
+
+impl<'c> Compressor<'c> {
+    /// A compressor with default options.
+    pub fn new(codec: &'c dyn WeightCodec) -> Self {
+        Self {
+            codec,
+            options: CompressOptions::default(),
+        }
+    }
+
+    /// Replaces the options.
+    ///
+    /// # Errors
+    /// [`NwcError::Config`] for a segment size outside 1..=4096 or more importance bands than
+    /// the codec has levels.
+    pub fn with_options(mut self, options: CompressOptions) -> Result<Self> {
+        if !(1..=nwc_entropy::MAX_CHUNKS_PER_SEGMENT).contains(&options.chunks_per_segment) {
+            return Err(NwcError::Config(format!(
+                "chunks per segment {} outside 1..=4096",
+                options.chunks_per_segment
+            )));
+        }
+        if options.bands.n_levels() > self.codec.n_levels() {
+            return Err(NwcError::Config(format!(
+                "{} importance levels but the codec has {}",
+                options.bands.n_levels(),
+                self.codec.n_levels()
+            )));
+        }
+        self.options = options;
+        Ok(self)
+    }
+
+    /// The options in force.
+    pub fn options(&self) -> &CompressOptions {
+        &self.options
+    }
+
+    /// The file header this compressor writes.
+    pub fn header(&self) -> Header {
+        Header::new(self.codec.kind(), self.codec.checkpoint_hash())
+    }
+
+    /// Compresses one tensor into a record (coded or lossless per the policy), and reports the
+    /// error the decoder will see.
+    ///
+    /// # Errors
+    /// NaN/Inf weights ([`nwc_tensor::TensorError::NonFinite`]), bad importance scores, or
+    /// values the codec cannot represent.
+    pub fn compress_tensor(
+        &self,
+        t: &Tensor,
+        importance: Option<&[f32]>,
+    ) -> Result<(Record, TensorReport)> {
+        let shape: Vec<u64> = t.shape().iter().map(|&d| d as u64).collect();
+        let mut report = TensorReport {
+            name: t.name().to_string(),
+            n_params: t.numel() as u64,
+            bytes: 0,
+            coded: false,
+            sq_error: 0.0,
+            sq_signal: 0.0,
+        };
+        if !self.options.policy.codes(t) {
+            let record = Record {
+                name: t.name().to_string(),
+                dtype: t.dtype(),
+                shape,
+                payload: Payload::Raw(t.bytes().to_vec()),
+            };
+            return Ok((record, report));
+        }
+        let (rows, cols) = t.matrix_dims().expect("policy only codes matrices");
+        let values = t.to_f32()?;
+        let w = ArrayView2::from_shape((rows, cols), &values).expect("dims match numel");
+        let chunked = chunk(w, &self.options.chunk).map_err(|e| with_name(e, t.name()))?;
+        let levels = match importance {
+            Some(imp) if imp.len() != cols => {
+                return Err(NwcError::Config(format!(
+                    "{}: {} importance scores for {cols} columns",
+                    t.name(),
+                    imp.len()
+                )));
+            }
+            Some(imp) => self.options.bands.assign(imp)?,
+            None => vec![0u8; cols],
+        };
+        let chunk_levels = chunk_levels(&levels, chunked.blocks());
+        let l = chunked.chunk_len();
+        let q = self.codec.quantize(t.name(), chunked.data(), l, &chunk_levels)?;
+        let tables: &[Table] = if q.tables.is_empty() { self.codec.tables() } else { &q.tables };
+        let coder = Coder::new(tables, &q.table_map, l)?;
+        let segments = coder.encode_all(&q.symbols, &chunk_levels, self.options.chunks_per_segment)?;
+
+        // What the decoder will reconstruct, for the report.
+        let recon = self
+            .codec
+            .dequantize(t.name(), &q.symbols, l, &chunk_levels, &q.params)?;
+        let decoded = Chunked::from_parts(
+            rows,
+            cols,
+            l,
+            chunked.axis(),
+            chunked.scales().to_vec(),
+            recon,
+        )?
+        .to_matrix();
+        let out = Tensor::from_f32("", t.dtype(), t.shape().to_vec(), decoded.as_slice().expect("standard layout"))?
+            .to_f32()?;
+        for (a, b) in values.iter().zip(&out) {
+            report.sq_error += f64::from(a - b) * f64::from(a - b);
+            report.sq_signal += f64::from(*a) * f64::from(*a);
+        }
+        report.coded = true;
+        let record = Record {
+            name: t.name().to_string(),
+            dtype: t.dtype(),
+            shape,
+            payload: Payload::Coded(CodedPayload {
+                method: self.codec.kind(),
+                chunk_len: l as u8,
+                scale_axis: chunked.axis().code(),
+                n_levels: self.codec.n_levels() as u8,
+                rows: rows as u64,
+                cols: cols as u64,
+                scales: chunked.scales().iter().map(|s| s.to_bits()).collect(),
+                levels,
+                params: q.params,
+                tables: q
+                    .tables
+                    .iter()
+                    .map(|t| TableRecord {
+                        min_symbol: t.min_symbol(),
+                        precision: t.precision() as u8,
+                        freqs: t.freqs().to_vec(),
+                    })
+                    .collect(),
+                table_map: q.table_map,
+                chunks_per_segment: self.options.chunks_per_segment as u32,
+                segments,
+            }),
+        };
+        Ok((record, report))
+    }
+
+    /// Compresses every tensor of `source` into a `.nwc` stream, one tensor in memory at a time.
+    ///
+    /// # Errors
+    /// The first error of any tensor; nothing is written past it.
+    pub fn compress_model<W: Write>(
+        &self,
+        source: &dyn WeightSource,
+        out: W,
+        importance: &dyn Importance,
+    ) -> Result<CompressReport> {
+        let start = Instant::now();
+        let mut writer = Writer::new(out, self.header())?;
+        let names = source.names();
+        let mut tensors = Vec::with_capacity(names.len());
+        for (i, name) in names.iter().enumerate() {
+            let t = source.tensor(name)?;
+            let imp = t
+                .matrix_dims()
+                .and_then(|(_, cols)| importance.importance(name, cols));
+            let (record, mut report) = self.compress_tensor(&t, imp.as_deref())?;
+            report.bytes = writer.write(&record)?;
+            tracing::info!(
+                tensor = %name,
+                index = i + 1,
+                of = names.len(),
+                coded = report.coded,
+                bits_per_param = report.bits_per_param(),
+                nmse = report.nmse(),
+                "compressed"
+            );
+            tensors.push(report);
+        }
+        let (_, file_bytes) = writer.finish()?;
+        Ok(CompressReport {
+            tensors,
+            file_bytes,
+            seconds: start.elapsed().as_secs_f64(),
+        })
+    }
+
+    /// Compresses a safetensors or GGUF file into a `.nwc` file.
+    ///
+    /// # Errors
+    /// As [`Compressor::compress_model`], plus I/O errors on either path. On error the partial
+    /// output is removed.
+    pub fn compress_file(
+        &self,
+        input: impl AsRef<Path>,
+        output: impl AsRef<Path>,
+        importance: &dyn Importance,
+    ) -> Result<CompressReport> {
+        let output = output.as_ref();
+        let source = nwc_tensor::open_weights(input)?;
+        let file = std::fs::File::create(output).map_err(io_err(output))?;
+        let result = self.compress_model(&*source, std::io::BufWriter::new(file), importance);
+        if result.is_err() {
+            let _ = std::fs::remove_file(output);
+        }
+        result
+    }
+}
+
+fn with_name(e: nwc_tensor::TensorError, name: &str) -> NwcError {
+    match e {
+        nwc_tensor::TensorError::NonFinite { value, row, col } => NwcError::Unrepresentable {
+            name: name.to_string(),
+            reason: format!("non-finite value {value} at row {row}, column {col}"),
+        },
+        other => other.into(),
+    }
+}
+
+fn chunk_levels(levels: &[u8], blocks: usize) -> Vec<u8> {
+    levels
+        .iter()
+        .flat_map(|&l| std::iter::repeat_n(l, blocks))
+        .collect()
+}
+
+/// Decodes `.nwc` records with one codec.
+pub struct Decompressor<'c> {
+    codec: &'c dyn WeightCodec,
+}
+
+impl std::fmt::Debug for Decompressor<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Decompressor").field("codec", &self.codec.kind()).finish()
+    }
+}
+
+impl<'c> Decompressor<'c> {
+    /// A decompressor for files written with `codec`.
+    pub fn new(codec: &'c dyn WeightCodec) -> Self {
+        Self { codec }
+    }
+
+    /// Checks that a file's header names this codec (and checkpoint).
+    ///
+    /// # Errors
+    /// [`NwcError::CodecMismatch`] otherwise.
+    pub fn check_header(&self, h: &Header) -> Result<()> {
+        if h.codec == CodecKind::None {
+            return Ok(());
+        }
+        if h.codec != self.codec.kind() {
+            return Err(NwcError::CodecMismatch(format!(
+                "the file was coded with {:?}, the decoder is {:?}",
+                h.codec,
+                self.codec.kind()
+            )));
+        }
+        if h.codec_hash != self.codec.checkpoint_hash() {
+            return Err(NwcError::CodecMismatch(format!(
+                "the file needs checkpoint {}, the decoder has {}",
+                hex(&h.codec_hash),
+                hex(&self.codec.checkpoint_hash())
+            )));
+        }
+        Ok(())
+    }
+
+    /// Decodes one record into a tensor.
+    ///
+    /// # Errors
+    /// [`NwcError::Entropy`] for a corrupt stream, [`NwcError::Corrupt`] for inconsistent
+    /// parameters, [`NwcError::Tensor`] for invalid scales.
+    pub fn decompress_record(&self, r: &Record) -> Result<Tensor> {
+        let shape: Vec<usize> = r.shape.iter().map(|&d| d as usize).collect();
+        let c = match &r.payload {
+            Payload::Raw(bytes) => return Ok(Tensor::from_bytes(&r.name, r.dtype, shape, bytes.clone())?),
+            Payload::Coded(c) => c,
+        };
+        let corrupt = |reason: String| NwcError::Corrupt {
+            name: r.name.clone(),
+            reason,
+        };
+        if c.method != self.codec.kind() {
+            return Err(NwcError::CodecMismatch(format!(
+                "{} was coded with {:?}, the decoder is {:?}",
+                r.name,
+                c.method,
+                self.codec.kind()
+            )));
+        }
+        if usize::from(c.n_levels) != self.codec.n_levels() {
+            return Err(corrupt(format!("{} levels, the codec has {}", c.n_levels, self.codec.n_levels())));
+        }
+        let stored: Vec<Table> = c
+            .tables
+            .iter()
+            .map(|t| Table::from_freqs(t.min_symbol, u32::from(t.precision), t.freqs.clone()))
+            .collect::<std::result::Result<_, _>>()?;
+        let tables: &[Table] = if stored.is_empty() { self.codec.tables() } else { &stored };
+        let l = usize::from(c.chunk_len);
+        let coder = Coder::new(tables, &c.table_map, l)?;
+        let (rows, cols) = (c.rows as usize, c.cols as usize);
+        let blocks = rows.div_ceil(l);
+        let chunk_levels = chunk_levels(&c.levels, blocks);
+        let mut symbols = vec![0i32; chunk_levels.len() * l];
+        let parts: Vec<&[u8]> = c.segments.iter().map(Vec::as_slice).collect();
+        coder.decode_all(&parts, &chunk_levels, c.chunks_per_segment as usize, &mut symbols)?;
+        let recon = self.codec.dequantize(&r.name, &symbols, l, &chunk_levels, &c.params)?;
+        let axis = ScaleAxis::from_code(c.scale_axis)
+            .ok_or_else(|| corrupt(format!("scale axis {}", c.scale_axis)))?;
+        let scales: Vec<f16> = c.scales.iter().map(|&b| f16::from_bits(b)).collect();
+        let m = Chunked::from_parts(rows, cols, l, axis, scales, recon)?.to_matrix();
+        Ok(Tensor::from_f32(&r.name, r.dtype, shape, m.as_slice().expect("standard layout"))?)
+    }
+}
+
+fn hex(b: &[u8]) -> String {
+    b.iter().map(|x| format!("{x:02x}")).collect()
+}
+
+/// A `.nwc` file opened for reading (memory-mapped).
+pub struct NwcFile {
+    map: memmap2::Mmap,
+    options: ReadOptions,
+}
+
+impl std::fmt::Debug for NwcFile {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("NwcFile").field("bytes", &self.map.len()).finish()
+    }
+}
+
+impl NwcFile {
+    /// Opens a file and checks its header, index and footer.
+    ///
+    /// # Errors
+    /// [`NwcError::Io`] when it cannot be read, [`NwcError::Format`] when it is not a valid,
+    /// complete `.nwc` file.
+    pub fn open(path: impl AsRef<Path>) -> Result<Self> {
+        let path = path.as_ref();
+        let file = std::fs::File::open(path).map_err(io_err(path))?;
+        // SAFETY: read-only private map; the file must not be truncated while open (as for every
+        // mmap-based model loader).
+        #[allow(unsafe_code)]
+        let map = unsafe { memmap2::Mmap::map(&file) }.map_err(io_err(path))?;
+        let options = ReadOptions::default();
+        FileReader::new(&map, options)?;
+        Ok(Self { map, options })
+    }
+
+    /// The parsed container.
+    ///
+    /// # Errors
+    /// Never after a successful [`NwcFile::open`] in practice; the container is re-parsed.
+    pub fn reader(&self) -> Result<FileReader<'_>> {
+        Ok(FileReader::new(&self.map, self.options)?)
+    }
+
+    /// Measured rate of the whole file.
+    ///
+    /// # Errors
+    /// As [`NwcFile::reader`].
+    pub fn bits_per_param(&self) -> Result<f64> {
+        let r = self.reader()?;
+        Ok(8.0 * r.file_len() as f64 / r.n_params().max(1) as f64)
+    }
+
+    /// Decodes every tensor, in file order, calling `f` on each (one in memory at a time).
+    ///
+    /// # Errors
+    /// [`NwcError::CodecMismatch`] when `codec` is not the file's, or the first decoding error.
+    pub fn for_each_tensor(
+        &self,
+        codec: &dyn WeightCodec,
+        mut f: impl FnMut(Tensor) -> Result<()>,
+    ) -> Result<()> {
+        let r = self.reader()?;
+        let d = Decompressor::new(codec);
+        d.check_header(r.header())?;
+        for i in 0..r.index().len() {
+            f(d.decompress_record(&r.record(i)?)?)?;
+        }
+        Ok(())
+    }
+
+    /// Decodes one tensor by name.
+    ///
+    /// # Errors
+    /// As [`NwcFile::for_each_tensor`].
+    pub fn tensor(&self, codec: &dyn WeightCodec, name: &str) -> Result<Tensor> {
+        let r = self.reader()?;
+        let d = Decompressor::new(codec);
+        d.check_header(r.header())?;
+        d.decompress_record(&r.record_by_name(name)?)
+    }
+
+    /// Decodes the whole file into a safetensors file (dtypes and shapes as in the original).
+    ///
+    /// # Errors
+    /// As [`NwcFile::for_each_tensor`], plus I/O errors.
+    pub fn to_safetensors(&self, codec: &dyn WeightCodec, output: impl AsRef<Path>) -> Result<()> {
+        let mut all = Vec::new();
+        self.for_each_tensor(codec, |t| {
+            all.push(t);
+            Ok(())
+        })?;
+        nwc_tensor::write_safetensors(output, &all)?;
+        Ok(())
+    }
+}
+
+/// Compresses one tensor and decodes it again in memory (no file), returning the decoded tensor
+/// and the report with the record's measured size.
+///
+/// # Errors
+/// As [`Compressor::compress_tensor`] and [`Decompressor::decompress_record`].
+pub fn round_trip_tensor(codec: &dyn WeightCodec, t: &Tensor, options: &CompressOptions) -> Result<(Tensor, TensorReport)> {
+    let c = Compressor::new(codec).with_options(options.clone())?;
+    let (record, mut report) = c.compress_tensor(t, None)?;
+    let mut w = Writer::new(Vec::new(), c.header())?;
+    report.bytes = w.write(&record)?;
+    let out = Decompressor::new(codec).decompress_record(&record)?;
+    Ok((out, report))
+}
+
+/// A decoder for files whose codec needs no checkpoint (lossless-only and ECSQ files).
+///
+/// # Errors
+/// [`NwcError::CodecMismatch`] for a file that needs a learned-codec checkpoint.
+pub fn builtin_decoder(h: &Header) -> Result<Box<dyn WeightCodec>> {
+    match h.codec {
+        CodecKind::None | CodecKind::Ecsq => Ok(Box::new(crate::codec::EcsqCodec::with_step(1.0)?)),
+        CodecKind::Nwc => Err(NwcError::CodecMismatch(format!(
+            "the file needs the NWC checkpoint {}, which this build does not carry",
+            hex(&h.codec_hash)
+        ))),
+    }
+}
