@@ -37,7 +37,8 @@ mod pipeline;
 pub use codec::{EcsqCodec, LEVEL_STEP_RATIOS, Quantized, WeightCodec};
 pub use error::{NwcError, Result};
 pub use pipeline::{
-    CompressOptions, CompressReport, Compressor, Decompressor, Importance, NwcFile, TensorPolicy,
+    CompressOptions, CompressReport, Compressor, Decompressor, Importance, NwcFile, ProgressFn,
+    TensorPolicy,
     TensorReport, Uniform, builtin_decoder, round_trip_tensor,
 };
 

@@ -163,10 +163,14 @@ impl Importance for Uniform {
     }
 }
 
+/// Called after each tensor of a model: (report, tensors done, tensors in all).
+pub type ProgressFn<'c> = Box<dyn Fn(&TensorReport, usize, usize) + Send + Sync + 'c>;
+
 /// Compresses tensors and models with one codec.
 pub struct Compressor<'c> {
     codec: &'c dyn WeightCodec,
     options: CompressOptions,
+    progress: Option<ProgressFn<'c>>,
 }
 
 impl std::fmt::Debug for Compressor<'_> {
@@ -191,7 +195,14 @@ impl<'c> Compressor<'c> {
         Self {
             codec,
             options: CompressOptions::default(),
+            progress: None,
         }
+    }
+
+    /// Calls `f` after every tensor of [`Compressor::compress_model`] (for progress bars).
+    pub fn with_progress(mut self, f: impl Fn(&TensorReport, usize, usize) + Send + Sync + 'c) -> Self {
+        self.progress = Some(Box::new(f));
+        self
     }
 
     /// Replaces the options.
@@ -359,6 +370,9 @@ impl<'c> Compressor<'c> {
                 nmse = report.nmse(),
                 "compressed"
             );
+            if let Some(p) = &self.progress {
+                p(&report, i + 1, names.len());
+            }
             tensors.push(report);
         }
         let (_, file_bytes) = writer.finish()?;

