@@ -10,12 +10,13 @@ use rayon::prelude::*;
 use crate::error::{EntropyError, Result};
 use crate::table::Table;
 
-/// Lower bound of a normalized state; states live in `[L, 2^32)`.
-const L: u32 = 1 << 16;
+/// Lower bound of a normalized state; states live in `[L, 2^63)`. With tables of at most 2^16,
+/// this leaves 15 bits of slack, which keeps rANS's own coding loss negligible.
+const L: u64 = 1 << 31;
 /// Number of interleaved states per segment.
 const WAYS: usize = 4;
 /// Bytes a segment spends on its final states.
-pub const SEGMENT_HEADER_BYTES: usize = 4 * WAYS;
+pub const SEGMENT_HEADER_BYTES: usize = 8 * WAYS;
 /// The most chunks one segment may hold (bounds what a hostile header can claim).
 pub const MAX_CHUNKS_PER_SEGMENT: usize = 4096;
 
@@ -207,18 +208,20 @@ fn unzigzag(u: u32) -> i32 {
 }
 
 #[inline(always)]
-fn put(x: &mut u32, words: &mut Vec<u16>, freq: u32, cum: u32, precision: u32) {
-    let x_max = ((u64::from(freq)) << (32 - precision)) as u64;
-    if u64::from(*x) >= x_max {
-        words.push(*x as u16);
-        *x >>= 16;
+fn put(x: &mut u64, words: &mut Vec<u32>, freq: u32, cum: u32, precision: u32) {
+    let freq = u64::from(freq);
+    // x_max = ((L >> p) << 32) · f: one 32-bit word out always brings x below it.
+    let x_max = freq << (63 - precision);
+    if *x >= x_max {
+        words.push(*x as u32);
+        *x >>= 32;
     }
-    *x = ((*x / freq) << precision) + (*x % freq) + cum;
+    *x = ((*x / freq) << precision) + (*x % freq) + u64::from(cum);
 }
 
 fn encode_segment(rows: &[Vec<&Table>], symbols: &[i32], classes: &[u8], chunk_len: usize) -> Vec<u8> {
     let mut x = [L; WAYS];
-    let mut words: Vec<u16> = Vec::with_capacity(symbols.len() / 2 + 8);
+    let mut words: Vec<u32> = Vec::with_capacity(symbols.len() / 4 + 8);
     // The decoder reads forwards, so the encoder runs backwards over symbols (and within an
     // escaped symbol, over its parts).
     for j in (0..symbols.len()).rev() {
@@ -232,6 +235,7 @@ fn encode_segment(rows: &[Vec<&Table>], symbols: &[i32], classes: &[u8], chunk_l
                 put(s, &mut words, info >> 16, info & 0xffff, p);
             }
             None => {
+                // Raw bits go in two 16-bit steps (a 32-bit step could leave the state below L).
                 let z = zigzag(value);
                 put(s, &mut words, 1, z & 0xffff, 16);
                 put(s, &mut words, 1, z >> 16, 16);
@@ -240,7 +244,7 @@ fn encode_segment(rows: &[Vec<&Table>], symbols: &[i32], classes: &[u8], chunk_l
             }
         }
     }
-    let mut out = Vec::with_capacity(SEGMENT_HEADER_BYTES + 2 * words.len());
+    let mut out = Vec::with_capacity(SEGMENT_HEADER_BYTES + 4 * words.len());
     for s in x {
         out.extend_from_slice(&s.to_le_bytes());
     }
@@ -250,7 +254,7 @@ fn encode_segment(rows: &[Vec<&Table>], symbols: &[i32], classes: &[u8], chunk_l
     out
 }
 
-/// Reads 16-bit words forwards, failing when the stream is exhausted.
+/// Reads 32-bit words forwards, failing when the stream is exhausted.
 struct Words<'b> {
     bytes: &'b [u8],
     pos: usize,
@@ -258,10 +262,10 @@ struct Words<'b> {
 
 impl Words<'_> {
     #[inline(always)]
-    fn next(&mut self) -> Option<u32> {
-        let b = self.bytes.get(self.pos..self.pos + 2)?;
-        self.pos += 2;
-        Some(u32::from(u16::from_le_bytes([b[0], b[1]])))
+    fn next(&mut self) -> Option<u64> {
+        let b = self.bytes.get(self.pos..self.pos + 4)?;
+        self.pos += 4;
+        Some(u64::from(u32::from_le_bytes([b[0], b[1], b[2], b[3]])))
     }
 }
 
@@ -273,19 +277,19 @@ fn decode_segment(
     out: &mut [i32],
     segment: usize,
 ) -> Result<()> {
-    if bytes.len() < SEGMENT_HEADER_BYTES || bytes.len() % 2 != 0 {
+    if bytes.len() < SEGMENT_HEADER_BYTES || bytes.len() % 4 != 0 {
         return Err(EntropyError::CorruptSegment {
             segment,
             reason: format!("{} bytes is not a valid segment length", bytes.len()),
         });
     }
-    let mut x = [0u32; WAYS];
+    let mut x = [0u64; WAYS];
     for (i, s) in x.iter_mut().enumerate() {
-        *s = u32::from_le_bytes(bytes[4 * i..4 * i + 4].try_into().expect("4 bytes"));
-        if *s < L {
+        *s = u64::from_le_bytes(bytes[8 * i..8 * i + 8].try_into().expect("8 bytes"));
+        if !(L..1 << 63).contains(s) {
             return Err(EntropyError::CorruptSegment {
                 segment,
-                reason: format!("initial state {i} below 2^16"),
+                reason: format!("initial state {i} outside [2^31, 2^63)"),
             });
         }
     }
@@ -301,20 +305,20 @@ fn decode_segment(
         for (table, o) in row.iter().zip(chunk_out.iter_mut()) {
             let s = &mut x[j % WAYS];
             let p = table.precision();
-            let slot = *s & ((1u32 << p) - 1);
+            let slot = *s & ((1u64 << p) - 1);
             let index = usize::from(table.lut()[slot as usize]);
-            let info = table.info(index);
+            let info = u64::from(table.info(index));
             *s = (info >> 16) * (*s >> p) + slot - (info & 0xffff);
             if *s < L {
-                *s = (*s << 16) | words.next().ok_or_else(|| truncated(j))?;
+                *s = (*s << 32) | words.next().ok_or_else(|| truncated(j))?;
             }
             if index == table.escape_index() {
                 let mut raw = 0u32;
                 for _ in 0..2 {
-                    let v = *s & 0xffff;
+                    let v = (*s & 0xffff) as u32;
                     *s >>= 16;
                     if *s < L {
-                        *s = (*s << 16) | words.next().ok_or_else(|| truncated(j))?;
+                        *s = (*s << 32) | words.next().ok_or_else(|| truncated(j))?;
                     }
                     raw = (raw << 16) | v;
                 }

@@ -12,7 +12,7 @@ pub const MIN_PRECISION: u32 = 8;
 /// The most in-range symbols one table may hold (the escape symbol comes on top).
 pub const MAX_SYMBOLS: usize = 4096;
 /// The precision nwc uses unless told otherwise (see the `coder` bench for the trade-off).
-pub const DEFAULT_PRECISION: u32 = 15;
+pub const DEFAULT_PRECISION: u32 = 16;
 
 /// A quantized distribution over `n` consecutive integer values plus one escape symbol.
 ///

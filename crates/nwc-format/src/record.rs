@@ -128,7 +128,7 @@ pub(crate) const MAX_TABLES: u16 = 256;
 pub(crate) const MAX_CHUNK_LEN: u8 = 64;
 pub(crate) const MAX_LEVELS: u8 = 4;
 pub(crate) const MAX_CHUNKS_PER_SEGMENT: u32 = 4096;
-pub(crate) const MIN_SEGMENT_LEN: u32 = 16;
+pub(crate) const MIN_SEGMENT_LEN: u32 = 32;
 
 /// Packs 2-bit levels, four per byte, column `c` in bits `2·(c mod 4)`.
 pub fn pack_levels(levels: &[u8]) -> Vec<u8> {
@@ -205,7 +205,7 @@ fn encode_coded(b: &mut Vec<u8>, r: &Record, n: u64, c: &CodedPayload) -> Result
         && c.table_map.len() == usize::from(c.n_levels) * usize::from(c.chunk_len)
         && (1..=MAX_CHUNKS_PER_SEGMENT).contains(&c.chunks_per_segment)
         && c.segments.len() as u64 == c.n_chunks().div_ceil(u64::from(c.chunks_per_segment))
-        && c.segments.iter().all(|s| s.len() >= MIN_SEGMENT_LEN as usize && s.len() <= u32::MAX as usize);
+        && c.segments.iter().all(|s| s.len() >= MIN_SEGMENT_LEN as usize && s.len() % 4 == 0 && s.len() <= u32::MAX as usize);
     if !ok {
         return Err(invalid(format!("{name}: inconsistent coded payload")));
     }
@@ -433,14 +433,14 @@ fn decode_coded(
     if u64::from(n_segments) != n_chunks.div_ceil(u64::from(chunks_per_segment)) {
         return bad(format!("{n_segments} segments for {n_chunks} chunks"));
     }
-    // Each segment costs 4 length bytes + at least 16 data bytes: check before allocating.
-    if u64::from(n_segments) * 20 > r.remaining() as u64 {
+    // Each segment costs 4 length bytes + at least 32 data bytes: check before allocating.
+    if u64::from(n_segments) * 36 > r.remaining() as u64 {
         return bad(format!("{n_segments} segments cannot fit in {} bytes", r.remaining()));
     }
     let mut lens = Vec::with_capacity(n_segments as usize);
     for _ in 0..n_segments {
         let l = r.u32("segment length")?;
-        if l < MIN_SEGMENT_LEN {
+        if l < MIN_SEGMENT_LEN || l % 4 != 0 {
             return bad(format!("segment of {l} bytes"));
         }
         lens.push(l);

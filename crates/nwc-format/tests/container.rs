@@ -31,7 +31,7 @@ fn coded(name: &str, rows: u64, cols: u64) -> Record {
             }],
             table_map: vec![0; 64],
             chunks_per_segment: cps,
-            segments: (0..n_seg).map(|i| vec![i as u8; 16 + 2 * i as usize]).collect(),
+            segments: (0..n_seg).map(|i| vec![i as u8; 32 + 4 * i as usize]).collect(),
         }),
     }
 }

@@ -67,7 +67,7 @@ impl Default for CompressOptions {
     fn default() -> Self {
         Self {
             chunk: ChunkConfig::default(),
-            chunks_per_segment: 1024,
+            chunks_per_segment: 4096,
             policy: TensorPolicy::default(),
             bands: LevelBands::default(),
         }
