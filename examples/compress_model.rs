@@ -40,18 +40,25 @@ fn main() -> Result<()> {
         .with_writer(std::io::stderr)
         .init();
     let args = Args::parse();
-    let data = std::env::var_os("NWC_DATA_DIR")
-        .map_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../.data"), PathBuf::from);
+    let data = std::env::var_os("NWC_DATA_DIR").map_or_else(
+        || PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../.data"),
+        PathBuf::from,
+    );
     let input = args
         .input
         .unwrap_or_else(|| data.join("minilm/model.safetensors"));
     if !input.exists() {
-        bail!("{} does not exist (run `cargo xtask fetch` for the default models)", input.display());
+        bail!(
+            "{} does not exist (run `cargo xtask fetch` for the default models)",
+            input.display()
+        );
     }
     let out = args.out.unwrap_or_else(|| {
         std::env::temp_dir().join(format!(
             "{}.nwc",
-            input.file_stem().map_or("model".into(), |s| s.to_string_lossy())
+            input
+                .file_stem()
+                .map_or("model".into(), |s| s.to_string_lossy())
         ))
     });
 
@@ -66,11 +73,13 @@ fn main() -> Result<()> {
     let bar = ProgressBar::new(0).with_style(
         ProgressStyle::with_template("{bar:40} {pos}/{len} tensors {msg}").expect("template"),
     );
-    let compressor = Compressor::new(&codec).with_options(options)?.with_progress(|r, done, all| {
-        bar.set_length(all as u64);
-        bar.set_position(done as u64);
-        bar.set_message(r.name.clone());
-    });
+    let compressor = Compressor::new(&codec)
+        .with_options(options)?
+        .with_progress(|r, done, all| {
+            bar.set_length(all as u64);
+            bar.set_position(done as u64);
+            bar.set_message(r.name.clone());
+        });
     let report = compressor
         .compress_file(&input, &out, &Uniform)
         .with_context(|| format!("compressing {}", input.display()))?;
@@ -101,15 +110,31 @@ fn main() -> Result<()> {
     let decode_s = t0.elapsed().as_secs_f64();
 
     if args.verbose {
-        println!("{:<60} {:>12} {:>8} {:>10}", "tensor", "params", "bits", "nmse");
+        println!(
+            "{:<60} {:>12} {:>8} {:>10}",
+            "tensor", "params", "bits", "nmse"
+        );
         for t in &report.tensors {
-            let kind = if t.coded { format!("{:>10.3e}", t.nmse()) } else { "lossless".into() };
-            println!("{:<60} {:>12} {:>8.3} {kind:>10}", t.name, t.n_params, t.bits_per_param());
+            let kind = if t.coded {
+                format!("{:>10.3e}", t.nmse())
+            } else {
+                "lossless".into()
+            };
+            println!(
+                "{:<60} {:>12} {:>8.3} {kind:>10}",
+                t.name,
+                t.n_params,
+                t.bits_per_param()
+            );
         }
     }
     let coded: Vec<_> = report.tensors.iter().filter(|t| t.coded).collect();
     println!("model          {}", input.display());
-    println!("output         {} ({} bytes)", out.display(), report.file_bytes);
+    println!(
+        "output         {} ({} bytes)",
+        out.display(),
+        report.file_bytes
+    );
     println!(
         "tensors        {} ({} coded, {} lossless, {}/{} lossless bit-exact after decoding)",
         report.tensors.len(),
@@ -119,14 +144,30 @@ fn main() -> Result<()> {
         lossless
     );
     println!("parameters     {}", report.n_params());
-    println!("codec          ECSQ, level-0 step {:.5} (target {} bits)", codec.steps()[0], args.bits);
-    println!("bits/param     {:.4} (measured: 8 × file bytes / parameters)", report.bits_per_param());
-    println!("coded b/p      {:.4} (coded tensors' records only)", report.coded_bits_per_param());
-    println!("nmse (file)    {:.4e} (coded tensors, decoded from the file)", if sig > 0.0 { err / sig } else { 0.0 });
+    println!(
+        "codec          ECSQ, level-0 step {:.5} (target {} bits)",
+        codec.steps()[0],
+        args.bits
+    );
+    println!(
+        "bits/param     {:.4} (measured: 8 × file bytes / parameters)",
+        report.bits_per_param()
+    );
+    println!(
+        "coded b/p      {:.4} (coded tensors' records only)",
+        report.coded_bits_per_param()
+    );
+    println!(
+        "nmse (file)    {:.4e} (coded tensors, decoded from the file)",
+        if sig > 0.0 { err / sig } else { 0.0 }
+    );
     println!("compress       {:.2} s", report.seconds);
     println!("decode+check   {decode_s:.2} s");
     if lossless_ok != lossless {
-        bail!("{} lossless tensors did not round-trip bit-exactly", lossless - lossless_ok);
+        bail!(
+            "{} lossless tensors did not round-trip bit-exactly",
+            lossless - lossless_ok
+        );
     }
     Ok(())
 }

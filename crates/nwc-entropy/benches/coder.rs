@@ -32,8 +32,8 @@ fn real_latents() -> Vec<f32> {
         PathBuf::from,
     );
     let path = root.join("minilm/model.safetensors");
-    let src = open_weights(&path)
-        .unwrap_or_else(|e| panic!("{e}: run `cargo xtask fetch minilm` first"));
+    let src =
+        open_weights(&path).unwrap_or_else(|e| panic!("{e}: run `cargo xtask fetch minilm` first"));
     let mut all = Vec::new();
     for name in src.names() {
         let t = src.tensor(&name).unwrap();
@@ -60,7 +60,9 @@ fn case(latents: &[f32], bits: f32) -> Case {
     let step = (2.047 - bits).exp2();
     let mut symbols: Vec<i32> = latents.iter().map(|&y| (y / step).round() as i32).collect();
     symbols.truncate(symbols.len() / 16 * 16);
-    let (lo, hi) = symbols.iter().fold((i32::MAX, i32::MIN), |(a, b), &s| (a.min(s), b.max(s)));
+    let (lo, hi) = symbols
+        .iter()
+        .fold((i32::MAX, i32::MIN), |(a, b), &s| (a.min(s), b.max(s)));
     let lo = lo.max(-2048);
     let hi = hi.min(2047);
     let mut counts = vec![0u64; (hi - lo + 1) as usize];
@@ -68,7 +70,11 @@ fn case(latents: &[f32], bits: f32) -> Case {
         *s = (*s).clamp(lo, hi);
         counts[(*s - lo) as usize] += 1;
     }
-    Case { symbols, min: lo, counts }
+    Case {
+        symbols,
+        min: lo,
+        counts,
+    }
 }
 
 fn empirical_bits(counts: &[u64]) -> f64 {
@@ -84,14 +90,18 @@ fn encode(tables: &[Table], symbols: &[i32]) -> Vec<Vec<u8>> {
     let map = [0u16; 16];
     let coder = Coder::new(tables, &map, 16).unwrap();
     let classes = vec![0u8; symbols.len() / 16];
-    coder.encode_all(symbols, &classes, CHUNKS_PER_SEGMENT).unwrap()
+    coder
+        .encode_all(symbols, &classes, CHUNKS_PER_SEGMENT)
+        .unwrap()
 }
 
 fn decode(tables: &[Table], segments: &[&[u8]], out: &mut [i32]) {
     let map = [0u16; 16];
     let coder = Coder::new(tables, &map, 16).unwrap();
     let classes = vec![0u8; out.len() / 16];
-    coder.decode_all(segments, &classes, CHUNKS_PER_SEGMENT, out).unwrap();
+    coder
+        .decode_all(segments, &classes, CHUNKS_PER_SEGMENT, out)
+        .unwrap();
 }
 
 /// Best-of-`n` wall time of `f` in seconds.
@@ -106,7 +116,10 @@ fn best_of(n: usize, mut f: impl FnMut()) -> f64 {
 }
 
 fn print_overhead(latents: &[f32]) {
-    println!("\n== bits written vs ideal (real MiniLM latents, {} symbols) ==", latents.len());
+    println!(
+        "\n== bits written vs ideal (real MiniLM latents, {} symbols) ==",
+        latents.len()
+    );
     println!(
         "{:>6} {:>9} {:>6} {:>11} {:>11} {:>11} {:>10}",
         "rate", "symbols", "prec", "ideal b/s", "table b/s", "written b/s", "overhead"
@@ -147,7 +160,10 @@ fn print_throughput(latents: &[f32]) {
     let segs = encode(&tables, &c.symbols);
     let parts: Vec<&[u8]> = segs.iter().map(Vec::as_slice).collect();
     let mut out = vec![0i32; n];
-    let one = rayon::ThreadPoolBuilder::new().num_threads(1).build().unwrap();
+    let one = rayon::ThreadPoolBuilder::new()
+        .num_threads(1)
+        .build()
+        .unwrap();
     let threads = rayon::current_num_threads();
 
     let ours_dec_1 = best_of(5, || one.install(|| decode(&tables, &parts, &mut out)));
@@ -159,11 +175,14 @@ fn print_throughput(latents: &[f32]) {
     // constriction on the same symbols (indices into the same range), one stream, one thread.
     let probs: Vec<f64> = c.counts.iter().map(|&k| k.max(1) as f64).collect();
     let idx: Vec<usize> = c.symbols.iter().map(|&s| (s - c.min) as usize).collect();
-    let default_model = DefaultContiguousCategoricalEntropyModel::from_floating_point_probabilities_perfect(&probs).unwrap();
+    let default_model =
+        DefaultContiguousCategoricalEntropyModel::from_floating_point_probabilities_perfect(&probs)
+            .unwrap();
     let mut enc = DefaultAnsCoder::new();
     let c_enc_default = best_of(3, || {
         enc = DefaultAnsCoder::new();
-        enc.encode_iid_symbols_reverse(&idx, &default_model).unwrap();
+        enc.encode_iid_symbols_reverse(&idx, &default_model)
+            .unwrap();
     });
     let compressed = enc.clone().into_compressed().unwrap();
     let c_dec_default = best_of(5, || {
@@ -174,7 +193,9 @@ fn print_throughput(latents: &[f32]) {
         }
         black_box(k);
     });
-    let small_model = SmallContiguousCategoricalEntropyModel::from_floating_point_probabilities_perfect(&probs).unwrap();
+    let small_model =
+        SmallContiguousCategoricalEntropyModel::from_floating_point_probabilities_perfect(&probs)
+            .unwrap();
     let lookup = small_model.to_lookup_decoder_model();
     let mut senc = SmallAnsCoder::new();
     senc.encode_iid_symbols_reverse(&idx, &small_model).unwrap();
@@ -193,7 +214,10 @@ fn print_throughput(latents: &[f32]) {
     println!("{:<48} {:>12} {:>14}", "coder", "M sym/s", "vs baseline");
     let base = ms(c_dec_default);
     let rows = [
-        ("decode  constriction DefaultAnsCoder (baseline)", c_dec_default),
+        (
+            "decode  constriction DefaultAnsCoder (baseline)",
+            c_dec_default,
+        ),
         ("decode  constriction SmallAnsCoder + lookup", c_dec_lookup),
         ("decode  nwc rANS ×4, 1 thread", ours_dec_1),
         ("decode  nwc rANS ×4, all threads", ours_dec_n),
@@ -203,7 +227,10 @@ fn print_throughput(latents: &[f32]) {
     }
     let ebase = ms(c_enc_default);
     for (name, t) in [
-        ("encode  constriction DefaultAnsCoder (baseline)", c_enc_default),
+        (
+            "encode  constriction DefaultAnsCoder (baseline)",
+            c_enc_default,
+        ),
         ("encode  nwc rANS ×4, 1 thread", ours_enc_1),
         ("encode  nwc rANS ×4, all threads", ours_enc_n),
     ] {
@@ -229,7 +256,9 @@ fn benches(cr: &mut Criterion) {
     g.throughput(Throughput::Elements(c.symbols.len() as u64));
     g.sample_size(20);
     g.bench_function("decode", |b| b.iter(|| decode(&tables, &parts, &mut out)));
-    g.bench_function("encode", |b| b.iter(|| encode(&tables, black_box(&c.symbols))));
+    g.bench_function("encode", |b| {
+        b.iter(|| encode(&tables, black_box(&c.symbols)))
+    });
     g.finish();
 }
 

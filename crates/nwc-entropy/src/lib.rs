@@ -32,8 +32,7 @@ mod table;
 
 pub use error::{EntropyError, Result};
 pub use prior::{
-    DEFAULT_FILTERS, DEFAULT_TAIL_MASS, FactorizedPrior, LIKELIHOOD_BOUND, PriorParams,
-    SplitMix64,
+    DEFAULT_FILTERS, DEFAULT_TAIL_MASS, FactorizedPrior, LIKELIHOOD_BOUND, PriorParams, SplitMix64,
 };
 pub use rans::{Coder, MAX_CHUNKS_PER_SEGMENT, SEGMENT_HEADER_BYTES};
 pub use table::{DEFAULT_PRECISION, MAX_PRECISION, MAX_SYMBOLS, MIN_PRECISION, Table};

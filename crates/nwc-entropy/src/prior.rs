@@ -135,7 +135,9 @@ impl FactorizedPrior {
             biases.push(params.biases[k].iter().map(|&b| f64::from(b)).collect());
             if k + 1 < k_layers {
                 if params.factors[k].len() != c * fout || !all_finite(&params.factors[k]) {
-                    return bad(format!("factor {k} has the wrong shape or a non-finite value"));
+                    return bad(format!(
+                        "factor {k} has the wrong shape or a non-finite value"
+                    ));
                 }
                 gates.push(
                     params.factors[k]
@@ -238,10 +240,9 @@ impl FactorizedPrior {
             .collect();
         let below = sigmoid(self.logits_cumulative(channel, median - f64::from(minima) - 0.5));
         let above = 1.0
-            - sigmoid(self.logits_cumulative(
-                channel,
-                median + f64::from(n as i32 - minima - 1) + 0.5,
-            ));
+            - sigmoid(
+                self.logits_cumulative(channel, median + f64::from(n as i32 - minima - 1) + 0.5),
+            );
         let escape = (below + above).max(LIKELIHOOD_BOUND);
         Table::from_probabilities(-minima, &probs, escape, precision)
     }
@@ -251,7 +252,9 @@ impl FactorizedPrior {
     /// # Errors
     /// As [`FactorizedPrior::table`].
     pub fn tables(&self, precision: u32) -> Result<Vec<Table>> {
-        (0..self.channels).map(|c| self.table(c, precision)).collect()
+        (0..self.channels)
+            .map(|c| self.table(c, precision))
+            .collect()
     }
 }
 

@@ -219,7 +219,12 @@ fn put(x: &mut u64, words: &mut Vec<u32>, freq: u32, cum: u32, precision: u32) {
     *x = ((*x / freq) << precision) + (*x % freq) + u64::from(cum);
 }
 
-fn encode_segment(rows: &[Vec<&Table>], symbols: &[i32], classes: &[u8], chunk_len: usize) -> Vec<u8> {
+fn encode_segment(
+    rows: &[Vec<&Table>],
+    symbols: &[i32],
+    classes: &[u8],
+    chunk_len: usize,
+) -> Vec<u8> {
     let mut x = [L; WAYS];
     let mut words: Vec<u32> = Vec::with_capacity(symbols.len() / 4 + 8);
     // The decoder reads forwards, so the encoder runs backwards over symbols (and within an
@@ -373,7 +378,24 @@ mod tests {
         let t = tables();
         let map: Vec<u16> = (0..3 * 4).map(|i| (i / 4) as u16).collect();
         let coder = Coder::new(&t, &map, 4).unwrap();
-        let symbols = vec![0, 1, -3, 3, 0, 0, i32::MIN, i32::MAX, -1, 0, 1, 7, 5, -4, 0, 2];
+        let symbols = vec![
+            0,
+            1,
+            -3,
+            3,
+            0,
+            0,
+            i32::MIN,
+            i32::MAX,
+            -1,
+            0,
+            1,
+            7,
+            5,
+            -4,
+            0,
+            2,
+        ];
         let classes = vec![0, 1, 2, 0];
         let seg = coder.encode_segment(&symbols, &classes).unwrap();
         let mut out = vec![0; symbols.len()];
@@ -392,7 +414,11 @@ mod tests {
         let mut out = vec![0; symbols.len()];
         // Truncation anywhere fails cleanly.
         for cut in 0..seg.len() {
-            assert!(coder.decode_segment(&seg[..cut], &classes, &mut out, 0).is_err());
+            assert!(
+                coder
+                    .decode_segment(&seg[..cut], &classes, &mut out, 0)
+                    .is_err()
+            );
         }
         // Every single bit flip is either detected or (rarely) decodes to other symbols; it never
         // panics. Most are detected by the end check.

@@ -267,7 +267,9 @@ fn quantize(q: &[f64], total: u32) -> Vec<u16> {
             .collect();
         while diff < 0 {
             // Σ f > total ≥ len(q) guarantees a symbol with f > 1 is left.
-            let Key(_, i) = heap.pop().expect("a symbol with more than one count remains");
+            let Key(_, i) = heap
+                .pop()
+                .expect("a symbol with more than one count remains");
             f[i] -= 1;
             diff += 1;
             if f[i] > 1 {

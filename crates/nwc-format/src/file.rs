@@ -63,7 +63,9 @@ impl Header {
             });
         }
         if b.len() < HEADER_LEN {
-            return Err(FormatError::Truncated("file shorter than its header".into()));
+            return Err(FormatError::Truncated(
+                "file shorter than its header".into(),
+            ));
         }
         let major = u16::from_le_bytes([b[8], b[9]]);
         let minor = u16::from_le_bytes([b[10], b[11]]);
@@ -79,7 +81,9 @@ impl Header {
         let codec = CodecKind::from_code(b[12])
             .ok_or_else(|| FormatError::Corrupt(format!("codec kind {}", b[12])))?;
         if b[13..16] != [0, 0, 0] || b[48..52] != [0, 0, 0, 0] {
-            return Err(FormatError::Corrupt("reserved header bytes or flags are set".into()));
+            return Err(FormatError::Corrupt(
+                "reserved header bytes or flags are set".into(),
+            ));
         }
         Ok(Self {
             codec,
@@ -169,15 +173,18 @@ impl<W: Write> Writer<W> {
     /// the header's codec, or a record the format cannot represent; [`FormatError::Io`].
     pub fn write(&mut self, record: &Record) -> Result<u64> {
         if self.names.contains(&record.name) {
-            return Err(FormatError::Invalid(format!("duplicate tensor name {}", record.name)));
+            return Err(FormatError::Invalid(format!(
+                "duplicate tensor name {}",
+                record.name
+            )));
         }
-        if let crate::record::Payload::Coded(c) = &record.payload {
-            if c.method != self.header.codec {
-                return Err(FormatError::Invalid(format!(
-                    "{}: coded with {:?} in a {:?} file",
-                    record.name, c.method, self.header.codec
-                )));
-            }
+        if let crate::record::Payload::Coded(c) = &record.payload
+            && c.method != self.header.codec
+        {
+            return Err(FormatError::Invalid(format!(
+                "{}: coded with {:?} in a {:?} file",
+                record.name, c.method, self.header.codec
+            )));
         }
         let bytes = frame(record)?;
         self.inner.write_all(&bytes)?;
@@ -257,8 +264,12 @@ impl<'a> FileReader<'a> {
             return Err(FormatError::Corrupt("reserved footer bytes are set".into()));
         }
         let footer_start = (data.len() - FOOTER_LEN) as u64;
-        if index_offset < HEADER_LEN as u64 || index_offset.checked_add(index_len) != Some(footer_start) {
-            return Err(FormatError::Corrupt("footer points outside the file".into()));
+        if index_offset < HEADER_LEN as u64
+            || index_offset.checked_add(index_len) != Some(footer_start)
+        {
+            return Err(FormatError::Corrupt(
+                "footer points outside the file".into(),
+            ));
         }
         let idx = &data[index_offset as usize..footer_start as usize];
         if opts.verify_checksums && crc32fast::hash(idx) != index_crc {
@@ -357,11 +368,18 @@ fn parse_index(idx: &[u8], index_offset: u64) -> Result<Vec<IndexEntry>> {
         let length = r.u64("index length")?;
         let n_params = r.u64("index params")?;
         // Records are contiguous, in order, and end where the index begins.
-        if offset != expected || length < 16 || offset.checked_add(length).is_none_or(|e| e > index_offset) {
-            return Err(FormatError::Corrupt(format!("index entry {name} is out of place")));
+        if offset != expected
+            || length < 16
+            || offset.checked_add(length).is_none_or(|e| e > index_offset)
+        {
+            return Err(FormatError::Corrupt(format!(
+                "index entry {name} is out of place"
+            )));
         }
         if !names.insert(name.clone()) {
-            return Err(FormatError::Corrupt(format!("duplicate tensor name {name}")));
+            return Err(FormatError::Corrupt(format!(
+                "duplicate tensor name {name}"
+            )));
         }
         expected = offset + length;
         entries.push(IndexEntry {
@@ -372,7 +390,9 @@ fn parse_index(idx: &[u8], index_offset: u64) -> Result<Vec<IndexEntry>> {
         });
     }
     if expected != index_offset || r.remaining() != 0 {
-        return Err(FormatError::Corrupt("index does not cover the records exactly".into()));
+        return Err(FormatError::Corrupt(
+            "index does not cover the records exactly".into(),
+        ));
     }
     Ok(entries)
 }
@@ -429,7 +449,9 @@ impl<R: Read> StreamReader<R> {
         }
         if magic != RECORD_MAGIC {
             self.done = true;
-            return Err(FormatError::Corrupt("expected a record or the index".into()));
+            return Err(FormatError::Corrupt(
+                "expected a record or the index".into(),
+            ));
         }
         let mut len = [0u8; 8];
         if read_full(&mut self.inner, &mut len)? < 8 {

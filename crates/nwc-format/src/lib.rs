@@ -36,4 +36,6 @@ pub use file::{
     END_MAGIC, FOOTER_LEN, FileReader, HEADER_LEN, Header, IndexEntry, MAGIC, ReadOptions,
     StreamReader, VERSION_MAJOR, VERSION_MINOR, Writer,
 };
-pub use record::{CodecKind, CodedPayload, Payload, Record, TableRecord, pack_levels, unpack_levels};
+pub use record::{
+    CodecKind, CodedPayload, Payload, Record, TableRecord, pack_levels, unpack_levels,
+};

@@ -141,7 +141,9 @@ pub fn pack_levels(levels: &[u8]) -> Vec<u8> {
 
 /// Unpacks `n` 2-bit levels.
 pub fn unpack_levels(packed: &[u8], n: usize) -> Vec<u8> {
-    (0..n).map(|c| (packed[c / 4] >> (2 * (c % 4))) & 3).collect()
+    (0..n)
+        .map(|c| (packed[c / 4] >> (2 * (c % 4))) & 3)
+        .collect()
 }
 
 fn invalid(m: impl Into<String>) -> FormatError {
@@ -151,10 +153,17 @@ fn invalid(m: impl Into<String>) -> FormatError {
 /// Serializes a record body, checking everything the reader will check.
 pub(crate) fn encode_body(r: &Record) -> Result<Vec<u8>> {
     if r.name.is_empty() || r.name.len() > MAX_NAME_LEN {
-        return Err(invalid(format!("name of {} bytes (1..=4096)", r.name.len())));
+        return Err(invalid(format!(
+            "name of {} bytes (1..=4096)",
+            r.name.len()
+        )));
     }
     if r.shape.len() > MAX_NDIM {
-        return Err(invalid(format!("{}: {} dimensions (max 8)", r.name, r.shape.len())));
+        return Err(invalid(format!(
+            "{}: {} dimensions (max 8)",
+            r.name,
+            r.shape.len()
+        )));
     }
     let dims: Vec<usize> = r.shape.iter().map(|&d| d as usize).collect();
     let n = numel(&dims)
@@ -172,7 +181,11 @@ pub(crate) fn encode_body(r: &Record) -> Result<Vec<u8>> {
     match &r.payload {
         Payload::Raw(data) => {
             if data.len() as u64 != n * r.dtype.size() as u64 {
-                return Err(invalid(format!("{}: {} raw bytes for {n} elements", r.name, data.len())));
+                return Err(invalid(format!(
+                    "{}: {} raw bytes for {n} elements",
+                    r.name,
+                    data.len()
+                )));
             }
             b.push(0);
             b.extend((data.len() as u64).to_le_bytes());
@@ -205,7 +218,9 @@ fn encode_coded(b: &mut Vec<u8>, r: &Record, n: u64, c: &CodedPayload) -> Result
         && c.table_map.len() == usize::from(c.n_levels) * usize::from(c.chunk_len)
         && (1..=MAX_CHUNKS_PER_SEGMENT).contains(&c.chunks_per_segment)
         && c.segments.len() as u64 == c.n_chunks().div_ceil(u64::from(c.chunks_per_segment))
-        && c.segments.iter().all(|s| s.len() >= MIN_SEGMENT_LEN as usize && s.len() % 4 == 0 && s.len() <= u32::MAX as usize);
+        && c.segments.iter().all(|s| {
+            s.len() >= MIN_SEGMENT_LEN as usize && s.len() % 4 == 0 && s.len() <= u32::MAX as usize
+        });
     if !ok {
         return Err(invalid(format!("{name}: inconsistent coded payload")));
     }
@@ -221,7 +236,10 @@ fn encode_coded(b: &mut Vec<u8>, r: &Record, n: u64, c: &CodedPayload) -> Result
     b.extend((c.tables.len() as u16).to_le_bytes());
     for t in &c.tables {
         if !(2..=4097).contains(&t.freqs.len()) {
-            return Err(invalid(format!("{name}: table with {} frequencies", t.freqs.len())));
+            return Err(invalid(format!(
+                "{name}: table with {} frequencies",
+                t.freqs.len()
+            )));
         }
         b.extend(t.min_symbol.to_le_bytes());
         b.push(t.precision);
@@ -341,7 +359,10 @@ pub(crate) fn decode_body(body: &[u8], codec: CodecKind, max_elements: u64) -> R
         e => return Err(corrupt(&name, format!("encoding {e}"))),
     };
     if r.remaining() != 0 {
-        return Err(corrupt(&name, format!("{} trailing bytes in the record", r.remaining())));
+        return Err(corrupt(
+            &name,
+            format!("{} trailing bytes in the record", r.remaining()),
+        ));
     }
     Ok(Record {
         name,
@@ -374,8 +395,13 @@ fn decode_coded(
     let chunk_len = r.u8("chunk_len")?;
     let scale_axis = r.u8("scale_axis")?;
     let n_levels = r.u8("n_levels")?;
-    if !(1..=MAX_CHUNK_LEN).contains(&chunk_len) || scale_axis > 1 || !(1..=MAX_LEVELS).contains(&n_levels) {
-        return bad(format!("chunk_len {chunk_len}, scale_axis {scale_axis}, n_levels {n_levels}"));
+    if !(1..=MAX_CHUNK_LEN).contains(&chunk_len)
+        || scale_axis > 1
+        || !(1..=MAX_LEVELS).contains(&n_levels)
+    {
+        return bad(format!(
+            "chunk_len {chunk_len}, scale_axis {scale_axis}, n_levels {n_levels}"
+        ));
     }
     let rows = r.u64("rows")?;
     let cols = r.u64("cols")?;
@@ -384,7 +410,10 @@ fn decode_coded(
     }
     let n_scales = if scale_axis == 0 { cols } else { rows };
     let raw = r.take(n_scales.saturating_mul(2), "scales")?;
-    let scales: Vec<u16> = raw.chunks_exact(2).map(|c| u16::from_le_bytes([c[0], c[1]])).collect();
+    let scales: Vec<u16> = raw
+        .chunks_exact(2)
+        .map(|c| u16::from_le_bytes([c[0], c[1]]))
+        .collect();
     let packed = r.take(cols.div_ceil(4), "levels")?;
     let levels = unpack_levels(packed, cols as usize);
     if let Some(l) = levels.iter().find(|&&l| l >= n_levels) {
@@ -408,10 +437,15 @@ fn decode_coded(
         let precision = r.u8("table precision")?;
         let n_freqs = r.u16("table size")?;
         if !(2..=4097).contains(&n_freqs) || !(8..=16).contains(&precision) {
-            return bad(format!("table of {n_freqs} frequencies at precision {precision}"));
+            return bad(format!(
+                "table of {n_freqs} frequencies at precision {precision}"
+            ));
         }
         let raw = r.take(u64::from(n_freqs) * 2, "table frequencies")?;
-        let freqs = raw.chunks_exact(2).map(|c| u16::from_le_bytes([c[0], c[1]])).collect();
+        let freqs = raw
+            .chunks_exact(2)
+            .map(|c| u16::from_le_bytes([c[0], c[1]]))
+            .collect();
         tables.push(TableRecord {
             min_symbol,
             precision,
@@ -420,7 +454,10 @@ fn decode_coded(
     }
     let map_len = u64::from(n_levels) * u64::from(chunk_len);
     let raw = r.take(map_len * 2, "table map")?;
-    let table_map: Vec<u16> = raw.chunks_exact(2).map(|c| u16::from_le_bytes([c[0], c[1]])).collect();
+    let table_map: Vec<u16> = raw
+        .chunks_exact(2)
+        .map(|c| u16::from_le_bytes([c[0], c[1]]))
+        .collect();
     if n_tables > 0 && table_map.iter().any(|&t| t >= n_tables) {
         return bad("table map refers to a missing table".into());
     }
@@ -435,7 +472,10 @@ fn decode_coded(
     }
     // Each segment costs 4 length bytes + at least 32 data bytes: check before allocating.
     if u64::from(n_segments) * 36 > r.remaining() as u64 {
-        return bad(format!("{n_segments} segments cannot fit in {} bytes", r.remaining()));
+        return bad(format!(
+            "{n_segments} segments cannot fit in {} bytes",
+            r.remaining()
+        ));
     }
     let mut lens = Vec::with_capacity(n_segments as usize);
     for _ in 0..n_segments {

@@ -31,7 +31,9 @@ fn coded(name: &str, rows: u64, cols: u64) -> Record {
             }],
             table_map: vec![0; 64],
             chunks_per_segment: cps,
-            segments: (0..n_seg).map(|i| vec![i as u8; 32 + 4 * i as usize]).collect(),
+            segments: (0..n_seg)
+                .map(|i| vec![i as u8; 32 + 4 * i as usize])
+                .collect(),
         }),
     }
 }
@@ -72,7 +74,10 @@ fn round_trip_random_access_and_streaming() {
 fn writer_refuses_what_the_format_cannot_hold() {
     let mut w = Writer::new(Vec::new(), Header::new(CodecKind::Ecsq, [0; 32])).unwrap();
     w.write(&raw("a", 1)).unwrap();
-    assert!(matches!(w.write(&raw("a", 1)), Err(FormatError::Invalid(_))));
+    assert!(matches!(
+        w.write(&raw("a", 1)),
+        Err(FormatError::Invalid(_))
+    ));
     assert!(w.write(&raw("", 1)).is_err());
     let mut bad = raw("b", 2);
     bad.shape = vec![3];
@@ -102,12 +107,23 @@ fn stream_all(bytes: &[u8], opts: ReadOptions) -> Result<Vec<Record>> {
 fn every_truncation_is_an_error() {
     let bytes = file();
     for cut in 0..bytes.len() {
-        assert!(read_all(&bytes[..cut], ReadOptions::default()).is_err(), "cut {cut}");
+        assert!(
+            read_all(&bytes[..cut], ReadOptions::default()).is_err(),
+            "cut {cut}"
+        );
         // The streaming reader may legitimately deliver the records before the cut, but must
         // never claim the stream is complete when it was cut inside the records.
-        let index_at = FileReader::new(&bytes, ReadOptions::default()).unwrap().index().last().map(|e| e.offset + e.length).unwrap();
+        let index_at = FileReader::new(&bytes, ReadOptions::default())
+            .unwrap()
+            .index()
+            .last()
+            .map(|e| e.offset + e.length)
+            .unwrap();
         if (cut as u64) < index_at + 4 {
-            assert!(stream_all(&bytes[..cut], ReadOptions::default()).is_err(), "stream cut {cut}");
+            assert!(
+                stream_all(&bytes[..cut], ReadOptions::default()).is_err(),
+                "stream cut {cut}"
+            );
         }
     }
 }
@@ -126,7 +142,10 @@ fn every_bit_flip_is_detected_by_checksums() {
 fn wrong_magic_version_and_checksum_have_their_own_errors() {
     let mut bad = file();
     bad[1] = b'X';
-    assert!(matches!(read_all(&bad, ReadOptions::default()), Err(FormatError::BadMagic)));
+    assert!(matches!(
+        read_all(&bad, ReadOptions::default()),
+        Err(FormatError::BadMagic)
+    ));
     let mut bad = file();
     bad[8] = 2;
     assert!(matches!(
@@ -139,18 +158,28 @@ fn wrong_magic_version_and_checksum_have_their_own_errors() {
         read_all(&bad, ReadOptions::default()),
         Err(FormatError::ChecksumMismatch { .. })
     ));
-    assert!(matches!(read_all(b"PK\x03\x04", ReadOptions::default()), Err(FormatError::BadMagic)));
-    assert!(matches!(read_all(b"", ReadOptions::default()), Err(FormatError::Truncated(_))));
+    assert!(matches!(
+        read_all(b"PK\x03\x04", ReadOptions::default()),
+        Err(FormatError::BadMagic)
+    ));
+    assert!(matches!(
+        read_all(b"", ReadOptions::default()),
+        Err(FormatError::Truncated(_))
+    ));
 }
 
 /// Rewrites the first record so that it claims `shape`, with a valid CRC, and returns the file.
 fn with_claimed_shape(shape: &[u64]) -> Vec<u8> {
     let bytes = file();
     let body_start = HEADER_LEN + 12;
-    let body_len = u64::from_le_bytes(bytes[HEADER_LEN + 4..body_start].try_into().unwrap()) as usize;
+    let body_len =
+        u64::from_le_bytes(bytes[HEADER_LEN + 4..body_start].try_into().unwrap()) as usize;
     let mut body = bytes[body_start..body_start + body_len].to_vec();
     let name_end = 2 + 7; // "pos_ids"
-    body.splice(name_end + 1..name_end + 2 + 8, std::iter::once(shape.len() as u8).chain(shape.iter().flat_map(|d| d.to_le_bytes())));
+    body.splice(
+        name_end + 1..name_end + 2 + 8,
+        std::iter::once(shape.len() as u8).chain(shape.iter().flat_map(|d| d.to_le_bytes())),
+    );
     let mut out = bytes[..HEADER_LEN + 4].to_vec();
     out.extend((body.len() as u64).to_le_bytes());
     out.extend(&body);
@@ -166,7 +195,11 @@ fn crc32fast_hash(b: &[u8]) -> u32 {
     for &byte in b {
         crc ^= u32::from(byte);
         for _ in 0..8 {
-            crc = if crc & 1 != 0 { (crc >> 1) ^ 0xedb8_8320 } else { crc >> 1 };
+            crc = if crc & 1 != 0 {
+                (crc >> 1) ^ 0xedb8_8320
+            } else {
+                crc >> 1
+            };
         }
     }
     !crc
@@ -177,7 +210,10 @@ fn absurd_sizes_are_refused_before_allocating() {
     let opts = ReadOptions::default();
     // 2^40 elements of i64: over the default limit.
     let f = with_claimed_shape(&[1 << 20, 1 << 20]);
-    assert!(matches!(stream_all(&f, opts), Err(FormatError::TooLarge { .. })));
+    assert!(matches!(
+        stream_all(&f, opts),
+        Err(FormatError::TooLarge { .. })
+    ));
     // Overflowing shapes.
     let f = with_claimed_shape(&[u64::MAX, 3]);
     assert!(matches!(stream_all(&f, opts), Err(FormatError::Corrupt(_))));
@@ -187,7 +223,10 @@ fn absurd_sizes_are_refused_before_allocating() {
     // A record length far past the end of the input.
     let mut f = file();
     f[HEADER_LEN + 4..HEADER_LEN + 12].copy_from_slice(&(u64::MAX / 2).to_le_bytes());
-    assert!(matches!(stream_all(&f, opts), Err(FormatError::Truncated(_))));
+    assert!(matches!(
+        stream_all(&f, opts),
+        Err(FormatError::Truncated(_))
+    ));
 }
 
 #[test]

@@ -114,7 +114,9 @@ pub fn chunk(w: ArrayView2<'_, f32>, cfg: &ChunkConfig) -> Result<Chunked> {
         reason,
     };
     if rows == 0 || cols == 0 {
-        return Err(shape_err(format!("cannot chunk an empty {rows}×{cols} matrix")));
+        return Err(shape_err(format!(
+            "cannot chunk an empty {rows}×{cols} matrix"
+        )));
     }
     if cfg.chunk_len == 0 || cfg.chunk_len > MAX_CHUNK_LEN {
         return Err(shape_err(format!(
@@ -133,7 +135,9 @@ pub fn chunk(w: ArrayView2<'_, f32>, cfg: &ChunkConfig) -> Result<Chunked> {
                     *s += f64::from(v) * f64::from(v);
                 }
             }
-            sums.iter().map(|&s| scale_of(s, rows, cfg.rounding)).collect()
+            sums.iter()
+                .map(|&s| scale_of(s, rows, cfg.rounding))
+                .collect()
         }
         ScaleAxis::Row => w
             .rows()
@@ -185,7 +189,9 @@ impl Chunked {
             })
         };
         if rows == 0 || cols == 0 || chunk_len == 0 || chunk_len > MAX_CHUNK_LEN {
-            return err(format!("{rows}×{cols} in chunks of {chunk_len} is not valid"));
+            return err(format!(
+                "{rows}×{cols} in chunks of {chunk_len} is not valid"
+            ));
         }
         let n_scales = match axis {
             ScaleAxis::Column => cols,
@@ -202,7 +208,10 @@ impl Chunked {
             .checked_mul(chunk_len)
             .and_then(|v| v.checked_mul(cols));
         if expected != Some(data.len()) {
-            return err(format!("{} values do not fill {rows}×{cols} chunks", data.len()));
+            return err(format!(
+                "{} values do not fill {rows}×{cols} chunks",
+                data.len()
+            ));
         }
         Ok(Self {
             rows,
@@ -294,7 +303,10 @@ mod tests {
         assert_eq!((ch.blocks(), ch.n_chunks()), (2, 6));
         assert_eq!(ch.scales()[1], f16::ONE);
         assert_eq!(ch.scales()[2].to_f32(), 3.0);
-        assert!(ch.data()[16 + 4..32].iter().all(|&v| v == 0.0), "padding is zero");
+        assert!(
+            ch.data()[16 + 4..32].iter().all(|&v| v == 0.0),
+            "padding is zero"
+        );
         assert!(ch.data().iter().all(|v| v.is_finite()));
         let back = ch.to_matrix();
         for (a, b) in back.iter().zip(w.iter()) {
@@ -323,17 +335,28 @@ mod tests {
 
     #[test]
     fn extreme_magnitudes_stay_finite() {
-        let w = Array2::from_shape_fn((16, 2), |(r, c)| if c == 0 { 1e-30 * r as f32 } else { 3e38 });
+        let w = Array2::from_shape_fn(
+            (16, 2),
+            |(r, c)| if c == 0 { 1e-30 * r as f32 } else { 3e38 },
+        );
         let ch = chunk(w.view(), &ChunkConfig::default()).unwrap();
         assert!(ch.data().iter().all(|v| v.is_finite()));
-        assert!(ch.scales().iter().all(|s| s.is_finite() && s.to_f32() > 0.0));
+        assert!(
+            ch.scales()
+                .iter()
+                .all(|s| s.is_finite() && s.to_f32() > 0.0)
+        );
     }
 
     #[test]
     fn from_parts_validates() {
         let s = vec![f16::ONE; 2];
-        assert!(Chunked::from_parts(16, 2, 16, ScaleAxis::Column, s.clone(), vec![0.0; 32]).is_ok());
-        assert!(Chunked::from_parts(16, 2, 16, ScaleAxis::Column, s.clone(), vec![0.0; 31]).is_err());
+        assert!(
+            Chunked::from_parts(16, 2, 16, ScaleAxis::Column, s.clone(), vec![0.0; 32]).is_ok()
+        );
+        assert!(
+            Chunked::from_parts(16, 2, 16, ScaleAxis::Column, s.clone(), vec![0.0; 31]).is_err()
+        );
         assert!(Chunked::from_parts(16, 2, 16, ScaleAxis::Row, s.clone(), vec![0.0; 32]).is_err());
         let z = vec![f16::ZERO; 2];
         assert!(Chunked::from_parts(16, 2, 16, ScaleAxis::Column, z, vec![0.0; 32]).is_err());

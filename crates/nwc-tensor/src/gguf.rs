@@ -314,7 +314,9 @@ fn parse(data: &[u8]) -> Result<(u32, BTreeMap<String, GgufValue>, Vec<GgufTenso
         .and_then(GgufValue::as_u64)
         .unwrap_or(DEFAULT_ALIGNMENT);
     if alignment == 0 || !alignment.is_power_of_two() {
-        return Err(malformed(format!("alignment {alignment} is not a power of two")));
+        return Err(malformed(format!(
+            "alignment {alignment} is not a power of two"
+        )));
     }
     let mut raw = Vec::with_capacity(n_tensors as usize);
     for _ in 0..n_tensors {
@@ -394,7 +396,11 @@ pub fn dequantize(ty: GgmlType, data: &[u8]) -> Vec<f32> {
             .collect(),
         GgmlType::Q4_0 | GgmlType::Q4_1 => {
             let mut out = Vec::with_capacity(data.len() / 18 * 32);
-            let (block, qs_at) = if ty == GgmlType::Q4_0 { (18, 2) } else { (20, 4) };
+            let (block, qs_at) = if ty == GgmlType::Q4_0 {
+                (18, 2)
+            } else {
+                (20, 4)
+            };
             for b in data.chunks_exact(block) {
                 let d = h(&b[0..2]);
                 let (m, offset) = if ty == GgmlType::Q4_0 {
@@ -426,8 +432,12 @@ impl WeightSource for GgufFile {
         let bytes = &self.map[info.offset as usize..(info.offset + info.size) as usize];
         match info.ggml_type {
             // Float types are passed through bit-exact in their own dtype.
-            GgmlType::F32 => Tensor::from_bytes(name, DType::F32, info.shape.clone(), bytes.to_vec()),
-            GgmlType::F16 => Tensor::from_bytes(name, DType::F16, info.shape.clone(), bytes.to_vec()),
+            GgmlType::F32 => {
+                Tensor::from_bytes(name, DType::F32, info.shape.clone(), bytes.to_vec())
+            }
+            GgmlType::F16 => {
+                Tensor::from_bytes(name, DType::F16, info.shape.clone(), bytes.to_vec())
+            }
             GgmlType::BF16 => {
                 Tensor::from_bytes(name, DType::BF16, info.shape.clone(), bytes.to_vec())
             }

@@ -107,7 +107,10 @@ mod tests {
         assert!(LevelBands::default().assign(&[-1.0]).is_err());
         assert!(LevelBands::new(vec![0.5, 0.6]).is_err());
         assert!(LevelBands::new(vec![0.1; 4]).is_err());
-        assert_eq!(LevelBands::new(vec![]).unwrap().assign(&[3.0]).unwrap(), vec![0]);
+        assert_eq!(
+            LevelBands::new(vec![]).unwrap().assign(&[3.0]).unwrap(),
+            vec![0]
+        );
         assert!(LevelBands::default().assign(&[]).unwrap().is_empty());
     }
 }

@@ -46,8 +46,13 @@ pub trait WeightCodec: Send + Sync {
     ///
     /// # Errors
     /// [`NwcError::Unrepresentable`] when a value cannot be coded at this setting.
-    fn quantize(&self, name: &str, chunks: &[f32], chunk_len: usize, chunk_levels: &[u8])
-    -> Result<Quantized>;
+    fn quantize(
+        &self,
+        name: &str,
+        chunks: &[f32],
+        chunk_len: usize,
+        chunk_levels: &[u8],
+    ) -> Result<Quantized>;
 
     /// Reconstructs normalized chunk values from decoded symbols.
     ///
@@ -94,7 +99,9 @@ impl EcsqCodec {
     /// [`NwcError::Config`] unless every step is finite and positive.
     pub fn with_level_steps(steps: [f32; 4]) -> Result<Self> {
         if steps.iter().any(|s| !(s.is_finite() && *s > 0.0)) {
-            return Err(NwcError::Config(format!("ECSQ steps {steps:?} must be finite and > 0")));
+            return Err(NwcError::Config(format!(
+                "ECSQ steps {steps:?} must be finite and > 0"
+            )));
         }
         Ok(Self {
             steps,
@@ -110,7 +117,9 @@ impl EcsqCodec {
     /// [`NwcError::Config`] for a target outside `0.5..=16`.
     pub fn for_bits(bits: f32) -> Result<Self> {
         if !(0.5..=16.0).contains(&bits) {
-            return Err(NwcError::Config(format!("target of {bits} bits outside 0.5..=16")));
+            return Err(NwcError::Config(format!(
+                "target of {bits} bits outside 0.5..=16"
+            )));
         }
         Self::with_step((2.047 - bits).exp2())
     }
@@ -121,7 +130,9 @@ impl EcsqCodec {
     /// [`NwcError::Config`] outside that range.
     pub fn precision(mut self, precision: u32) -> Result<Self> {
         if !(nwc_entropy::MIN_PRECISION..=nwc_entropy::MAX_PRECISION).contains(&precision) {
-            return Err(NwcError::Config(format!("precision {precision} outside 8..=16")));
+            return Err(NwcError::Config(format!(
+                "precision {precision} outside 8..=16"
+            )));
         }
         self.precision = precision;
         Ok(self)
@@ -142,7 +153,10 @@ fn parse_steps(name: &str, params: &[u8], n_levels: usize) -> Result<Vec<f32>> {
         reason,
     };
     if params.len() != 4 * n_levels {
-        return Err(corrupt(format!("ECSQ parameters of {} bytes", params.len())));
+        return Err(corrupt(format!(
+            "ECSQ parameters of {} bytes",
+            params.len()
+        )));
     }
     let steps: Vec<f32> = params
         .chunks_exact(4)
@@ -276,7 +290,9 @@ mod tests {
         let chunks: Vec<f32> = (0..64).map(|i| (i as f32 - 32.0) * 0.037).collect();
         let levels = [0u8, 1, 2, 3];
         let q = codec.quantize("t", &chunks, 16, &levels).unwrap();
-        let back = codec.dequantize("t", &q.symbols, 16, &levels, &q.params).unwrap();
+        let back = codec
+            .dequantize("t", &q.symbols, 16, &levels, &q.params)
+            .unwrap();
         for (k, (a, b)) in chunks.iter().zip(&back).enumerate() {
             let step = codec.steps()[k / 16];
             assert!((a - b).abs() <= step / 2.0 + 1e-6, "{a} vs {b}");

@@ -38,13 +38,17 @@ pub use codec::{EcsqCodec, LEVEL_STEP_RATIOS, Quantized, WeightCodec};
 pub use error::{NwcError, Result};
 pub use pipeline::{
     CompressOptions, CompressReport, Compressor, Decompressor, Importance, NwcFile, ProgressFn,
-    TensorPolicy,
-    TensorReport, Uniform, builtin_decoder, round_trip_tensor,
+    TensorPolicy, TensorReport, Uniform, builtin_decoder, round_trip_tensor,
 };
 
-/// The container crate (records, readers, writer).
-pub use nwc_format as format;
 /// The entropy-coding crate (tables, prior, rANS).
 pub use nwc_entropy as entropy;
+/// The container crate (records, readers, writer).
+pub use nwc_format as format;
 /// The preprocessing crate (loading, chunking, levels).
 pub use nwc_tensor as tensor;
+
+/// The README's example compiles (it is run as a doctest with `no_run`).
+#[cfg(doctest)]
+#[doc = include_str!("../../../README.md")]
+pub struct ReadmeDoctests;

@@ -99,7 +99,11 @@ impl TensorReport {
 
     /// Normalized MSE `Σ(w − ŵ)² / Σ w²` (0 for lossless or all-zero tensors).
     pub fn nmse(&self) -> f64 {
-        if self.sq_signal > 0.0 { self.sq_error / self.sq_signal } else { 0.0 }
+        if self.sq_signal > 0.0 {
+            self.sq_error / self.sq_signal
+        } else {
+            0.0
+        }
     }
 }
 
@@ -200,7 +204,10 @@ impl<'c> Compressor<'c> {
     }
 
     /// Calls `f` after every tensor of [`Compressor::compress_model`] (for progress bars).
-    pub fn with_progress(mut self, f: impl Fn(&TensorReport, usize, usize) + Send + Sync + 'c) -> Self {
+    pub fn with_progress(
+        mut self,
+        f: impl Fn(&TensorReport, usize, usize) + Send + Sync + 'c,
+    ) -> Self {
         self.progress = Some(Box::new(f));
         self
     }
@@ -284,10 +291,17 @@ impl<'c> Compressor<'c> {
         };
         let chunk_levels = chunk_levels(&levels, chunked.blocks());
         let l = chunked.chunk_len();
-        let q = self.codec.quantize(t.name(), chunked.data(), l, &chunk_levels)?;
-        let tables: &[Table] = if q.tables.is_empty() { self.codec.tables() } else { &q.tables };
+        let q = self
+            .codec
+            .quantize(t.name(), chunked.data(), l, &chunk_levels)?;
+        let tables: &[Table] = if q.tables.is_empty() {
+            self.codec.tables()
+        } else {
+            &q.tables
+        };
         let coder = Coder::new(tables, &q.table_map, l)?;
-        let segments = coder.encode_all(&q.symbols, &chunk_levels, self.options.chunks_per_segment)?;
+        let segments =
+            coder.encode_all(&q.symbols, &chunk_levels, self.options.chunks_per_segment)?;
 
         // What the decoder will reconstruct, for the report.
         let recon = self
@@ -302,8 +316,13 @@ impl<'c> Compressor<'c> {
             recon,
         )?
         .to_matrix();
-        let out = Tensor::from_f32("", t.dtype(), t.shape().to_vec(), decoded.as_slice().expect("standard layout"))?
-            .to_f32()?;
+        let out = Tensor::from_f32(
+            "",
+            t.dtype(),
+            t.shape().to_vec(),
+            decoded.as_slice().expect("standard layout"),
+        )?
+        .to_f32()?;
         for (a, b) in values.iter().zip(&out) {
             report.sq_error += f64::from(a - b) * f64::from(a - b);
             report.sq_signal += f64::from(*a) * f64::from(*a);
@@ -429,7 +448,9 @@ pub struct Decompressor<'c> {
 
 impl std::fmt::Debug for Decompressor<'_> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Decompressor").field("codec", &self.codec.kind()).finish()
+        f.debug_struct("Decompressor")
+            .field("codec", &self.codec.kind())
+            .finish()
     }
 }
 
@@ -472,7 +493,9 @@ impl<'c> Decompressor<'c> {
     pub fn decompress_record(&self, r: &Record) -> Result<Tensor> {
         let shape: Vec<usize> = r.shape.iter().map(|&d| d as usize).collect();
         let c = match &r.payload {
-            Payload::Raw(bytes) => return Ok(Tensor::from_bytes(&r.name, r.dtype, shape, bytes.clone())?),
+            Payload::Raw(bytes) => {
+                return Ok(Tensor::from_bytes(&r.name, r.dtype, shape, bytes.clone())?);
+            }
             Payload::Coded(c) => c,
         };
         let corrupt = |reason: String| NwcError::Corrupt {
@@ -488,14 +511,22 @@ impl<'c> Decompressor<'c> {
             )));
         }
         if usize::from(c.n_levels) != self.codec.n_levels() {
-            return Err(corrupt(format!("{} levels, the codec has {}", c.n_levels, self.codec.n_levels())));
+            return Err(corrupt(format!(
+                "{} levels, the codec has {}",
+                c.n_levels,
+                self.codec.n_levels()
+            )));
         }
         let stored: Vec<Table> = c
             .tables
             .iter()
             .map(|t| Table::from_freqs(t.min_symbol, u32::from(t.precision), t.freqs.clone()))
             .collect::<std::result::Result<_, _>>()?;
-        let tables: &[Table] = if stored.is_empty() { self.codec.tables() } else { &stored };
+        let tables: &[Table] = if stored.is_empty() {
+            self.codec.tables()
+        } else {
+            &stored
+        };
         let l = usize::from(c.chunk_len);
         let coder = Coder::new(tables, &c.table_map, l)?;
         let (rows, cols) = (c.rows as usize, c.cols as usize);
@@ -503,13 +534,25 @@ impl<'c> Decompressor<'c> {
         let chunk_levels = chunk_levels(&c.levels, blocks);
         let mut symbols = vec![0i32; chunk_levels.len() * l];
         let parts: Vec<&[u8]> = c.segments.iter().map(Vec::as_slice).collect();
-        coder.decode_all(&parts, &chunk_levels, c.chunks_per_segment as usize, &mut symbols)?;
-        let recon = self.codec.dequantize(&r.name, &symbols, l, &chunk_levels, &c.params)?;
+        coder.decode_all(
+            &parts,
+            &chunk_levels,
+            c.chunks_per_segment as usize,
+            &mut symbols,
+        )?;
+        let recon = self
+            .codec
+            .dequantize(&r.name, &symbols, l, &chunk_levels, &c.params)?;
         let axis = ScaleAxis::from_code(c.scale_axis)
             .ok_or_else(|| corrupt(format!("scale axis {}", c.scale_axis)))?;
         let scales: Vec<f16> = c.scales.iter().map(|&b| f16::from_bits(b)).collect();
         let m = Chunked::from_parts(rows, cols, l, axis, scales, recon)?.to_matrix();
-        Ok(Tensor::from_f32(&r.name, r.dtype, shape, m.as_slice().expect("standard layout"))?)
+        Ok(Tensor::from_f32(
+            &r.name,
+            r.dtype,
+            shape,
+            m.as_slice().expect("standard layout"),
+        )?)
     }
 }
 
@@ -525,7 +568,9 @@ pub struct NwcFile {
 
 impl std::fmt::Debug for NwcFile {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("NwcFile").field("bytes", &self.map.len()).finish()
+        f.debug_struct("NwcFile")
+            .field("bytes", &self.map.len())
+            .finish()
     }
 }
 
@@ -613,7 +658,11 @@ impl NwcFile {
 ///
 /// # Errors
 /// As [`Compressor::compress_tensor`] and [`Decompressor::decompress_record`].
-pub fn round_trip_tensor(codec: &dyn WeightCodec, t: &Tensor, options: &CompressOptions) -> Result<(Tensor, TensorReport)> {
+pub fn round_trip_tensor(
+    codec: &dyn WeightCodec,
+    t: &Tensor,
+    options: &CompressOptions,
+) -> Result<(Tensor, TensorReport)> {
     let c = Compressor::new(codec).with_options(options.clone())?;
     let (record, mut report) = c.compress_tensor(t, None)?;
     let mut w = Writer::new(Vec::new(), c.header())?;

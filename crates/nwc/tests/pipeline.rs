@@ -3,7 +3,9 @@
 
 use nwc::format::{CodecKind, Header, Payload};
 use nwc::tensor::{DType, Tensor};
-use nwc::{CompressOptions, Compressor, Decompressor, EcsqCodec, NwcError, TensorPolicy, WeightCodec};
+use nwc::{
+    CompressOptions, Compressor, Decompressor, EcsqCodec, NwcError, TensorPolicy, WeightCodec,
+};
 
 fn matrix(rows: usize, cols: usize, f: impl Fn(usize, usize) -> f32) -> Vec<f32> {
     (0..rows * cols).map(|i| f(i / cols, i % cols)).collect()
@@ -11,7 +13,10 @@ fn matrix(rows: usize, cols: usize, f: impl Fn(usize, usize) -> f32) -> Vec<f32>
 
 fn small_policy() -> CompressOptions {
     CompressOptions {
-        policy: TensorPolicy { min_elements: 1, ..TensorPolicy::default() },
+        policy: TensorPolicy {
+            min_elements: 1,
+            ..TensorPolicy::default()
+        },
         ..CompressOptions::default()
     }
 }
@@ -20,7 +25,9 @@ fn small_policy() -> CompressOptions {
 fn shapes_not_divisible_by_16_round_trip() {
     let codec = EcsqCodec::with_step(0.05).unwrap();
     for (rows, cols) in [(1, 1), (17, 3), (33, 5), (100, 7)] {
-        let v = matrix(rows, cols, |r, c| ((r * 7 + c * 3) % 11) as f32 * 0.01 - 0.05);
+        let v = matrix(rows, cols, |r, c| {
+            ((r * 7 + c * 3) % 11) as f32 * 0.01 - 0.05
+        });
         let t = Tensor::from_f32("w", DType::F32, vec![rows, cols], &v).unwrap();
         let (out, rep) = nwc::round_trip_tensor(&codec, &t, &small_policy()).unwrap();
         assert!(rep.coded);
@@ -47,10 +54,17 @@ fn nan_and_inf_are_refused_with_the_tensor_name() {
         let mut v = matrix(32, 4, |_, _| 0.1);
         v[37] = bad;
         let t = Tensor::from_f32("blk.3.w", DType::F32, vec![32, 4], &v).unwrap();
-        let err = Compressor::new(&codec).with_options(small_policy()).unwrap().compress_tensor(&t, None).unwrap_err();
+        let err = Compressor::new(&codec)
+            .with_options(small_policy())
+            .unwrap()
+            .compress_tensor(&t, None)
+            .unwrap_err();
         let msg = err.to_string();
         assert!(matches!(err, NwcError::Unrepresentable { .. }), "{msg}");
-        assert!(msg.contains("blk.3.w") && msg.contains("row 9") && msg.contains("column 1"), "{msg}");
+        assert!(
+            msg.contains("blk.3.w") && msg.contains("row 9") && msg.contains("column 1"),
+            "{msg}"
+        );
     }
 }
 
@@ -70,12 +84,15 @@ fn constant_and_zero_tensors_round_trip() {
 fn lossless_tensors_keep_every_bit() {
     let codec = EcsqCodec::with_step(0.05).unwrap();
     let c = Compressor::new(&codec);
-    let ints = Tensor::from_bytes("position_ids", DType::I64, vec![1, 4], (0..32).collect()).unwrap();
+    let ints =
+        Tensor::from_bytes("position_ids", DType::I64, vec![1, 4], (0..32).collect()).unwrap();
     let norm = Tensor::from_f32("norm", DType::F32, vec![384], &vec![f32::NAN; 384]).unwrap();
     for t in [ints, norm] {
         let (record, rep) = c.compress_tensor(&t, None).unwrap();
         assert!(!rep.coded && matches!(record.payload, Payload::Raw(_)));
-        let back = Decompressor::new(&codec).decompress_record(&record).unwrap();
+        let back = Decompressor::new(&codec)
+            .decompress_record(&record)
+            .unwrap();
         assert_eq!(back.bytes(), t.bytes());
     }
 }
@@ -83,26 +100,47 @@ fn lossless_tensors_keep_every_bit() {
 #[test]
 fn importance_levels_spend_bits_where_told() {
     let codec = EcsqCodec::with_step(0.2).unwrap();
-    let v = matrix(64, 100, |r, c| (((r * 31 + c * 17) % 29) as f32 - 14.0) / 10.0);
+    let v = matrix(64, 100, |r, c| {
+        (((r * 31 + c * 17) % 29) as f32 - 14.0) / 10.0
+    });
     let t = Tensor::from_f32("w", DType::F32, vec![64, 100], &v).unwrap();
-    let c = Compressor::new(&codec).with_options(small_policy()).unwrap();
+    let c = Compressor::new(&codec)
+        .with_options(small_policy())
+        .unwrap();
     let (_, flat) = c.compress_tensor(&t, None).unwrap();
     let imp: Vec<f32> = (0..100).map(|i| i as f32).collect();
     let (rec, leveled) = c.compress_tensor(&t, Some(&imp)).unwrap();
-    assert!(leveled.sq_error < flat.sq_error, "levels must lower the error");
-    let Payload::Coded(p) = rec.payload else { panic!("coded") };
+    assert!(
+        leveled.sq_error < flat.sq_error,
+        "levels must lower the error"
+    );
+    let Payload::Coded(p) = rec.payload else {
+        panic!("coded")
+    };
     assert_eq!(p.levels[99], 3);
     assert_eq!(p.levels[0], 0);
-    assert!(c.compress_tensor(&t, Some(&imp[..50])).is_err(), "wrong importance length");
+    assert!(
+        c.compress_tensor(&t, Some(&imp[..50])).is_err(),
+        "wrong importance length"
+    );
 }
 
 #[test]
 fn files_for_another_codec_are_refused() {
     let codec = EcsqCodec::with_step(0.05).unwrap();
     let d = Decompressor::new(&codec);
-    assert!(d.check_header(&Header::new(CodecKind::Ecsq, [0; 32])).is_ok());
-    assert!(matches!(d.check_header(&Header::new(CodecKind::Nwc, [1; 32])), Err(NwcError::CodecMismatch(_))));
-    assert!(matches!(d.check_header(&Header::new(CodecKind::Ecsq, [1; 32])), Err(NwcError::CodecMismatch(_))));
+    assert!(
+        d.check_header(&Header::new(CodecKind::Ecsq, [0; 32]))
+            .is_ok()
+    );
+    assert!(matches!(
+        d.check_header(&Header::new(CodecKind::Nwc, [1; 32])),
+        Err(NwcError::CodecMismatch(_))
+    ));
+    assert!(matches!(
+        d.check_header(&Header::new(CodecKind::Ecsq, [1; 32])),
+        Err(NwcError::CodecMismatch(_))
+    ));
     assert!(nwc::builtin_decoder(&Header::new(CodecKind::Nwc, [1; 32])).is_err());
     assert_eq!(codec.kind(), CodecKind::Ecsq);
 }
@@ -112,12 +150,27 @@ fn missing_and_wrong_files_are_clear_errors() {
     let codec = EcsqCodec::with_step(0.05).unwrap();
     let dir = tempfile::tempdir().unwrap();
     let c = Compressor::new(&codec);
-    let missing = c.compress_file(dir.path().join("nope.safetensors"), dir.path().join("o.nwc"), &nwc::Uniform);
-    assert!(missing.unwrap_err().to_string().contains("nope.safetensors"));
-    assert!(!dir.path().join("o.nwc").exists(), "no partial output is left behind");
+    let missing = c.compress_file(
+        dir.path().join("nope.safetensors"),
+        dir.path().join("o.nwc"),
+        &nwc::Uniform,
+    );
+    assert!(
+        missing
+            .unwrap_err()
+            .to_string()
+            .contains("nope.safetensors")
+    );
+    assert!(
+        !dir.path().join("o.nwc").exists(),
+        "no partial output is left behind"
+    );
     let junk = dir.path().join("junk.safetensors");
     std::fs::write(&junk, b"this is not a model").unwrap();
-    assert!(c.compress_file(&junk, dir.path().join("o.nwc"), &nwc::Uniform).is_err());
+    assert!(
+        c.compress_file(&junk, dir.path().join("o.nwc"), &nwc::Uniform)
+            .is_err()
+    );
     std::fs::write(dir.path().join("x.nwc"), b"\x89NWC").unwrap();
     assert!(nwc::NwcFile::open(dir.path().join("x.nwc")).is_err());
 }

@@ -22,7 +22,10 @@ fn data(rel: &str) -> Option<PathBuf> {
         return Some(p);
     }
     if std::env::var_os("NWC_SKIP_REAL_DATA").is_some() {
-        eprintln!("skipping: {} is missing and NWC_SKIP_REAL_DATA is set", p.display());
+        eprintln!(
+            "skipping: {} is missing and NWC_SKIP_REAL_DATA is set",
+            p.display()
+        );
         return None;
     }
     panic!(
@@ -47,11 +50,21 @@ fn chunking_round_trips(src: &dyn WeightSource) -> usize {
         let v = t.to_f32().unwrap();
         let w = ArrayView2::from_shape((rows, cols), &v).unwrap();
         for axis in [ScaleAxis::Column, ScaleAxis::Row] {
-            let exact = ChunkConfig { chunk_len: 16, axis, rounding: ScaleRounding::PowerOfTwo };
+            let exact = ChunkConfig {
+                chunk_len: 16,
+                axis,
+                rounding: ScaleRounding::PowerOfTwo,
+            };
             let c = chunk(w, &exact).unwrap();
             assert_eq!(c.n_chunks(), cols * rows.div_ceil(16));
-            assert!(c.to_matrix() == w, "{name}: power-of-two chunking is not bit-exact");
-            let fp16 = ChunkConfig { rounding: ScaleRounding::Fp16, ..exact };
+            assert!(
+                c.to_matrix() == w,
+                "{name}: power-of-two chunking is not bit-exact"
+            );
+            let fp16 = ChunkConfig {
+                rounding: ScaleRounding::Fp16,
+                ..exact
+            };
             let c = chunk(w, &fp16).unwrap();
             let back = c.to_matrix();
             for (a, b) in back.iter().zip(w.iter()) {
@@ -63,9 +76,14 @@ fn chunking_round_trips(src: &dyn WeightSource) -> usize {
             // Normalization does its job: unit RMS per line, up to the f16 rounding of the scale.
             if axis == ScaleAxis::Column {
                 for col in 0..cols.min(64) {
-                    let ss: f64 = (0..rows).map(|r| f64::from(c.data()[col * c.blocks() * 16 + r]).powi(2)).sum();
+                    let ss: f64 = (0..rows)
+                        .map(|r| f64::from(c.data()[col * c.blocks() * 16 + r]).powi(2))
+                        .sum();
                     let rms = (ss / rows as f64).sqrt();
-                    assert!(rms == 0.0 || (rms - 1.0).abs() < 2e-3, "{name} col {col}: rms {rms}");
+                    assert!(
+                        rms == 0.0 || (rms - 1.0).abs() < 2e-3,
+                        "{name} col {col}: rms {rms}"
+                    );
                 }
             }
         }
@@ -96,7 +114,9 @@ fn ecsq_file_round_trip(rel: &str, bits: f32) -> f64 {
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("model.nwc");
     let codec = EcsqCodec::for_bits(bits).unwrap();
-    let report = Compressor::new(&codec).compress_file(&p, &out, &Uniform).unwrap();
+    let report = Compressor::new(&codec)
+        .compress_file(&p, &out, &Uniform)
+        .unwrap();
     let file_len = std::fs::metadata(&out).unwrap().len();
     assert_eq!(report.file_bytes, file_len);
     let measured = 8.0 * file_len as f64 / report.n_params() as f64;
@@ -114,10 +134,16 @@ fn ecsq_file_round_trip(rel: &str, bits: f32) -> f64 {
             assert_eq!(original.dtype(), decoded.dtype());
             let record = reader.record_by_name(decoded.name())?;
             match &record.payload {
-                Payload::Raw(_) => assert_eq!(original.bytes(), decoded.bytes(), "{}", decoded.name()),
+                Payload::Raw(_) => {
+                    assert_eq!(original.bytes(), decoded.bytes(), "{}", decoded.name())
+                }
                 Payload::Coded(c) => {
                     coded += 1;
-                    let steps: Vec<f32> = c.params.chunks_exact(4).map(|b| f32::from_le_bytes(b.try_into().unwrap())).collect();
+                    let steps: Vec<f32> = c
+                        .params
+                        .chunks_exact(4)
+                        .map(|b| f32::from_le_bytes(b.try_into().unwrap()))
+                        .collect();
                     let (a, b) = (original.to_f32()?, decoded.to_f32()?);
                     let cols = c.cols as usize;
                     for (i, (x, y)) in a.iter().zip(&b).enumerate() {
@@ -148,13 +174,19 @@ fn ecsq_file_round_trip(rel: &str, bits: f32) -> f64 {
 #[test]
 fn minilm_ecsq_file_round_trip() {
     let bpp = ecsq_file_round_trip(MINILM, 4.0);
-    assert!(bpp.is_nan() || (3.5..4.7).contains(&bpp), "{bpp} bits/param");
+    assert!(
+        bpp.is_nan() || (3.5..4.7).contains(&bpp),
+        "{bpp} bits/param"
+    );
 }
 
 #[test]
 fn smollm2_gguf_ecsq_file_round_trip() {
     let bpp = ecsq_file_round_trip(SMOLLM2, 6.0);
-    assert!(bpp.is_nan() || (5.5..6.7).contains(&bpp), "{bpp} bits/param");
+    assert!(
+        bpp.is_nan() || (5.5..6.7).contains(&bpp),
+        "{bpp} bits/param"
+    );
 }
 
 #[test]
@@ -163,7 +195,9 @@ fn damaged_real_file_is_an_error_not_a_panic() {
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("m.nwc");
     let codec = EcsqCodec::for_bits(3.0).unwrap();
-    Compressor::new(&codec).compress_file(&p, &out, &Uniform).unwrap();
+    Compressor::new(&codec)
+        .compress_file(&p, &out, &Uniform)
+        .unwrap();
     let bytes = std::fs::read(&out).unwrap();
     // Truncated: no footer.
     std::fs::write(&out, &bytes[..bytes.len() / 2]).unwrap();
@@ -175,7 +209,14 @@ fn damaged_real_file_is_an_error_not_a_panic() {
     let f = NwcFile::open(&out).unwrap();
     assert!(f.for_each_tensor(&codec, |_| Ok(())).is_err());
     // With checksums off, every record of the damaged file still parses or fails cleanly.
-    let reader = FileReader::new(&bad, ReadOptions { verify_checksums: false, ..ReadOptions::default() }).unwrap();
+    let reader = FileReader::new(
+        &bad,
+        ReadOptions {
+            verify_checksums: false,
+            ..ReadOptions::default()
+        },
+    )
+    .unwrap();
     let d = nwc::Decompressor::new(&codec);
     for i in 0..reader.index().len() {
         if let Ok(r) = reader.record(i) {

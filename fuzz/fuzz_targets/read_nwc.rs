@@ -1,0 +1,35 @@
+//! Arbitrary bytes into every reader of the `.nwc` container and on through decoding.
+//!
+//! The first byte selects whether checksums are verified: with them off, damaged records reach
+//! the record parser, the table validation, the rANS decoder and the codec, which must all fail
+//! cleanly (never panic, never allocate without bound).
+#![no_main]
+
+use libfuzzer_sys::fuzz_target;
+use nwc::format::{FileReader, ReadOptions, StreamReader};
+use nwc::{Decompressor, EcsqCodec};
+
+fuzz_target!(|data: &[u8]| {
+    let Some((&flags, bytes)) = data.split_first() else { return };
+    let opts = ReadOptions { verify_checksums: flags & 1 == 1, max_elements: 1 << 20 };
+    let codec = EcsqCodec::with_step(1.0).unwrap();
+    let d = Decompressor::new(&codec);
+    if let Ok(r) = FileReader::new(bytes, opts) {
+        let _ = d.check_header(r.header());
+        for i in 0..r.index().len() {
+            if let Ok(rec) = r.record(i) {
+                let _ = d.decompress_record(&rec);
+            }
+        }
+    }
+    if let Ok(s) = StreamReader::new(bytes, opts) {
+        for rec in s.take(64) {
+            match rec {
+                Ok(rec) => {
+                    let _ = d.decompress_record(&rec);
+                }
+                Err(_) => break,
+            }
+        }
+    }
+});
