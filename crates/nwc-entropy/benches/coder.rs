@@ -13,15 +13,15 @@ use std::hint::black_box;
 use std::path::PathBuf;
 use std::time::Instant;
 
+use constriction::stream::Decode;
 use constriction::stream::model::{
     DefaultContiguousCategoricalEntropyModel, SmallContiguousCategoricalEntropyModel,
 };
 use constriction::stream::stack::{DefaultAnsCoder, SmallAnsCoder};
-use constriction::stream::{Decode, Encode};
 use criterion::{Criterion, Throughput, criterion_group};
 use ndarray::ArrayView2;
 use nwc_entropy::{Coder, Table};
-use nwc_tensor::{ChunkConfig, WeightSource, chunk, open_weights};
+use nwc_tensor::{ChunkConfig, chunk, open_weights};
 
 const CHUNKS_PER_SEGMENT: usize = 4096;
 

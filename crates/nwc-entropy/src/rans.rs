@@ -37,7 +37,7 @@ impl<'a> Coder<'a> {
     /// [`EntropyError::InvalidLayout`] when `chunk_len` is zero, `table_map` is not a whole number
     /// of rows, or refers to a table that does not exist.
     pub fn new(tables: &'a [Table], table_map: &'a [u16], chunk_len: usize) -> Result<Self> {
-        if chunk_len == 0 || table_map.is_empty() || table_map.len() % chunk_len != 0 {
+        if chunk_len == 0 || table_map.is_empty() || !table_map.len().is_multiple_of(chunk_len) {
             return Err(EntropyError::InvalidLayout(format!(
                 "table map of {} entries is not a whole number of rows of {chunk_len}",
                 table_map.len()
@@ -282,7 +282,7 @@ fn decode_segment(
     out: &mut [i32],
     segment: usize,
 ) -> Result<()> {
-    if bytes.len() < SEGMENT_HEADER_BYTES || bytes.len() % 4 != 0 {
+    if bytes.len() < SEGMENT_HEADER_BYTES || !bytes.len().is_multiple_of(4) {
         return Err(EntropyError::CorruptSegment {
             segment,
             reason: format!("{} bytes is not a valid segment length", bytes.len()),

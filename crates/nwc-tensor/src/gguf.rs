@@ -474,7 +474,7 @@ mod tests {
         f.extend(2u64.to_le_bytes());
         f.extend(3u32.to_le_bytes());
         f.extend(0u64.to_le_bytes());
-        while f.len() % 32 != 0 {
+        while !f.len().is_multiple_of(32) {
             f.push(0);
         }
         for row in 0..2u8 {
