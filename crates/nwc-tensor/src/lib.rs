@@ -27,6 +27,7 @@
 #![deny(missing_docs)]
 
 mod chunk;
+mod data;
 mod error;
 mod gguf;
 mod levels;
@@ -35,6 +36,7 @@ mod source;
 mod tensor;
 
 pub use chunk::{ChunkConfig, Chunked, MAX_CHUNK_LEN, ScaleAxis, ScaleRounding, chunk};
+pub use data::data_dir;
 pub use error::{Result, TensorError};
 pub use gguf::{GgmlType, GgufFile, GgufTensorInfo, GgufValue, dequantize};
 pub use levels::LevelBands;

@@ -13,11 +13,7 @@ use nwc::tensor::{ChunkConfig, ScaleAxis, ScaleRounding, WeightSource, chunk, op
 use nwc::{Compressor, EcsqCodec, NwcFile, Uniform};
 
 fn data(rel: &str) -> Option<PathBuf> {
-    let root = std::env::var_os("NWC_DATA_DIR").map_or_else(
-        || PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../.data"),
-        PathBuf::from,
-    );
-    let p = root.join(rel);
+    let p = nwc::tensor::data_dir().join(rel);
     if p.exists() {
         return Some(p);
     }
