@@ -1,39 +1,32 @@
 //! The learned NWC codec: analysis and synthesis networks (residual MLPs with a quality
-//! embedding) and a trainable deep factorized entropy bottleneck, generic over the burn backend.
-//!
-//! This crate is a shell until the learned-codec release: the network, its training and the
-//! shipped checkpoint land there. The pipeline it plugs into (`nwc::WeightCodec`) and the table
-//! format it exports to (`nwc_entropy::Table`) exist already.
+//! embedding) and a trainable deep factorized entropy bottleneck, generic over the burn backend,
+//! with training and versioned, hashed checkpoints that carry their integer entropy tables.
 //!
 //! ```
-//! let cfg = nwc_codec::CodecConfig::default();
-//! assert_eq!((cfg.chunk_len, cfg.width, cfg.blocks, cfg.levels), (16, 512, 4, 4));
+//! use burn::backend::NdArray;
+//! use burn::tensor::{Int, Tensor};
+//! use nwc_codec::{CodecConfig, NwcModel};
+//!
+//! let cfg = CodecConfig { width: 32, blocks: 1, ..CodecConfig::default() };
+//! let device = Default::default();
+//! let model = NwcModel::<NdArray>::new(&cfg, &device);
+//! let x = Tensor::<NdArray, 2>::zeros([8, 16], &device);
+//! let levels = Tensor::<NdArray, 1, Int>::zeros([8], &device);
+//! let y = model.analyze(x, levels.clone());
+//! assert_eq!(y.dims(), [8, 16]);
+//! assert_eq!(model.synthesize(y, levels).dims(), [8, 16]);
 //! ```
 #![deny(missing_docs)]
 
-/// Shape of the codec network. The defaults are the paper's.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct CodecConfig {
-    /// Weights per chunk (input and output width of the networks).
-    pub chunk_len: usize,
-    /// Latent values per chunk.
-    pub latent: usize,
-    /// Hidden width of the residual blocks.
-    pub width: usize,
-    /// Residual blocks in each of g_a and g_s.
-    pub blocks: usize,
-    /// Quality levels of the embedding.
-    pub levels: usize,
-}
+mod checkpoint;
+mod config;
+mod error;
+mod model;
+mod train;
 
-impl Default for CodecConfig {
-    fn default() -> Self {
-        Self {
-            chunk_len: 16,
-            latent: 16,
-            width: 512,
-            blocks: 4,
-            levels: 4,
-        }
-    }
-}
+pub use burn;
+pub use checkpoint::{Checkpoint, DEFAULT_STEPS};
+pub use config::CodecConfig;
+pub use error::{CodecError, Result};
+pub use model::{EntropyBottleneck, NwcModel, ResBlock, TrainOutput, Transform};
+pub use train::{LEVEL_WEIGHTS, TrainConfig, TrainStats, evaluate, train};

@@ -225,24 +225,39 @@ impl FactorizedPrior {
     /// [`EntropyError::InvalidTable`] when the quantile range spans more than
     /// [`MAX_SYMBOLS`] values (a prior that was not trained to convergence).
     pub fn table(&self, channel: usize, precision: u32) -> Result<Table> {
+        self.table_with_step(channel, 1.0, precision)
+    }
+
+    /// The table of `channel` when latents are quantized with step `step` around the median:
+    /// symbol `k` stands for the interval `median + [(k − ½)·step, (k + ½)·step)`. A step of 1 is
+    /// the prior's own quantization; other steps trade rate for distortion with the same model.
+    ///
+    /// # Errors
+    /// As [`FactorizedPrior::table`], and [`EntropyError::InvalidPrior`] for a step that is not
+    /// finite and positive.
+    pub fn table_with_step(&self, channel: usize, step: f64, precision: u32) -> Result<Table> {
+        if !(step.is_finite() && step > 0.0) {
+            return Err(EntropyError::InvalidPrior(format!("step {step}")));
+        }
         let [lo, median, hi] = self.quantiles[channel];
-        let minima = libm::ceil(median - lo).max(0.0);
-        let maxima = libm::ceil(hi - median).max(0.0);
+        let minima = libm::ceil((median - lo) / step).max(0.0);
+        let maxima = libm::ceil((hi - median) / step).max(0.0);
         let n = minima + maxima + 1.0;
         if n > MAX_SYMBOLS as f64 {
             return Err(EntropyError::InvalidTable(format!(
-                "channel {channel} spans {n} symbols, more than {MAX_SYMBOLS}"
+                "channel {channel} spans {n} symbols at step {step}, more than {MAX_SYMBOLS}"
             )));
         }
         let (minima, n) = (minima as i32, n as usize);
+        let cdf = |k: f64| sigmoid(self.logits_cumulative(channel, median + k * step));
         let probs: Vec<f64> = (0..n)
-            .map(|i| self.likelihood(channel, median + f64::from(i as i32 - minima)))
+            .map(|i| {
+                let k = f64::from(i as i32 - minima);
+                (cdf(k + 0.5) - cdf(k - 0.5)).max(LIKELIHOOD_BOUND)
+            })
             .collect();
-        let below = sigmoid(self.logits_cumulative(channel, median - f64::from(minima) - 0.5));
-        let above = 1.0
-            - sigmoid(
-                self.logits_cumulative(channel, median + f64::from(n as i32 - minima - 1) + 0.5),
-            );
+        let below = cdf(-f64::from(minima) - 0.5);
+        let above = 1.0 - cdf(f64::from(n as i32 - minima - 1) + 0.5);
         let escape = (below + above).max(LIKELIHOOD_BOUND);
         Table::from_probabilities(-minima, &probs, escape, precision)
     }
