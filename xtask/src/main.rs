@@ -1,6 +1,8 @@
 //! `cargo xtask`: project automation. Thin by design: real work lives in the library crates.
 
+mod bench_rd;
 mod fetch;
+mod train;
 
 use clap::{Parser, Subcommand};
 
@@ -20,10 +22,22 @@ enum Command {
         /// canterbury.
         items: Vec<String>,
     },
+    /// Train the NWC codec on real weights (MiniLM's matrices, normalized and chunked as at
+    /// compression time; encoder layer 5 held out) and write a checkpoint. Prints loss, rate and
+    /// held-out MSE per quality level every `--log-every` steps, rewriting the checkpoint each
+    /// time so an interrupted run resumes with `--resume`.
+    Train(train::TrainArgs),
+    /// Rate–distortion benchmark on held-out real tensors: NWC (every step of the checkpoint)
+    /// vs ECSQ vs RTN (per group), all at measured rates, in one run. Writes docs/rd.md and
+    /// docs/rd.svg; the last line is `rd@4bit: nwc/ecsq=<MSE ratio> nwc/rtn=<MSE ratio>` at
+    /// exactly 4.00 bits/param (log-MSE interpolated).
+    BenchRd(bench_rd::BenchArgs),
 }
 
 fn main() -> anyhow::Result<()> {
     match Cli::parse().command {
         Command::Fetch { items } => fetch::run(&items),
+        Command::Train(args) => train::run(&args),
+        Command::BenchRd(args) => bench_rd::run(&args),
     }
 }

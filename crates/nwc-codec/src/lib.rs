@@ -25,6 +25,10 @@ mod model;
 mod train;
 
 pub use burn;
+
+/// The checkpoint the library ships and uses by default: the small configuration trained on
+/// real weights by `cargo xtask train` (see `docs/training.md` for the exact command and log).
+pub const DEFAULT_CHECKPOINT: &[u8] = include_bytes!("../assets/default.ckpt");
 pub use checkpoint::{Checkpoint, DEFAULT_STEPS};
 pub use config::CodecConfig;
 pub use error::{CodecError, Result};

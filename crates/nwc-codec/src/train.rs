@@ -147,6 +147,14 @@ pub fn train<B: AutodiffBackend>(
     mut checkpoint: impl FnMut(&Checkpoint),
 ) -> Result<Checkpoint> {
     cfg.validate()?;
+    // Zero steps from a checkpoint re-exports it: same parameters, tables rebuilt by this build.
+    if tc.steps == 0 {
+        let c = resume.ok_or_else(|| CodecError::Config("zero training steps and nothing to resume".into()))?;
+        let model = c.model::<B::InnerBackend>(device)?;
+        let out = Checkpoint::from_model(&model, c.config(), c.lambda(), c.train_steps(), c.steps())?;
+        checkpoint(&out);
+        return Ok(out);
+    }
     if data.len() / cfg.chunk_len < tc.batch || tc.batch == 0 || tc.log_every == 0 {
         return Err(CodecError::Config(format!(
             "{} chunks of data for batches of {} (log every {})",

@@ -173,9 +173,41 @@ impl FactorizedPrior {
         self.channels
     }
 
-    /// The median of each channel: values are coded as `round(y − median)`.
+    /// The median of each channel (where the CDF is ½): values are coded as `round(y − median)`.
     pub fn medians(&self) -> Vec<f32> {
-        self.quantiles.iter().map(|q| q[1] as f32).collect()
+        (0..self.channels).map(|c| self.density_quantiles(c)[1] as f32).collect()
+    }
+
+    /// The value where the cumulative logit of `channel` equals `target`, by bisection (the
+    /// cumulative logit is monotone). Deterministic: `libm` arithmetic, fixed iteration counts.
+    fn solve(&self, channel: usize, target: f64) -> f64 {
+        let f = |x: f64| self.logits_cumulative(channel, x) - target;
+        let (mut lo, mut hi) = (-1.0f64, 1.0f64);
+        for _ in 0..64 {
+            if f(lo) <= 0.0 {
+                break;
+            }
+            lo *= 2.0;
+        }
+        for _ in 0..64 {
+            if f(hi) >= 0.0 {
+                break;
+            }
+            hi *= 2.0;
+        }
+        for _ in 0..200 {
+            let mid = 0.5 * (lo + hi);
+            if f(mid) < 0.0 { lo = mid } else { hi = mid }
+        }
+        0.5 * (lo + hi)
+    }
+
+    /// Lower tail, median and upper tail of `channel` found from the density itself (tails at
+    /// [`DEFAULT_TAIL_MASS`] / 2 each), rather than from the trained `quantiles` parameters, which
+    /// converge far more slowly than the density they describe.
+    pub fn density_quantiles(&self, channel: usize) -> [f64; 3] {
+        let t = libm::log(2.0 / DEFAULT_TAIL_MASS - 1.0);
+        [self.solve(channel, -t), self.solve(channel, 0.0), self.solve(channel, t)]
     }
 
     /// The cumulative logit of `x` in `channel` (`sigmoid` of it is the CDF).
@@ -218,8 +250,8 @@ impl FactorizedPrior {
     }
 
     /// The integer table of `channel` at `precision`, over offsets from the median within the
-    /// channel's quantile range (`ceil(median − lower)` below, `ceil(upper − median)` above);
-    /// the mass outside goes to the escape symbol.
+    /// channel's tail range ([`FactorizedPrior::density_quantiles`]: `ceil(median − lower)` below,
+    /// `ceil(upper − median)` above); the mass outside goes to the escape symbol.
     ///
     /// # Errors
     /// [`EntropyError::InvalidTable`] when the quantile range spans more than
@@ -239,7 +271,7 @@ impl FactorizedPrior {
         if !(step.is_finite() && step > 0.0) {
             return Err(EntropyError::InvalidPrior(format!("step {step}")));
         }
-        let [lo, median, hi] = self.quantiles[channel];
+        let [lo, median, hi] = self.density_quantiles(channel);
         let minima = libm::ceil((median - lo) / step).max(0.0);
         let maxima = libm::ceil((hi - median) / step).max(0.0);
         let n = minima + maxima + 1.0;
@@ -338,8 +370,15 @@ mod tests {
         let a = prior().tables(15).unwrap();
         let b = prior().tables(15).unwrap();
         assert_eq!(a, b);
-        assert_eq!(a[0].min_symbol(), -10);
-        assert_eq!(a[0].n_symbols(), 21);
+        // The range covers the density's tails: the escape symbol gets only its minimum count.
+        for t in &a {
+            assert!(t.min_symbol() < 0 && t.n_symbols() > 10);
+            assert_eq!(*t.freqs().last().unwrap(), 1);
+        }
+        // Steps trade rate: a coarser step has fewer symbols.
+        let p = prior();
+        assert!(p.table_with_step(0, 4.0, 15).unwrap().n_symbols() < a[0].n_symbols());
+        assert!(p.table_with_step(0, 0.0, 15).is_err());
     }
 
     #[test]
@@ -353,8 +392,8 @@ mod tests {
         let mut p = PriorParams::compressai_init(2, &DEFAULT_FILTERS, 10.0, 1);
         p.quantiles[0] = 5.0;
         assert!(FactorizedPrior::new(&p).is_err());
-        let mut p = PriorParams::compressai_init(1, &DEFAULT_FILTERS, 10.0, 1);
-        p.quantiles = vec![-5000.0, 0.0, 5000.0];
+        // A density far wider than a table can hold is refused, not truncated silently.
+        let p = PriorParams::compressai_init(1, &DEFAULT_FILTERS, 1e5, 1);
         assert!(FactorizedPrior::new(&p).unwrap().table(0, 16).is_err());
     }
 }

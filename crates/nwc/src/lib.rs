@@ -32,10 +32,12 @@
 
 mod codec;
 mod error;
+mod learned;
 mod pipeline;
 
 pub use codec::{EcsqCodec, LEVEL_STEP_RATIOS, Quantized, WeightCodec};
 pub use error::{NwcError, Result};
+pub use learned::NwcCodec;
 pub use pipeline::{
     CompressOptions, CompressReport, Compressor, Decompressor, Importance, NwcFile, ProgressFn,
     TensorPolicy, TensorReport, Uniform, builtin_decoder, round_trip_tensor,
@@ -47,6 +49,8 @@ pub use nwc_entropy as entropy;
 pub use nwc_format as format;
 /// The preprocessing crate (loading, chunking, levels).
 pub use nwc_tensor as tensor;
+/// The learned codec network crate (burn), including `burn` itself.
+pub use nwc_codec as codec_net;
 
 /// The README's example compiles (it is run as a doctest with `no_run`).
 #[cfg(doctest)]

@@ -671,16 +671,24 @@ pub fn round_trip_tensor(
     Ok((out, report))
 }
 
-/// A decoder for files whose codec needs no checkpoint (lossless-only and ECSQ files).
+/// A CPU decoder for any file this build can decode without outside help: lossless-only and
+/// ECSQ files, and NWC files made with the shipped checkpoint.
 ///
 /// # Errors
-/// [`NwcError::CodecMismatch`] for a file that needs a learned-codec checkpoint.
+/// [`NwcError::CodecMismatch`] for a file that needs another learned-codec checkpoint.
 pub fn builtin_decoder(h: &Header) -> Result<Box<dyn WeightCodec>> {
     match h.codec {
         CodecKind::None | CodecKind::Ecsq => Ok(Box::new(crate::codec::EcsqCodec::with_step(1.0)?)),
-        CodecKind::Nwc => Err(NwcError::CodecMismatch(format!(
-            "the file needs the NWC checkpoint {}, which this build does not carry",
-            hex(&h.codec_hash)
-        ))),
+        CodecKind::Nwc => {
+            let codec = crate::learned::NwcCodec::<nwc_codec::burn::backend::NdArray>::default_on(&Default::default())?;
+            if codec.checkpoint_hash() != h.codec_hash {
+                return Err(NwcError::CodecMismatch(format!(
+                    "the file needs the NWC checkpoint {}, this build carries {}",
+                    hex(&h.codec_hash),
+                    hex(&codec.checkpoint_hash())
+                )));
+            }
+            Ok(Box::new(codec))
+        }
     }
 }

@@ -1,0 +1,167 @@
+//! `cargo xtask train`: trains the codec on real weights and writes a checkpoint.
+//!
+//! Data: every 2-D float weight of the installed unquantized models (MiniLM fp32 today),
+//! chunk-and-normalized exactly as at compression time. Whole tensors of the last encoder layer
+//! are held out for evaluation and for the R-D bench.
+
+use std::path::PathBuf;
+use std::time::Instant;
+
+use anyhow::{Context, Result, bail};
+use clap::{Args, ValueEnum};
+use ndarray::ArrayView2;
+use nwc_codec::{Checkpoint, CodecConfig, TrainConfig, train};
+use nwc_tensor::{ChunkConfig, chunk, open_weights};
+
+/// Names containing this are held out (never trained on).
+pub const HELDOUT: &str = "encoder.layer.5.";
+
+#[derive(Clone, Copy, Debug, ValueEnum)]
+pub enum Size {
+    /// Width 128, 2 blocks: trains in minutes on a CPU.
+    Small,
+    /// The paper's: width 512, 4 blocks (meant for a GPU).
+    Paper,
+}
+
+#[derive(Clone, Copy, Debug, ValueEnum)]
+pub enum BackendKind {
+    /// CPU (burn-ndarray).
+    Cpu,
+    /// WGPU (needs `--features wgpu`).
+    Wgpu,
+    /// CUDA (needs `--features cuda`).
+    Cuda,
+}
+
+#[derive(Args, Debug)]
+pub struct TrainArgs {
+    /// Network size.
+    #[arg(long, value_enum, default_value_t = Size::Small)]
+    size: Size,
+    /// Rate–distortion trade-off λ (the MSE weight; larger gives more bits).
+    #[arg(long, default_value_t = 300.0)]
+    lambda: f32,
+    /// Optimizer steps (added to the resumed checkpoint's).
+    #[arg(long, default_value_t = 3000)]
+    steps: u64,
+    /// Chunks per batch.
+    #[arg(long, default_value_t = 2048)]
+    batch: usize,
+    /// Learning rate.
+    #[arg(long, default_value_t = 1e-3)]
+    lr: f64,
+    /// Steps between progress lines and checkpoint saves.
+    #[arg(long, default_value_t = 100)]
+    log_every: u64,
+    /// Where to write the checkpoint (rewritten at every report, so a run can be resumed).
+    #[arg(long, default_value = "checkpoints/nwc-small.ckpt")]
+    out: PathBuf,
+    /// Resume from this checkpoint.
+    #[arg(long)]
+    resume: Option<PathBuf>,
+    /// Backend to train on.
+    #[arg(long, value_enum, default_value_t = BackendKind::Cpu)]
+    backend: BackendKind,
+    /// Seed.
+    #[arg(long, default_value_t = 0x6e77_6321)]
+    seed: u64,
+}
+
+/// Normalized chunks of every 2-D float weight of the training models: (train, held-out).
+pub fn training_chunks() -> Result<(Vec<f32>, Vec<f32>)> {
+    let path = nwc_tensor::data_dir().join("minilm/model.safetensors");
+    let src = open_weights(&path).with_context(|| format!("{}: run `cargo xtask fetch minilm`", path.display()))?;
+    let (mut train, mut held) = (Vec::new(), Vec::new());
+    for name in src.names() {
+        let t = src.tensor(&name)?;
+        let (Some((r, c)), true) = (t.matrix_dims(), t.dtype().is_float()) else { continue };
+        if r * c < 4096 {
+            continue;
+        }
+        let v = t.to_f32()?;
+        let ch = chunk(ArrayView2::from_shape((r, c), &v)?, &ChunkConfig::default())?;
+        let dst = if name.contains(HELDOUT) { &mut held } else { &mut train };
+        dst.extend_from_slice(ch.data());
+    }
+    if train.is_empty() || held.is_empty() {
+        bail!("no training data found in {}", path.display());
+    }
+    Ok((train, held))
+}
+
+pub fn run(a: &TrainArgs) -> Result<()> {
+    let cfg = match a.size {
+        Size::Small => CodecConfig::small(),
+        Size::Paper => CodecConfig::default(),
+    };
+    let tc = TrainConfig {
+        lambda: a.lambda,
+        steps: a.steps,
+        batch: a.batch,
+        lr: a.lr,
+        log_every: a.log_every,
+        seed: a.seed,
+        ..TrainConfig::default()
+    };
+    let (data, held) = training_chunks()?;
+    println!(
+        "training {:?} (width {}, {} blocks) on {} chunks, {} held out; λ = {}, {} steps of {}",
+        a.size,
+        cfg.width,
+        cfg.blocks,
+        data.len() / 16,
+        held.len() / 16,
+        tc.lambda,
+        tc.steps,
+        tc.batch
+    );
+    let resume = a.resume.as_ref().map(Checkpoint::load).transpose()?;
+    if let Some(dir) = a.out.parent() {
+        std::fs::create_dir_all(dir)?;
+    }
+    match a.backend {
+        BackendKind::Cpu => go::<nwc_codec::burn::backend::Autodiff<nwc_codec::burn::backend::NdArray>>(&cfg, &tc, &data, &held, resume.as_ref(), &a.out),
+        #[cfg(feature = "wgpu")]
+        BackendKind::Wgpu => go::<nwc_codec::burn::backend::Autodiff<nwc_codec::burn::backend::Wgpu>>(&cfg, &tc, &data, &held, resume.as_ref(), &a.out),
+        #[cfg(feature = "cuda")]
+        BackendKind::Cuda => go::<nwc_codec::burn::backend::Autodiff<nwc_codec::burn::backend::Cuda>>(&cfg, &tc, &data, &held, resume.as_ref(), &a.out),
+        #[allow(unreachable_patterns)]
+        other => bail!("backend {other:?} is not compiled in: build xtask with --features wgpu or cuda"),
+    }
+}
+
+fn go<B: nwc_codec::burn::tensor::backend::AutodiffBackend>(
+    cfg: &CodecConfig,
+    tc: &TrainConfig,
+    data: &[f32],
+    held: &[f32],
+    resume: Option<&Checkpoint>,
+    out: &std::path::Path,
+) -> Result<()> {
+    let device = B::Device::default();
+    let t0 = Instant::now();
+    println!("{:>7} {:>9} {:>8} {:>10} {:>11} {:>11} {:>11} {:>11} {:>8}", "step", "loss", "bits", "held bits", "mse L0", "mse L1", "mse L2", "mse L3", "secs");
+    let c = train::<B>(
+        cfg,
+        tc,
+        data,
+        held,
+        &device,
+        resume,
+        |s| {
+            println!(
+                "{:>7} {:>9.4} {:>8.4} {:>10.4} {:>11.3e} {:>11.3e} {:>11.3e} {:>11.3e} {:>8.0}",
+                s.step, s.loss, s.bits, s.heldout_bits, s.heldout_mse[0], s.heldout_mse[1], s.heldout_mse[2], s.heldout_mse[3], t0.elapsed().as_secs_f64()
+            );
+        },
+        |c| {
+            if let Err(e) = c.save(out) {
+                eprintln!("cannot save checkpoint: {e}");
+            }
+        },
+    )?;
+    let hash: String = c.hash().iter().map(|b| format!("{b:02x}")).collect();
+    println!("wrote {} ({} bytes, {} steps, sha256 {hash})", out.display(), c.bytes().len(), c.train_steps());
+    Ok(())
+}
