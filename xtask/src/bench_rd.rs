@@ -39,11 +39,16 @@ struct Point {
 
 fn heldout() -> Result<Vec<Tensor>> {
     let path = nwc::tensor::data_dir().join("minilm/model.safetensors");
-    let src = open_weights(&path).with_context(|| format!("{}: run `cargo xtask fetch minilm`", path.display()))?;
+    let src = open_weights(&path)
+        .with_context(|| format!("{}: run `cargo xtask fetch minilm`", path.display()))?;
     let mut out = Vec::new();
     for name in src.names() {
         let t = src.tensor(&name)?;
-        if name.contains(HELDOUT) && t.dtype().is_float() && t.matrix_dims().is_some() && t.numel() >= 4096 {
+        if name.contains(HELDOUT)
+            && t.dtype().is_float()
+            && t.matrix_dims().is_some()
+            && t.numel() >= 4096
+        {
             out.push(t);
         }
     }
@@ -75,7 +80,10 @@ fn measure(codec: &dyn WeightCodec, tensors: &[Tensor]) -> Result<Point> {
         n += t.numel() as u64;
     }
     let (_, size) = w.finish()?;
-    Ok(Point { bits: 8.0 * size as f64 / n as f64, nmse: err / sig })
+    Ok(Point {
+        bits: 8.0 * size as f64 / n as f64,
+        nmse: err / sig,
+    })
 }
 
 /// Round-to-nearest with per-group asymmetric min–max scaling along each row.
@@ -91,7 +99,9 @@ fn rtn(tensors: &[Tensor], bits: u32, group: usize) -> Result<Point> {
                 let lo = g_in.iter().copied().fold(f32::INFINITY, f32::min);
                 let hi = g_in.iter().copied().fold(f32::NEG_INFINITY, f32::max);
                 // Scale and minimum are stored in f16: quantize with the stored values.
-                let scale = half::f16::from_f32(((hi - lo) / levels).max(1e-8)).to_f32().max(f32::MIN_POSITIVE);
+                let scale = half::f16::from_f32(((hi - lo) / levels).max(1e-8))
+                    .to_f32()
+                    .max(f32::MIN_POSITIVE);
                 let min = half::f16::from_f32(lo).to_f32();
                 for (x, y) in g_in.iter().zip(g_out.iter_mut()) {
                     let q = ((x - min) / scale).round().clamp(0.0, levels);
@@ -105,17 +115,22 @@ fn rtn(tensors: &[Tensor], bits: u32, group: usize) -> Result<Point> {
         sig += s;
         n += v.len() as u64;
     }
-    Ok(Point { bits: storage_bits as f64 / n as f64, nmse: err / sig })
+    Ok(Point {
+        bits: storage_bits as f64 / n as f64,
+        nmse: err / sig,
+    })
 }
 
 /// log-MSE interpolated linearly in rate at `bits`, from the two nearest points around it.
 fn at(points: &[Point], bits: f64) -> Option<f64> {
     let mut p = points.to_vec();
     p.sort_by(|a, b| a.bits.total_cmp(&b.bits));
-    p.windows(2).find(|w| w[0].bits <= bits && bits <= w[1].bits).map(|w| {
-        let t = (bits - w[0].bits) / (w[1].bits - w[0].bits);
-        (w[0].nmse.ln() * (1.0 - t) + w[1].nmse.ln() * t).exp()
-    })
+    p.windows(2)
+        .find(|w| w[0].bits <= bits && bits <= w[1].bits)
+        .map(|w| {
+            let t = (bits - w[0].bits) / (w[1].bits - w[0].bits);
+            (w[0].nmse.ln() * (1.0 - t) + w[1].nmse.ln() * t).exp()
+        })
 }
 
 fn svg(series: &[(&str, &str, &[Point])]) -> String {
@@ -123,33 +138,78 @@ fn svg(series: &[(&str, &str, &[Point])]) -> String {
     let all: Vec<&Point> = series.iter().flat_map(|s| s.2.iter()).collect();
     let (x0, x1) = (1.0f64, 9.0f64);
     let ys: Vec<f64> = all.iter().map(|p| p.nmse.log10()).collect();
-    let (y0, y1) = (ys.iter().copied().fold(f64::INFINITY, f64::min).floor(), ys.iter().copied().fold(f64::NEG_INFINITY, f64::max).ceil());
+    let (y0, y1) = (
+        ys.iter().copied().fold(f64::INFINITY, f64::min).floor(),
+        ys.iter().copied().fold(f64::NEG_INFINITY, f64::max).ceil(),
+    );
     let px = |x: f64| m + (x - x0) / (x1 - x0) * (w - 2.0 * m);
     let py = |y: f64| h - m - (y - y0) / (y1 - y0) * (h - 2.0 * m);
-    let mut s = format!("<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"{w}\" height=\"{h}\" font-family=\"sans-serif\" font-size=\"12\">\n<rect width=\"100%\" height=\"100%\" fill=\"white\"/>\n");
+    let mut s = format!(
+        "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"{w}\" height=\"{h}\" font-family=\"sans-serif\" font-size=\"12\">\n<rect width=\"100%\" height=\"100%\" fill=\"white\"/>\n"
+    );
     for b in 1..=9 {
         let x = px(f64::from(b));
-        let _ = writeln!(s, "<line x1=\"{x}\" y1=\"{}\" x2=\"{x}\" y2=\"{}\" stroke=\"#ddd\"/><text x=\"{x}\" y=\"{}\" text-anchor=\"middle\">{b}</text>", m, h - m, h - m + 16.0);
+        let _ = writeln!(
+            s,
+            "<line x1=\"{x}\" y1=\"{}\" x2=\"{x}\" y2=\"{}\" stroke=\"#ddd\"/><text x=\"{x}\" y=\"{}\" text-anchor=\"middle\">{b}</text>",
+            m,
+            h - m,
+            h - m + 16.0
+        );
     }
     let mut y = y0;
     while y <= y1 + 1e-9 {
         let yy = py(y);
-        let _ = writeln!(s, "<line x1=\"{m}\" y1=\"{yy}\" x2=\"{}\" y2=\"{yy}\" stroke=\"#ddd\"/><text x=\"{}\" y=\"{}\" text-anchor=\"end\">1e{y}</text>", w - m, m - 6.0, yy + 4.0);
+        let _ = writeln!(
+            s,
+            "<line x1=\"{m}\" y1=\"{yy}\" x2=\"{}\" y2=\"{yy}\" stroke=\"#ddd\"/><text x=\"{}\" y=\"{}\" text-anchor=\"end\">1e{y}</text>",
+            w - m,
+            m - 6.0,
+            yy + 4.0
+        );
         y += 1.0;
     }
-    let _ = writeln!(s, "<text x=\"{}\" y=\"{}\" text-anchor=\"middle\">measured bits per parameter</text>", w / 2.0, h - 16.0);
-    let _ = writeln!(s, "<text x=\"16\" y=\"{}\" transform=\"rotate(-90 16 {})\" text-anchor=\"middle\">normalized MSE</text>", h / 2.0, h / 2.0);
+    let _ = writeln!(
+        s,
+        "<text x=\"{}\" y=\"{}\" text-anchor=\"middle\">measured bits per parameter</text>",
+        w / 2.0,
+        h - 16.0
+    );
+    let _ = writeln!(
+        s,
+        "<text x=\"16\" y=\"{}\" transform=\"rotate(-90 16 {})\" text-anchor=\"middle\">normalized MSE</text>",
+        h / 2.0,
+        h / 2.0
+    );
     for (i, (name, color, pts)) in series.iter().enumerate() {
         let mut p = pts.to_vec();
         p.sort_by(|a, b| a.bits.total_cmp(&b.bits));
-        let path: Vec<String> = p.iter().filter(|q| q.bits >= x0 && q.bits <= x1).map(|q| format!("{:.1},{:.1}", px(q.bits), py(q.nmse.log10()))).collect();
-        let _ = writeln!(s, "<polyline fill=\"none\" stroke=\"{color}\" stroke-width=\"2\" points=\"{}\"/>", path.join(" "));
+        let path: Vec<String> = p
+            .iter()
+            .filter(|q| q.bits >= x0 && q.bits <= x1)
+            .map(|q| format!("{:.1},{:.1}", px(q.bits), py(q.nmse.log10())))
+            .collect();
+        let _ = writeln!(
+            s,
+            "<polyline fill=\"none\" stroke=\"{color}\" stroke-width=\"2\" points=\"{}\"/>",
+            path.join(" ")
+        );
         for q in path {
             let (a, b) = q.split_once(',').expect("x,y");
-            let _ = writeln!(s, "<circle cx=\"{a}\" cy=\"{b}\" r=\"3\" fill=\"{color}\"/>");
+            let _ = writeln!(
+                s,
+                "<circle cx=\"{a}\" cy=\"{b}\" r=\"3\" fill=\"{color}\"/>"
+            );
         }
         let ly = m + 16.0 * i as f64;
-        let _ = writeln!(s, "<rect x=\"{}\" y=\"{}\" width=\"12\" height=\"3\" fill=\"{color}\"/><text x=\"{}\" y=\"{}\">{name}</text>", w - m - 110.0, ly, w - m - 92.0, ly + 5.0);
+        let _ = writeln!(
+            s,
+            "<rect x=\"{}\" y=\"{}\" width=\"12\" height=\"3\" fill=\"{color}\"/><text x=\"{}\" y=\"{}\">{name}</text>",
+            w - m - 110.0,
+            ly,
+            w - m - 92.0,
+            ly + 5.0
+        );
     }
     s.push_str("</svg>\n");
     s
@@ -164,31 +224,59 @@ pub fn run(a: &BenchArgs) -> Result<()> {
         None => Checkpoint::from_bytes(nwc::codec_net::DEFAULT_CHECKPOINT)?,
     };
     let device = Default::default();
-    println!("held-out: {} tensors of MiniLM ({HELDOUT}*), {params} params; checkpoint λ={} steps={}", tensors.len(), ckpt.lambda(), ckpt.train_steps());
+    println!(
+        "held-out: {} tensors of MiniLM ({HELDOUT}*), {params} params; checkpoint λ={} steps={}",
+        tensors.len(),
+        ckpt.lambda(),
+        ckpt.train_steps()
+    );
 
     let mut nwc_pts = Vec::new();
     for i in 0..ckpt.steps().len() {
         let codec = NwcCodec::<NdArray>::new(ckpt.clone(), &device)?.with_step_index(i)?;
         let p = measure(&codec, &tensors)?;
-        println!("nwc   step {:>5.2}: {:>7.4} bits/param  nmse {:.4e}", codec.step(), p.bits, p.nmse);
+        println!(
+            "nwc   step {:>5.2}: {:>7.4} bits/param  nmse {:.4e}",
+            codec.step(),
+            p.bits,
+            p.nmse
+        );
         nwc_pts.push(p);
     }
     let mut ecsq_pts = Vec::new();
     for target in [1.5f32, 2.0, 2.5, 3.0, 3.5, 4.0, 4.5, 5.0, 6.0, 7.0, 8.0] {
         let p = measure(&EcsqCodec::for_bits(target)?, &tensors)?;
-        println!("ecsq  {target:>4} b target: {:>7.4} bits/param  nmse {:.4e}", p.bits, p.nmse);
+        println!(
+            "ecsq  {target:>4} b target: {:>7.4} bits/param  nmse {:.4e}",
+            p.bits, p.nmse
+        );
         ecsq_pts.push(p);
     }
     let mut rtn_pts = Vec::new();
     for b in 2..=8 {
         let p = rtn(&tensors, b, a.group)?;
-        println!("rtn   {b} bits g{}: {:>7.4} bits/param  nmse {:.4e}", a.group, p.bits, p.nmse);
+        println!(
+            "rtn   {b} bits g{}: {:>7.4} bits/param  nmse {:.4e}",
+            a.group, p.bits, p.nmse
+        );
         rtn_pts.push(p);
     }
 
     let mut md = String::new();
     let _ = writeln!(md, "# Rate–distortion on held-out real weights\n");
-    let _ = writeln!(md, "Made by `cargo xtask bench-rd` ({:.0} s on this machine). Held out: the {} matrices of MiniLM `{HELDOUT}*` ({params} params), never trained on. Rates are measured: `.nwc` bytes × 8 / params for NWC and ECSQ (side information included); RTN: b bits + f16 scale + f16 minimum per group of {}. NMSE = Σ(w − ŵ)² / Σ w². Checkpoint: λ = {}, {} steps, sha256 {}.\n", t0.elapsed().as_secs_f64(), tensors.len(), a.group, ckpt.lambda(), ckpt.train_steps(), ckpt.hash().iter().map(|b| format!("{b:02x}")).collect::<String>());
+    let _ = writeln!(
+        md,
+        "Made by `cargo xtask bench-rd` ({:.0} s on this machine). Held out: the {} matrices of MiniLM `{HELDOUT}*` ({params} params), never trained on. Rates are measured: `.nwc` bytes × 8 / params for NWC and ECSQ (side information included); RTN: b bits + f16 scale + f16 minimum per group of {}. NMSE = Σ(w − ŵ)² / Σ w². Checkpoint: λ = {}, {} steps, sha256 {}.\n",
+        t0.elapsed().as_secs_f64(),
+        tensors.len(),
+        a.group,
+        ckpt.lambda(),
+        ckpt.train_steps(),
+        ckpt.hash()
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect::<String>()
+    );
     let _ = writeln!(md, "| method | bits/param | NMSE |\n|---|---:|---:|");
     for (name, pts) in [("NWC", &nwc_pts), ("ECSQ", &ecsq_pts), ("RTN", &rtn_pts)] {
         for p in pts.iter() {
@@ -198,15 +286,36 @@ pub fn run(a: &BenchArgs) -> Result<()> {
     let at4 = |p: &[Point]| at(p, 4.0);
     let (n4, e4, r4) = (at4(&nwc_pts), at4(&ecsq_pts), at4(&rtn_pts));
     let fmt = |v: Option<f64>| v.map_or("n/a".to_string(), |x| format!("{x:.4e}"));
-    let _ = writeln!(md, "\nAt exactly 4.00 bits/param (log-MSE interpolated between measured points): NWC {}, ECSQ {}, RTN {}.", fmt(n4), fmt(e4), fmt(r4));
+    let _ = writeln!(
+        md,
+        "\nAt exactly 4.00 bits/param (log-MSE interpolated between measured points): NWC {}, ECSQ {}, RTN {}.",
+        fmt(n4),
+        fmt(e4),
+        fmt(r4)
+    );
     std::fs::create_dir_all(&a.out)?;
     std::fs::write(a.out.join("rd.md"), &md)?;
-    std::fs::write(a.out.join("rd.svg"), svg(&[("NWC", "#d62728", &nwc_pts), ("ECSQ", "#1f77b4", &ecsq_pts), ("RTN g128", "#7f7f7f", &rtn_pts)]))?;
-    println!("wrote {} and {}", a.out.join("rd.md").display(), a.out.join("rd.svg").display());
+    std::fs::write(
+        a.out.join("rd.svg"),
+        svg(&[
+            ("NWC", "#d62728", &nwc_pts),
+            ("ECSQ", "#1f77b4", &ecsq_pts),
+            ("RTN g128", "#7f7f7f", &rtn_pts),
+        ]),
+    )?;
+    println!(
+        "wrote {} and {}",
+        a.out.join("rd.md").display(),
+        a.out.join("rd.svg").display()
+    );
     let ratio = |a: Option<f64>, b: Option<f64>| match (a, b) {
         (Some(a), Some(b)) => format!("{:.4}", a / b),
         _ => "n/a".into(),
     };
-    println!("rd@4bit: nwc/ecsq={} nwc/rtn={}", ratio(n4, e4), ratio(n4, r4));
+    println!(
+        "rd@4bit: nwc/ecsq={} nwc/rtn={}",
+        ratio(n4, e4),
+        ratio(n4, r4)
+    );
     Ok(())
 }

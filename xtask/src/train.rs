@@ -71,17 +71,24 @@ pub struct TrainArgs {
 /// Normalized chunks of every 2-D float weight of the training models: (train, held-out).
 pub fn training_chunks() -> Result<(Vec<f32>, Vec<f32>)> {
     let path = nwc_tensor::data_dir().join("minilm/model.safetensors");
-    let src = open_weights(&path).with_context(|| format!("{}: run `cargo xtask fetch minilm`", path.display()))?;
+    let src = open_weights(&path)
+        .with_context(|| format!("{}: run `cargo xtask fetch minilm`", path.display()))?;
     let (mut train, mut held) = (Vec::new(), Vec::new());
     for name in src.names() {
         let t = src.tensor(&name)?;
-        let (Some((r, c)), true) = (t.matrix_dims(), t.dtype().is_float()) else { continue };
+        let (Some((r, c)), true) = (t.matrix_dims(), t.dtype().is_float()) else {
+            continue;
+        };
         if r * c < 4096 {
             continue;
         }
         let v = t.to_f32()?;
         let ch = chunk(ArrayView2::from_shape((r, c), &v)?, &ChunkConfig::default())?;
-        let dst = if name.contains(HELDOUT) { &mut held } else { &mut train };
+        let dst = if name.contains(HELDOUT) {
+            &mut held
+        } else {
+            &mut train
+        };
         dst.extend_from_slice(ch.data());
     }
     if train.is_empty() || held.is_empty() {
@@ -121,13 +128,35 @@ pub fn run(a: &TrainArgs) -> Result<()> {
         std::fs::create_dir_all(dir)?;
     }
     match a.backend {
-        BackendKind::Cpu => go::<nwc_codec::burn::backend::Autodiff<nwc_codec::burn::backend::NdArray>>(&cfg, &tc, &data, &held, resume.as_ref(), &a.out),
+        BackendKind::Cpu => go::<
+            nwc_codec::burn::backend::Autodiff<nwc_codec::burn::backend::NdArray>,
+        >(&cfg, &tc, &data, &held, resume.as_ref(), &a.out),
         #[cfg(feature = "wgpu")]
-        BackendKind::Wgpu => go::<nwc_codec::burn::backend::Autodiff<nwc_codec::burn::backend::Wgpu>>(&cfg, &tc, &data, &held, resume.as_ref(), &a.out),
+        BackendKind::Wgpu => {
+            go::<nwc_codec::burn::backend::Autodiff<nwc_codec::burn::backend::Wgpu>>(
+                &cfg,
+                &tc,
+                &data,
+                &held,
+                resume.as_ref(),
+                &a.out,
+            )
+        }
         #[cfg(feature = "cuda")]
-        BackendKind::Cuda => go::<nwc_codec::burn::backend::Autodiff<nwc_codec::burn::backend::Cuda>>(&cfg, &tc, &data, &held, resume.as_ref(), &a.out),
+        BackendKind::Cuda => {
+            go::<nwc_codec::burn::backend::Autodiff<nwc_codec::burn::backend::Cuda>>(
+                &cfg,
+                &tc,
+                &data,
+                &held,
+                resume.as_ref(),
+                &a.out,
+            )
+        }
         #[allow(unreachable_patterns)]
-        other => bail!("backend {other:?} is not compiled in: build xtask with --features wgpu or cuda"),
+        other => {
+            bail!("backend {other:?} is not compiled in: build xtask with --features wgpu or cuda")
+        }
     }
 }
 
@@ -141,7 +170,10 @@ fn go<B: nwc_codec::burn::tensor::backend::AutodiffBackend>(
 ) -> Result<()> {
     let device = B::Device::default();
     let t0 = Instant::now();
-    println!("{:>7} {:>9} {:>8} {:>10} {:>11} {:>11} {:>11} {:>11} {:>8}", "step", "loss", "bits", "held bits", "mse L0", "mse L1", "mse L2", "mse L3", "secs");
+    println!(
+        "{:>7} {:>9} {:>8} {:>10} {:>11} {:>11} {:>11} {:>11} {:>8}",
+        "step", "loss", "bits", "held bits", "mse L0", "mse L1", "mse L2", "mse L3", "secs"
+    );
     let c = train::<B>(
         cfg,
         tc,
@@ -152,7 +184,15 @@ fn go<B: nwc_codec::burn::tensor::backend::AutodiffBackend>(
         |s| {
             println!(
                 "{:>7} {:>9.4} {:>8.4} {:>10.4} {:>11.3e} {:>11.3e} {:>11.3e} {:>11.3e} {:>8.0}",
-                s.step, s.loss, s.bits, s.heldout_bits, s.heldout_mse[0], s.heldout_mse[1], s.heldout_mse[2], s.heldout_mse[3], t0.elapsed().as_secs_f64()
+                s.step,
+                s.loss,
+                s.bits,
+                s.heldout_bits,
+                s.heldout_mse[0],
+                s.heldout_mse[1],
+                s.heldout_mse[2],
+                s.heldout_mse[3],
+                t0.elapsed().as_secs_f64()
             );
         },
         |c| {
@@ -162,6 +202,11 @@ fn go<B: nwc_codec::burn::tensor::backend::AutodiffBackend>(
         },
     )?;
     let hash: String = c.hash().iter().map(|b| format!("{b:02x}")).collect();
-    println!("wrote {} ({} bytes, {} steps, sha256 {hash})", out.display(), c.bytes().len(), c.train_steps());
+    println!(
+        "wrote {} ({} bytes, {} steps, sha256 {hash})",
+        out.display(),
+        c.bytes().len(),
+        c.train_steps()
+    );
     Ok(())
 }

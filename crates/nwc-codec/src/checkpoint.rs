@@ -30,7 +30,9 @@ const MAGIC: &[u8; 8] = b"NWCCKPT\0";
 const VERSION: u32 = 1;
 
 /// Latent quantization steps a checkpoint exports tables for: one model, several rates.
-pub const DEFAULT_STEPS: [f32; 9] = [0.35, 0.5, 0.7, 1.0, 1.4, 2.0, 2.8, 4.0, 5.6];
+pub const DEFAULT_STEPS: [f32; 12] = [
+    0.18, 0.25, 0.35, 0.5, 0.7, 1.0, 1.4, 2.0, 2.8, 4.0, 5.6, 8.0,
+];
 
 /// A loaded checkpoint.
 #[derive(Clone)]

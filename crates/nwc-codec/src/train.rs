@@ -104,14 +104,14 @@ pub fn evaluate<B: Backend>(
         Tensor::from_data(TensorData::new(heldout[..n * l].to_vec(), [n, l]), device);
     let mut mse = [0.0; 4];
     let mut bits = 0.0;
-    for level in 0..4 {
+    for (level, mse_level) in mse.iter_mut().enumerate() {
         let lv =
             Tensor::<B, 1, Int>::from_data(TensorData::new(vec![level as i64; n], [n]), device);
         let y = model.analyze(x.clone(), lv.clone());
         let med = model.bottleneck.medians().reshape([1, cfg.latent]);
         let y_hat = (y - med.clone()).round() + med;
         let x_hat = model.synthesize(y_hat.clone(), lv);
-        mse[level] = (x_hat - x.clone())
+        *mse_level = (x_hat - x.clone())
             .powi_scalar(2)
             .mean()
             .into_scalar()
@@ -147,11 +147,20 @@ pub fn train<B: AutodiffBackend>(
     mut checkpoint: impl FnMut(&Checkpoint),
 ) -> Result<Checkpoint> {
     cfg.validate()?;
-    // Zero steps from a checkpoint re-exports it: same parameters, tables rebuilt by this build.
+    // Zero steps from a checkpoint re-exports it: same parameters, tables rebuilt by this build
+    // for the current step list.
     if tc.steps == 0 {
-        let c = resume.ok_or_else(|| CodecError::Config("zero training steps and nothing to resume".into()))?;
+        let c = resume.ok_or_else(|| {
+            CodecError::Config("zero training steps and nothing to resume".into())
+        })?;
         let model = c.model::<B::InnerBackend>(device)?;
-        let out = Checkpoint::from_model(&model, c.config(), c.lambda(), c.train_steps(), c.steps())?;
+        let out = Checkpoint::from_model(
+            &model,
+            c.config(),
+            c.lambda(),
+            c.train_steps(),
+            &DEFAULT_STEPS,
+        )?;
         checkpoint(&out);
         return Ok(out);
     }

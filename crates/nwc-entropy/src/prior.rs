@@ -175,7 +175,9 @@ impl FactorizedPrior {
 
     /// The median of each channel (where the CDF is ½): values are coded as `round(y − median)`.
     pub fn medians(&self) -> Vec<f32> {
-        (0..self.channels).map(|c| self.density_quantiles(c)[1] as f32).collect()
+        (0..self.channels)
+            .map(|c| self.density_quantiles(c)[1] as f32)
+            .collect()
     }
 
     /// The value where the cumulative logit of `channel` equals `target`, by bisection (the
@@ -207,7 +209,11 @@ impl FactorizedPrior {
     /// converge far more slowly than the density they describe.
     pub fn density_quantiles(&self, channel: usize) -> [f64; 3] {
         let t = libm::log(2.0 / DEFAULT_TAIL_MASS - 1.0);
-        [self.solve(channel, -t), self.solve(channel, 0.0), self.solve(channel, t)]
+        [
+            self.solve(channel, -t),
+            self.solve(channel, 0.0),
+            self.solve(channel, t),
+        ]
     }
 
     /// The cumulative logit of `x` in `channel` (`sigmoid` of it is the CDF).

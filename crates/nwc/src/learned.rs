@@ -106,14 +106,29 @@ impl<B: Backend> NwcCodec<B> {
     }
 
     fn run(&self, input: &[f32], chunk_len: usize, levels: &[u8], analyze: bool) -> Vec<f32> {
-        let model = self.model.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let model = self
+            .model
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         let mut out = Vec::with_capacity(input.len());
         for (x, l) in input.chunks(BATCH * chunk_len).zip(levels.chunks(BATCH)) {
             let n = l.len();
-            let t = Tensor::<B, 2>::from_data(TensorData::new(x.to_vec(), [n, chunk_len]), &self.device);
+            let t = Tensor::<B, 2>::from_data(
+                TensorData::new(x.to_vec(), [n, chunk_len]),
+                &self.device,
+            );
             let lv = self.levels_tensor(l);
-            let y = if analyze { model.analyze(t, lv) } else { model.synthesize(t, lv) };
-            out.extend(y.into_data().convert::<f32>().to_vec::<f32>().expect("f32 data"));
+            let y = if analyze {
+                model.analyze(t, lv)
+            } else {
+                model.synthesize(t, lv)
+            };
+            out.extend(
+                y.into_data()
+                    .convert::<f32>()
+                    .to_vec::<f32>()
+                    .expect("f32 data"),
+            );
         }
         out
     }
@@ -139,10 +154,19 @@ where
         self.checkpoint.tables()
     }
 
-    fn quantize(&self, name: &str, chunks: &[f32], chunk_len: usize, chunk_levels: &[u8]) -> Result<Quantized> {
+    fn quantize(
+        &self,
+        name: &str,
+        chunks: &[f32],
+        chunk_len: usize,
+        chunk_levels: &[u8],
+    ) -> Result<Quantized> {
         let c = self.checkpoint.config().latent;
         if chunk_len != self.checkpoint.config().chunk_len {
-            return Err(NwcError::Config(format!("chunk length {chunk_len}, the codec needs {}", self.checkpoint.config().chunk_len)));
+            return Err(NwcError::Config(format!(
+                "chunk length {chunk_len}, the codec needs {}",
+                self.checkpoint.config().chunk_len
+            )));
         }
         let y = self.run(chunks, chunk_len, chunk_levels, true);
         let medians = self.checkpoint.medians();
@@ -155,12 +179,17 @@ where
                 if q.is_finite() && q.abs() <= (1u32 << 30) as f32 {
                     Ok(q as i32)
                 } else {
-                    Err(NwcError::Unrepresentable { name: name.to_string(), reason: format!("latent {v} cannot be quantized") })
+                    Err(NwcError::Unrepresentable {
+                        name: name.to_string(),
+                        reason: format!("latent {v} cannot be quantized"),
+                    })
                 }
             })
             .collect::<Result<Vec<i32>>>()?;
         let base = (self.step_index * c) as u16;
-        let table_map = (0..self.n_levels()).flat_map(|_| (0..c as u16).map(move |i| base + i)).collect();
+        let table_map = (0..self.n_levels())
+            .flat_map(|_| (0..c as u16).map(move |i| base + i))
+            .collect();
         Ok(Quantized {
             symbols,
             params: (self.step_index as u32).to_le_bytes().to_vec(),
@@ -169,18 +198,39 @@ where
         })
     }
 
-    fn dequantize(&self, name: &str, symbols: &[i32], chunk_len: usize, chunk_levels: &[u8], params: &[u8]) -> Result<Vec<f32>> {
-        let corrupt = |reason: String| NwcError::Corrupt { name: name.to_string(), reason };
+    fn dequantize(
+        &self,
+        name: &str,
+        symbols: &[i32],
+        chunk_len: usize,
+        chunk_levels: &[u8],
+        params: &[u8],
+    ) -> Result<Vec<f32>> {
+        let corrupt = |reason: String| NwcError::Corrupt {
+            name: name.to_string(),
+            reason,
+        };
         let index = <[u8; 4]>::try_from(params)
             .map(u32::from_le_bytes)
-            .map_err(|_| corrupt(format!("NWC parameters of {} bytes", params.len())))? as usize;
-        let step = *self.checkpoint.steps().get(index).ok_or_else(|| corrupt(format!("step index {index}")))?;
+            .map_err(|_| corrupt(format!("NWC parameters of {} bytes", params.len())))?
+            as usize;
+        let step = *self
+            .checkpoint
+            .steps()
+            .get(index)
+            .ok_or_else(|| corrupt(format!("step index {index}")))?;
         let c = self.checkpoint.config().latent;
         if chunk_len != c {
-            return Err(corrupt(format!("chunk length {chunk_len}, the codec needs {c}")));
+            return Err(corrupt(format!(
+                "chunk length {chunk_len}, the codec needs {c}"
+            )));
         }
         let medians = self.checkpoint.medians();
-        let y_hat: Vec<f32> = symbols.iter().enumerate().map(|(i, &q)| q as f32 * step + medians[i % c]).collect();
+        let y_hat: Vec<f32> = symbols
+            .iter()
+            .enumerate()
+            .map(|(i, &q)| q as f32 * step + medians[i % c])
+            .collect();
         Ok(self.run(&y_hat, chunk_len, chunk_levels, false))
     }
 }

@@ -43,14 +43,14 @@ pub use pipeline::{
     TensorPolicy, TensorReport, Uniform, builtin_decoder, round_trip_tensor,
 };
 
+/// The learned codec network crate (burn), including `burn` itself.
+pub use nwc_codec as codec_net;
 /// The entropy-coding crate (tables, prior, rANS).
 pub use nwc_entropy as entropy;
 /// The container crate (records, readers, writer).
 pub use nwc_format as format;
 /// The preprocessing crate (loading, chunking, levels).
 pub use nwc_tensor as tensor;
-/// The learned codec network crate (burn), including `burn` itself.
-pub use nwc_codec as codec_net;
 
 /// The README's example compiles (it is run as a doctest with `no_run`).
 #[cfg(doctest)]

@@ -680,7 +680,9 @@ pub fn builtin_decoder(h: &Header) -> Result<Box<dyn WeightCodec>> {
     match h.codec {
         CodecKind::None | CodecKind::Ecsq => Ok(Box::new(crate::codec::EcsqCodec::with_step(1.0)?)),
         CodecKind::Nwc => {
-            let codec = crate::learned::NwcCodec::<nwc_codec::burn::backend::NdArray>::default_on(&Default::default())?;
+            let codec = crate::learned::NwcCodec::<nwc_codec::burn::backend::NdArray>::default_on(
+                &Default::default(),
+            )?;
             if codec.checkpoint_hash() != h.codec_hash {
                 return Err(NwcError::CodecMismatch(format!(
                     "the file needs the NWC checkpoint {}, this build carries {}",

@@ -9,7 +9,9 @@ use nwc::{Compressor, Decompressor, NwcCodec, NwcError, WeightCodec};
 
 fn weight(rows: usize, cols: usize) -> Tensor {
     let mut rng = nwc::entropy::SplitMix64(11);
-    let v: Vec<f32> = (0..rows * cols).map(|_| (rng.next_f64() as f32 - 0.5) * 0.05).collect();
+    let v: Vec<f32> = (0..rows * cols)
+        .map(|_| (rng.next_f64() as f32 - 0.5) * 0.05)
+        .collect();
     Tensor::from_f32("blk.0.w", DType::F32, vec![rows, cols], &v).unwrap()
 }
 
@@ -25,8 +27,13 @@ fn shipped_checkpoint_encodes_and_decodes() {
     let c = Compressor::new(&codec);
     let (rec, rep) = c.compress_tensor(&t, None).unwrap();
     assert!(rep.coded);
-    let Payload::Coded(p) = &rec.payload else { panic!("coded") };
-    assert!(p.tables.is_empty(), "NWC records use the checkpoint's tables");
+    let Payload::Coded(p) = &rec.payload else {
+        panic!("coded")
+    };
+    assert!(
+        p.tables.is_empty(),
+        "NWC records use the checkpoint's tables"
+    );
     let back = Decompressor::new(&codec).decompress_record(&rec).unwrap();
     assert_eq!(back.shape(), &[56, 96]);
     assert!(rep.nmse() < 0.05, "nmse {}", rep.nmse());
@@ -42,7 +49,11 @@ fn larger_steps_give_fewer_bits() {
     for i in [1, 4, 7] {
         let codec = shipped().with_step_index(i).unwrap();
         let (_, rep) = nwc::round_trip_tensor(&codec, &t, &Default::default()).unwrap();
-        assert!(rep.bits_per_param() < last, "step {i}: {} bits", rep.bits_per_param());
+        assert!(
+            rep.bits_per_param() < last,
+            "step {i}: {} bits",
+            rep.bits_per_param()
+        );
         last = rep.bits_per_param();
     }
     assert!(shipped().with_step_index(99).is_err());
@@ -50,14 +61,21 @@ fn larger_steps_give_fewer_bits() {
 
 #[test]
 fn another_checkpoint_is_refused() {
-    let cfg = CodecConfig { width: 16, blocks: 1, ..CodecConfig::default() };
+    let cfg = CodecConfig {
+        width: 16,
+        blocks: 1,
+        ..CodecConfig::default()
+    };
     let model = NwcModel::<NdArray>::new(&cfg, &Default::default());
     let other = Checkpoint::from_model(&model, &cfg, 100.0, 0, &DEFAULT_STEPS).unwrap();
     let other = NwcCodec::<NdArray>::new(other, &Default::default()).unwrap();
     let codec = shipped();
     assert_ne!(other.checkpoint_hash(), codec.checkpoint_hash());
     let header = Compressor::new(&codec).header();
-    assert!(matches!(Decompressor::new(&other).check_header(&header), Err(NwcError::CodecMismatch(_))));
+    assert!(matches!(
+        Decompressor::new(&other).check_header(&header),
+        Err(NwcError::CodecMismatch(_))
+    ));
     assert!(Decompressor::new(&codec).check_header(&header).is_ok());
     // The built-in decoder knows the shipped checkpoint and no other.
     assert!(nwc::builtin_decoder(&header).is_ok());
