@@ -1,8 +1,8 @@
 //! `cargo xtask train`: trains the codec on real weights and writes a checkpoint.
 //!
-//! Data: every 2-D float weight of the installed unquantized models (MiniLM fp32 today),
-//! chunk-and-normalized exactly as at compression time. Whole tensors of the last encoder layer
-//! are held out for evaluation and for the R-D bench.
+//! Data: every 2-D float weight of the installed unquantized models (MiniLM fp32 safetensors and
+//! Whisper tiny.en fp16 CTranslate2), chunk-and-normalized exactly as at compression time. Whole
+//! tensors of MiniLM's last encoder layer are held out for evaluation and for the R-D bench.
 
 use std::path::PathBuf;
 use std::time::Instant;
@@ -66,15 +66,36 @@ pub struct TrainArgs {
     /// Seed.
     #[arg(long, default_value_t = 0x6e77_6321)]
     seed: u64,
+    /// Train on MiniLM only (default: MiniLM and Whisper tiny.en).
+    #[arg(long)]
+    minilm_only: bool,
 }
 
 /// Normalized chunks of every 2-D float weight of the training models: (train, held-out).
-pub fn training_chunks() -> Result<(Vec<f32>, Vec<f32>)> {
-    let path = nwc_tensor::data_dir().join("minilm/model.safetensors");
-    let src = open_weights(&path)
-        .with_context(|| format!("{}: run `cargo xtask fetch minilm`", path.display()))?;
+/// MiniLM is required; Whisper tiny.en is added unless `minilm_only`.
+pub fn training_chunks(with_whisper: bool) -> Result<(Vec<f32>, Vec<f32>)> {
     let (mut train, mut held) = (Vec::new(), Vec::new());
+    let minilm = nwc_tensor::data_dir().join("minilm/model.safetensors");
+    add_model(&minilm, &mut train, &mut held)
+        .with_context(|| format!("{}: run `cargo xtask fetch minilm`", minilm.display()))?;
+    if with_whisper {
+        let whisper = nwc_tensor::data_dir().join("whisper/model.bin");
+        add_model(&whisper, &mut train, &mut held)
+            .with_context(|| format!("{}: run `cargo xtask fetch whisper`", whisper.display()))?;
+    }
+    if train.is_empty() || held.is_empty() {
+        bail!("no training data found");
+    }
+    Ok((train, held))
+}
+
+fn add_model(path: &std::path::Path, train: &mut Vec<f32>, held: &mut Vec<f32>) -> Result<()> {
+    let src = open_weights(path)?;
     for name in src.names() {
+        // Whisper's encoder position encodings are fixed sinusoids, not learned weights.
+        if name.contains("position_encodings") {
+            continue;
+        }
         let t = src.tensor(&name)?;
         let (Some((r, c)), true) = (t.matrix_dims(), t.dtype().is_float()) else {
             continue;
@@ -85,16 +106,13 @@ pub fn training_chunks() -> Result<(Vec<f32>, Vec<f32>)> {
         let v = t.to_f32()?;
         let ch = chunk(ArrayView2::from_shape((r, c), &v)?, &ChunkConfig::default())?;
         let dst = if name.contains(HELDOUT) {
-            &mut held
+            &mut *held
         } else {
-            &mut train
+            &mut *train
         };
         dst.extend_from_slice(ch.data());
     }
-    if train.is_empty() || held.is_empty() {
-        bail!("no training data found in {}", path.display());
-    }
-    Ok((train, held))
+    Ok(())
 }
 
 pub fn run(a: &TrainArgs) -> Result<()> {
@@ -111,7 +129,7 @@ pub fn run(a: &TrainArgs) -> Result<()> {
         seed: a.seed,
         ..TrainConfig::default()
     };
-    let (data, held) = training_chunks()?;
+    let (data, held) = training_chunks(!a.minilm_only)?;
     println!(
         "training {:?} (width {}, {} blocks) on {} chunks, {} held out; λ = {}, {} steps of {}",
         a.size,

@@ -27,6 +27,7 @@
 #![deny(missing_docs)]
 
 mod chunk;
+mod ctranslate2;
 mod data;
 mod error;
 mod gguf;
@@ -36,6 +37,7 @@ mod source;
 mod tensor;
 
 pub use chunk::{ChunkConfig, Chunked, MAX_CHUNK_LEN, ScaleAxis, ScaleRounding, chunk};
+pub use ctranslate2::CTranslate2File;
 pub use data::data_dir;
 pub use error::{Result, TensorError};
 pub use gguf::{GgmlType, GgufFile, GgufTensorInfo, GgufValue, dequantize};

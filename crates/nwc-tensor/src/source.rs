@@ -21,14 +21,15 @@ pub trait WeightSource: Send + Sync {
     fn tensor(&self, name: &str) -> Result<Tensor>;
 }
 
-/// Opens a `.safetensors` or `.gguf` file, chosen by its first bytes (not its extension).
+/// Opens a safetensors, GGUF or CTranslate2 (`model.bin`) file, chosen by its first bytes (not
+/// its extension).
 ///
 /// # Errors
 /// [`TensorError::Io`] when the file cannot be read, [`TensorError::Malformed`] when it is
 /// neither format.
 pub fn open_weights(path: impl AsRef<Path>) -> Result<Box<dyn WeightSource>> {
     let path = path.as_ref();
-    let mut head = [0u8; 4];
+    let mut head = [0u8; 9];
     {
         use std::io::Read;
         let mut f = std::fs::File::open(path).map_err(|source| TensorError::Io {
@@ -39,15 +40,17 @@ pub fn open_weights(path: impl AsRef<Path>) -> Result<Box<dyn WeightSource>> {
             path: path.to_path_buf(),
             source,
         })?;
-        if n < 4 {
+        if n < 9 {
             return Err(TensorError::Malformed {
                 format: "safetensors",
                 reason: format!("{} is only {n} bytes long", path.display()),
             });
         }
     }
-    if &head == b"GGUF" {
+    if &head[..4] == b"GGUF" {
         Ok(Box::new(GgufFile::open(path)?))
+    } else if head[8] != b'{' && crate::ctranslate2::sniff(&head) {
+        Ok(Box::new(crate::ctranslate2::CTranslate2File::open(path)?))
     } else {
         Ok(Box::new(SafetensorsFile::open(path)?))
     }

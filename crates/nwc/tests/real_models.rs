@@ -32,6 +32,7 @@ fn data(rel: &str) -> Option<PathBuf> {
 
 const MINILM: &str = "minilm/model.safetensors";
 const SMOLLM2: &str = "smollm2/SmolLM2-135M-Instruct.Q4_1.gguf";
+const WHISPER: &str = "whisper/model.bin";
 
 /// Every matrix of the model chunks and unchunks: bit-exact with power-of-two scales, within one
 /// f32 rounding with f16 scales, for both scale axes.
@@ -219,4 +220,17 @@ fn damaged_real_file_is_an_error_not_a_panic() {
             let _ = d.decompress_record(&r);
         }
     }
+}
+
+#[test]
+fn whisper_ctranslate2_loads_and_chunks_exactly() {
+    let Some(p) = data(WHISPER) else { return };
+    let src = open_weights(&p).unwrap();
+    let names = src.names();
+    assert_eq!(names.len(), 148);
+    let emb = src.tensor("decoder/embeddings/weight").unwrap();
+    assert_eq!(emb.shape(), &[51864, 384]);
+    assert_eq!(emb.dtype(), nwc::tensor::DType::F16);
+    let n = chunking_round_trips(&*src);
+    assert!(n >= 40, "expected Whisper's matrices, found {n}");
 }
