@@ -5,6 +5,7 @@
 
 use std::path::{Path, PathBuf};
 
+use crate::cursor::Cursor;
 use crate::error::{Result, TensorError};
 use crate::source::{WeightSource, map_file};
 use crate::tensor::{DType, Tensor, numel};
@@ -43,37 +44,12 @@ impl std::fmt::Debug for CTranslate2File {
     }
 }
 
-struct Cursor<'a> {
-    b: &'a [u8],
-    pos: usize,
-}
-
-impl<'a> Cursor<'a> {
-    fn take(&mut self, n: usize) -> Result<&'a [u8]> {
-        let end = self
-            .pos
-            .checked_add(n)
-            .filter(|&e| e <= self.b.len())
-            .ok_or_else(|| malformed(format!("unexpected end of file at byte {}", self.pos)))?;
-        let s = &self.b[self.pos..end];
-        self.pos = end;
-        Ok(s)
-    }
-    fn u8(&mut self) -> Result<u8> {
-        Ok(self.take(1)?[0])
-    }
-    fn u16(&mut self) -> Result<u16> {
-        Ok(u16::from_le_bytes(self.take(2)?.try_into().expect("2")))
-    }
-    fn u32(&mut self) -> Result<u32> {
-        Ok(u32::from_le_bytes(self.take(4)?.try_into().expect("4")))
-    }
-    fn string(&mut self) -> Result<String> {
-        let n = usize::from(self.u16()?);
-        let s = self.take(n)?;
-        let s = s.strip_suffix(&[0]).unwrap_or(s);
-        Ok(String::from_utf8_lossy(s).into_owned())
-    }
+/// CTranslate2 strings: a u16 length, then bytes ending in a NUL.
+fn string(c: &mut Cursor<'_>) -> Result<String> {
+    let n = c.u16()?;
+    let s = c.take(u64::from(n))?;
+    let s = s.strip_suffix(&[0]).unwrap_or(s);
+    Ok(String::from_utf8_lossy(s).into_owned())
 }
 
 fn dtype(code: u8, name: &str) -> Result<DType> {
@@ -94,13 +70,13 @@ fn dtype(code: u8, name: &str) -> Result<DType> {
 }
 
 fn parse(b: &[u8]) -> Result<(String, Vec<Variable>)> {
-    let mut c = Cursor { b, pos: 0 };
+    let mut c = Cursor::new(b, "CTranslate2");
     let version = c.u32()?;
     if !(1..=6).contains(&version) {
         return Err(malformed(format!("unsupported binary version {version}")));
     }
     let spec = if version >= 2 {
-        c.string()?
+        string(&mut c)?
     } else {
         String::new()
     };
@@ -109,12 +85,12 @@ fn parse(b: &[u8]) -> Result<(String, Vec<Variable>)> {
     }
     let n = c.u32()? as usize;
     // A variable takes at least 8 bytes of header.
-    if n > (b.len() - c.pos) / 8 {
+    if n as u64 > c.remaining() / 8 {
         return Err(malformed(format!("{n} variables cannot fit the file")));
     }
     let mut vars = Vec::with_capacity(n);
     for _ in 0..n {
-        let name = c.string()?;
+        let name = string(&mut c)?;
         let rank = usize::from(c.u8()?);
         if rank > 8 {
             return Err(malformed(format!("{name}: rank {rank}")));
@@ -141,7 +117,7 @@ fn parse(b: &[u8]) -> Result<(String, Vec<Variable>)> {
             )));
         }
         let offset = c.pos;
-        c.take(len)?;
+        c.take(len as u64)?;
         vars.push(Variable {
             name,
             dtype: dt,

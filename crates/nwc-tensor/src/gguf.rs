@@ -9,6 +9,7 @@ use std::path::{Path, PathBuf};
 
 use half::{bf16, f16};
 
+use crate::cursor::Cursor;
 use crate::error::{Result, TensorError};
 use crate::source::{WeightSource, map_file};
 use crate::tensor::{DType, Tensor};
@@ -178,43 +179,16 @@ fn malformed(reason: impl Into<String>) -> TensorError {
     }
 }
 
-struct Cursor<'a> {
-    data: &'a [u8],
-    pos: usize,
+/// GGUF strings: a u64 length, then UTF-8 bytes (invalid UTF-8 is replaced).
+fn string(c: &mut Cursor<'_>) -> Result<String> {
+    let n = c.u64()?;
+    Ok(String::from_utf8_lossy(c.take(n)?).into_owned())
 }
 
-impl<'a> Cursor<'a> {
-    fn take(&mut self, n: u64) -> Result<&'a [u8]> {
-        let n = usize::try_from(n).map_err(|_| malformed("length overflows"))?;
-        let end = self
-            .pos
-            .checked_add(n)
-            .filter(|&e| e <= self.data.len())
-            .ok_or_else(|| malformed(format!("unexpected end of file at byte {}", self.pos)))?;
-        let s = &self.data[self.pos..end];
-        self.pos = end;
-        Ok(s)
-    }
-    fn array<const N: usize>(&mut self) -> Result<[u8; N]> {
-        Ok(self.take(N as u64)?.try_into().expect("N bytes"))
-    }
-    fn u32(&mut self) -> Result<u32> {
-        Ok(u32::from_le_bytes(self.array()?))
-    }
-    fn u64(&mut self) -> Result<u64> {
-        Ok(u64::from_le_bytes(self.array()?))
-    }
-    fn string(&mut self) -> Result<String> {
-        let n = self.u64()?;
-        Ok(String::from_utf8_lossy(self.take(n)?).into_owned())
-    }
-    fn remaining(&self) -> u64 {
-        (self.data.len() - self.pos) as u64
-    }
-
+impl Cursor<'_> {
     fn value(&mut self, ty: u32, depth: u32) -> Result<GgufValue> {
         Ok(match ty {
-            0 => GgufValue::U8(self.array::<1>()?[0]),
+            0 => GgufValue::U8(self.u8()?),
             1 => GgufValue::I8(self.array::<1>()?[0] as i8),
             2 => GgufValue::U16(u16::from_le_bytes(self.array()?)),
             3 => GgufValue::I16(i16::from_le_bytes(self.array()?)),
@@ -222,7 +196,7 @@ impl<'a> Cursor<'a> {
             5 => GgufValue::I32(i32::from_le_bytes(self.array()?)),
             6 => GgufValue::F32(f32::from_le_bytes(self.array()?)),
             7 => GgufValue::Bool(self.array::<1>()?[0] != 0),
-            8 => GgufValue::String(self.string()?),
+            8 => GgufValue::String(string(self)?),
             9 => {
                 if depth > 4 {
                     return Err(malformed("metadata arrays nested too deeply"));
@@ -289,7 +263,7 @@ impl GgufFile {
 }
 
 fn parse(data: &[u8]) -> Result<(u32, BTreeMap<String, GgufValue>, Vec<GgufTensorInfo>)> {
-    let mut c = Cursor { data, pos: 0 };
+    let mut c = Cursor::new(data, "GGUF");
     if &c.array::<4>()? != MAGIC {
         return Err(malformed("wrong magic (not a GGUF file)"));
     }
@@ -304,7 +278,7 @@ fn parse(data: &[u8]) -> Result<(u32, BTreeMap<String, GgufValue>, Vec<GgufTenso
     }
     let mut metadata = BTreeMap::new();
     for _ in 0..n_kv {
-        let key = c.string()?;
+        let key = string(&mut c)?;
         let ty = c.u32()?;
         let v = c.value(ty, 0)?;
         metadata.insert(key, v);
@@ -320,7 +294,7 @@ fn parse(data: &[u8]) -> Result<(u32, BTreeMap<String, GgufValue>, Vec<GgufTenso
     }
     let mut raw = Vec::with_capacity(n_tensors as usize);
     for _ in 0..n_tensors {
-        let name = c.string()?;
+        let name = string(&mut c)?;
         let n_dims = c.u32()?;
         if n_dims > 8 {
             return Err(malformed(format!("tensor {name} has {n_dims} dimensions")));

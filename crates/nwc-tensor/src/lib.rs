@@ -28,6 +28,7 @@
 
 mod chunk;
 mod ctranslate2;
+mod cursor;
 mod data;
 mod error;
 mod gguf;
