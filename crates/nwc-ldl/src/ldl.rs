@@ -1,0 +1,150 @@
+//! Block LDL decomposition and LDLQ: coding a weight matrix block by block, each block with the
+//! errors of the blocks already coded pushed into it.
+
+use nalgebra::DMatrix;
+
+use crate::error::{LdlError, Result};
+
+/// `H = L · D · Lᵀ` with `L` unit lower block-triangular (identity diagonal blocks) and `D`
+/// block-diagonal.
+#[derive(Debug, Clone, PartialEq)]
+pub struct BlockLdl {
+    block: usize,
+    l: DMatrix<f64>,
+    d: Vec<DMatrix<f64>>,
+}
+
+impl BlockLdl {
+    /// Factorizes a symmetric positive definite `h` with blocks of `block` columns (the last
+    /// block may be smaller), through its Cholesky factor `C`: `L = C · blockdiag(C)⁻¹`,
+    /// `D_k = C_kk C_kkᵀ`.
+    ///
+    /// # Errors
+    /// [`LdlError::Shape`] for a non-square matrix or a zero block size,
+    /// [`LdlError::NotPositiveDefinite`] when `h` is not positive definite.
+    pub fn new(h: &DMatrix<f64>, block: usize) -> Result<Self> {
+        let n = h.nrows();
+        if h.ncols() != n || block == 0 || n == 0 {
+            return Err(LdlError::Shape(format!(
+                "{}×{} matrix in blocks of {block}",
+                n,
+                h.ncols()
+            )));
+        }
+        let c = nalgebra::Cholesky::new(h.clone())
+            .ok_or(LdlError::NotPositiveDefinite(n))?
+            .l();
+        let mut l = DMatrix::zeros(n, n);
+        let mut d = Vec::new();
+        for s in (0..n).step_by(block) {
+            let e = (s + block).min(n);
+            let ckk = c.view((s, s), (e - s, e - s)).clone_owned();
+            let inv = ckk
+                .clone()
+                .try_inverse()
+                .ok_or(LdlError::NotPositiveDefinite(n))?;
+            let cols = c.view((s, s), (n - s, e - s)) * &inv;
+            l.view_mut((s, s), (n - s, e - s)).copy_from(&cols);
+            d.push(&ckk * ckk.transpose());
+        }
+        Ok(Self { block, l, d })
+    }
+
+    /// The unit lower block-triangular factor.
+    pub fn l(&self) -> &DMatrix<f64> {
+        &self.l
+    }
+
+    /// The diagonal blocks of `D`.
+    pub fn d(&self) -> &[DMatrix<f64>] {
+        &self.d
+    }
+
+    /// Block size.
+    pub fn block(&self) -> usize {
+        self.block
+    }
+
+    /// `L · D · Lᵀ` (for checking the factorization).
+    pub fn reconstruct(&self) -> DMatrix<f64> {
+        let n = self.l.nrows();
+        let mut dm = DMatrix::zeros(n, n);
+        for (k, dk) in self.d.iter().enumerate() {
+            let s = k * self.block;
+            dm.view_mut((s, s), dk.shape()).copy_from(dk);
+        }
+        &self.l * dm * self.l.transpose()
+    }
+}
+
+/// Codes `w` (`rows × cols`, row-major; rows are output features, columns input features) block
+/// of columns by block, last block first. Each block's target is
+/// `W[:, s:e] + (W − Ŵ)[:, e:] · L[e:, s:e]`: the errors of the blocks already coded, pushed into
+/// this one through the Hessian's LDL factor. `quantize(start, target)` gets the `rows × width`
+/// target (row-major) and returns its reconstruction in the same layout.
+///
+/// Returns `Ŵ`. With `H = L D Lᵀ`, this greedily minimizes `tr((W − Ŵ) H (W − Ŵ)ᵀ)` block by
+/// block (QuIP's LDLQ, which equals GPTQ/OPTQ).
+///
+/// # Errors
+/// [`LdlError::Shape`] when sizes disagree; [`LdlError::Quantizer`] with the quantizer's message.
+pub fn ldlq(
+    w: &[f32],
+    rows: usize,
+    cols: usize,
+    ldl: &BlockLdl,
+    mut quantize: impl FnMut(usize, &[f32]) -> std::result::Result<Vec<f32>, String>,
+) -> Result<Vec<f32>> {
+    if w.len() != rows * cols || ldl.l.nrows() != cols {
+        return Err(LdlError::Shape(format!(
+            "{} weights as {rows}×{cols} with a {}-column Hessian",
+            w.len(),
+            ldl.l.nrows()
+        )));
+    }
+    let wm = DMatrix::from_row_slice(rows, cols, w).map(f64::from);
+    let mut err = DMatrix::<f64>::zeros(rows, cols);
+    let mut out = vec![0.0f32; rows * cols];
+    let starts: Vec<usize> = (0..cols).step_by(ldl.block).collect();
+    for &s in starts.iter().rev() {
+        let e = (s + ldl.block).min(cols);
+        let bw = e - s;
+        let mut target = wm.view((0, s), (rows, bw)).clone_owned();
+        if e < cols {
+            target += err.view((0, e), (rows, cols - e)) * ldl.l.view((e, s), (cols - e, bw));
+        }
+        let t: Vec<f32> = (0..rows)
+            .flat_map(|r| (0..bw).map(move |c| (r, c)))
+            .map(|(r, c)| target[(r, c)] as f32)
+            .collect();
+        let q = quantize(s, &t).map_err(|reason| LdlError::Quantizer { start: s, reason })?;
+        if q.len() != rows * bw {
+            return Err(LdlError::Quantizer {
+                start: s,
+                reason: format!("returned {} values for a {rows}×{bw} block", q.len()),
+            });
+        }
+        for r in 0..rows {
+            for c in 0..bw {
+                let v = q[r * bw + c];
+                out[r * cols + s + c] = v;
+                err[(r, s + c)] = wm[(r, s + c)] - f64::from(v);
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// The layer-output proxy loss `tr((W − Ŵ) H (W − Ŵ)ᵀ)`.
+///
+/// # Panics
+/// If the sizes disagree.
+pub fn proxy_loss(w: &[f32], w_hat: &[f32], rows: usize, cols: usize, h: &DMatrix<f64>) -> f64 {
+    let e = DMatrix::from_iterator(
+        cols,
+        rows,
+        w.iter().zip(w_hat).map(|(a, b)| f64::from(a - b)),
+    )
+    .transpose();
+    (&e * h * e.transpose()).trace()
+}
