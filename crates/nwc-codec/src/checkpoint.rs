@@ -203,9 +203,9 @@ impl Checkpoint {
                 b.extend(x.to_le_bytes());
             }
         }
-        // Tables from the stored parameters, so a loaded checkpoint reproduces them exactly.
-        let (_, _, _, stored, _) = Self::parse_params(&b)?;
-        let prior = FactorizedPrior::new(&prior_params_from(config, &stored)?)?;
+        // Tables from the stored (f16-rounded) parameters, so a loaded checkpoint reproduces them
+        // exactly.
+        let prior = FactorizedPrior::new(&prior_params_from(config, &params)?)?;
         let medians = prior.medians();
         b.extend((steps.len() as u32).to_le_bytes());
         for s in steps {
