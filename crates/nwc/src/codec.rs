@@ -205,49 +205,43 @@ impl WeightCodec for EcsqCodec {
                 }
             })
             .collect::<Result<_>>()?;
-        // One histogram table per level that occurs; absent levels point at table 0. Two passes
-        // over the symbols in all: the range of each level, then its counts.
-        let per_level = || {
-            symbols
-                .chunks_exact(chunk_len)
-                .zip(chunk_levels)
-                .map(|(c, &l)| (usize::from(l), c))
-        };
-        let mut range = [(i32::MAX, i32::MIN); 4];
-        for (l, c) in per_level() {
-            for &s in c {
-                range[l] = (range[l].0.min(s), range[l].1.max(s));
-            }
-        }
-        // Keep at most MAX_SYMBOLS values in a table, centred on zero; the rest escape.
-        let half = (MAX_SYMBOLS / 2) as i32;
-        let mut hist: [Option<(i32, Vec<u64>, u64)>; 4] = Default::default();
-        for (h, &(lo, hi)) in hist.iter_mut().zip(&range) {
-            if lo <= hi {
-                let lo = lo.max(-half);
-                let hi = hi.min(half - 1).max(lo);
-                *h = Some((lo, vec![0u64; (hi - lo + 1) as usize], 0));
-            }
-        }
-        for (l, c) in per_level() {
-            let (lo, counts, escapes) = hist[l].as_mut().expect("level seen in the first pass");
-            for &s in c {
-                match usize::try_from(i64::from(s) - i64::from(*lo)) {
-                    Ok(i) if i < counts.len() => counts[i] += 1,
-                    _ => *escapes += 1,
-                }
-            }
-        }
+        // One histogram table per level that occurs; absent levels point at table 0.
         let mut tables = Vec::new();
         let mut table_map = vec![0u16; 4 * chunk_len];
-        for (level, h) in hist.iter().enumerate() {
-            let Some((lo, counts, escapes)) = h else {
-                continue;
+        for level in 0..4u8 {
+            let mut lo = i32::MAX;
+            let mut hi = i32::MIN;
+            let level_symbols = || {
+                symbols
+                    .chunks_exact(chunk_len)
+                    .zip(chunk_levels)
+                    .filter(move |(_, l)| **l == level)
+                    .flat_map(|(c, _)| c.iter().copied())
             };
+            for s in level_symbols() {
+                lo = lo.min(s);
+                hi = hi.max(s);
+            }
+            if lo > hi {
+                continue;
+            }
+            // Keep at most MAX_SYMBOLS values in the table, centred on zero; the rest escape.
+            let half = (MAX_SYMBOLS / 2) as i32;
+            let lo = lo.max(-half);
+            let hi = hi.min(half - 1).max(lo);
+            let mut counts = vec![0u64; (hi - lo + 1) as usize];
+            let mut escapes = 0u64;
+            for s in level_symbols() {
+                match usize::try_from(i64::from(s) - i64::from(lo)) {
+                    Ok(i) if i < counts.len() => counts[i] += 1,
+                    _ => escapes += 1,
+                }
+            }
             let precision = self.precision.max(bits_for(counts.len() + 1));
+            let table = Table::from_counts(lo, &counts, escapes, precision)?;
             let index = tables.len() as u16;
-            tables.push(Table::from_counts(*lo, counts, *escapes, precision)?);
-            table_map[level * chunk_len..][..chunk_len].fill(index);
+            tables.push(table);
+            table_map[usize::from(level) * chunk_len..][..chunk_len].fill(index);
         }
         if tables.is_empty() {
             // An empty tensor still needs a valid (unused) table.
