@@ -10,7 +10,7 @@ use nwc_entropy::{Coder, Table};
 use nwc_format::{
     CodecKind, CodedPayload, FileReader, Header, Payload, ReadOptions, Record, TableRecord, Writer,
 };
-use nwc_tensor::{ChunkConfig, Chunked, LevelBands, ScaleAxis, Tensor, WeightSource, chunk};
+use nwc_tensor::{ChunkConfig, Chunked, DType, LevelBands, ScaleAxis, Tensor, WeightSource, chunk};
 
 use crate::codec::WeightCodec;
 use crate::error::{NwcError, Result};
@@ -304,23 +304,22 @@ impl<'c> Compressor<'c> {
             coder.encode_all(&q.symbols, &chunk_levels, self.options.chunks_per_segment)?;
 
         // What the decoder will reconstruct, for the report.
-        let recon = self
-            .codec
-            .dequantize(t.name(), &q.symbols, l, &chunk_levels, &q.params)?;
-        let decoded = Chunked::from_parts(
+        let layout = Layout {
             rows,
             cols,
-            l,
-            chunked.axis(),
-            chunked.scales().to_vec(),
-            recon,
-        )?
-        .to_matrix();
-        let out = Tensor::from_f32(
-            "",
+            chunk_len: l,
+            axis: chunked.axis(),
+            scales: chunked.scales().to_vec(),
+        };
+        let out = reconstruct(
+            self.codec,
+            t.name(),
             t.dtype(),
             t.shape().to_vec(),
-            decoded.as_slice().expect("standard layout"),
+            layout,
+            &q.symbols,
+            &chunk_levels,
+            &q.params,
         )?
         .to_f32()?;
         for (a, b) in values.iter().zip(&out) {
@@ -540,20 +539,67 @@ impl<'c> Decompressor<'c> {
             c.chunks_per_segment as usize,
             &mut symbols,
         )?;
-        let recon = self
-            .codec
-            .dequantize(&r.name, &symbols, l, &chunk_levels, &c.params)?;
         let axis = ScaleAxis::from_code(c.scale_axis)
             .ok_or_else(|| corrupt(format!("scale axis {}", c.scale_axis)))?;
         let scales: Vec<f16> = c.scales.iter().map(|&b| f16::from_bits(b)).collect();
-        let m = Chunked::from_parts(rows, cols, l, axis, scales, recon)?.to_matrix();
-        Ok(Tensor::from_f32(
+        let layout = Layout {
+            rows,
+            cols,
+            chunk_len: l,
+            axis,
+            scales,
+        };
+        reconstruct(
+            self.codec,
             &r.name,
             r.dtype,
             shape,
-            m.as_slice().expect("standard layout"),
-        )?)
+            layout,
+            &symbols,
+            &chunk_levels,
+            &c.params,
+        )
     }
+}
+
+/// Where a coded tensor's chunks sit: the matrix view, the chunk length and the scales.
+struct Layout {
+    rows: usize,
+    cols: usize,
+    chunk_len: usize,
+    axis: ScaleAxis,
+    scales: Vec<f16>,
+}
+
+/// Symbols to the tensor a decoder returns: the codec's dequantization, chunks reassembled with
+/// their scales, rounding to `dtype`. The decoder and the compressor's error report share it, so
+/// the report measures exactly what decoding yields.
+#[allow(clippy::too_many_arguments)]
+fn reconstruct(
+    codec: &dyn WeightCodec,
+    name: &str,
+    dtype: DType,
+    shape: Vec<usize>,
+    layout: Layout,
+    symbols: &[i32],
+    chunk_levels: &[u8],
+    params: &[u8],
+) -> Result<Tensor> {
+    let Layout {
+        rows,
+        cols,
+        chunk_len,
+        axis,
+        scales,
+    } = layout;
+    let recon = codec.dequantize(name, symbols, chunk_len, chunk_levels, params)?;
+    let m = Chunked::from_parts(rows, cols, chunk_len, axis, scales, recon)?.to_matrix();
+    Ok(Tensor::from_f32(
+        name,
+        dtype,
+        shape,
+        m.as_slice().expect("standard layout"),
+    )?)
 }
 
 fn hex(b: &[u8]) -> String {
