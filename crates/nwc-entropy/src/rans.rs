@@ -62,23 +62,11 @@ impl<'a> Coder<'a> {
         self.chunk_len
     }
 
-    fn row(&self, class: u8) -> Result<Vec<&'a Table>> {
-        let c = usize::from(class);
-        if c >= self.n_classes {
-            return Err(EntropyError::InvalidLayout(format!(
-                "chunk class {c} has no row in the table map ({} rows)",
-                self.n_classes
-            )));
-        }
-        Ok(self.table_map[c * self.chunk_len..(c + 1) * self.chunk_len]
-            .iter()
-            .map(|&t| &self.tables[usize::from(t)])
-            .collect())
-    }
-
+    /// The tables of each class, one row of `chunk_len` per class (indices checked in `new`).
     fn rows(&self) -> Vec<Vec<&'a Table>> {
-        (0..self.n_classes)
-            .map(|c| self.row(c as u8).expect("class within range"))
+        self.table_map
+            .chunks_exact(self.chunk_len)
+            .map(|row| row.iter().map(|&t| &self.tables[usize::from(t)]).collect())
             .collect()
     }
 
