@@ -55,6 +55,49 @@ impl HessianAccumulator {
         Ok(())
     }
 
+    /// Adds a precomputed Gram matrix `Σ x xᵀ` (`dim × dim`, row-major) of `rows` samples, for
+    /// example one computed on a GPU.
+    ///
+    /// # Errors
+    /// [`LdlError::Shape`] for a wrong length, [`LdlError::Invalid`] for non-finite entries.
+    pub fn add_gram(&mut self, gram: &[f32], rows: u64) -> Result<()> {
+        if gram.len() != self.dim * self.dim {
+            return Err(LdlError::Shape(format!(
+                "a Gram matrix of {} values for width {}",
+                gram.len(),
+                self.dim
+            )));
+        }
+        if gram.iter().any(|v| !v.is_finite()) {
+            return Err(LdlError::Invalid("non-finite Gram matrix".into()));
+        }
+        for (s, &g) in self.sum.iter_mut().zip(gram) {
+            *s += f64::from(g);
+        }
+        self.count += rows;
+        Ok(())
+    }
+
+    /// Rebuilds an accumulator from a stored mean `E[x xᵀ]` and its sample count (the inverse of
+    /// [`HessianAccumulator::hessian`] and [`HessianAccumulator::count`]).
+    ///
+    /// # Errors
+    /// [`LdlError::Shape`] when `mean` is not `dim × dim`.
+    pub fn from_mean(dim: usize, mean: &[f64], count: u64) -> Result<Self> {
+        if mean.len() != dim * dim {
+            return Err(LdlError::Shape(format!(
+                "{} values for a {dim}×{dim} Hessian",
+                mean.len()
+            )));
+        }
+        Ok(Self {
+            dim,
+            sum: DMatrix::from_row_slice(dim, dim, mean) * count as f64,
+            count,
+        })
+    }
+
+
     /// Merges another accumulator (for example from another thread or a resumed run).
     ///
     /// # Errors

@@ -1,0 +1,317 @@
+//! The Llama decoder as a burn module, generic over the backend (NdArray, Wgpu, Cuda, and
+//! `Autodiff<_>` for training).
+
+use std::collections::BTreeMap;
+
+use burn::module::{Module, Param};
+use burn::tensor::activation::{log_softmax, silu, softmax};
+use burn::tensor::backend::Backend;
+use burn::tensor::{Distribution, Int, Tensor, TensorData};
+use nwc_tensor::DType;
+
+use crate::config::LlamaConfig;
+use crate::error::{LlmError, Result};
+use crate::weights::{EMBED, FINAL_NORM, LM_HEAD, LlamaWeights, Proj, Site};
+
+/// One decoder layer: pre-norm attention and pre-norm SwiGLU, both residual.
+#[derive(Module, Debug)]
+pub struct Layer<B: Backend> {
+    attn_norm: Param<Tensor<B, 1>>,
+    q: Param<Tensor<B, 2>>,
+    k: Param<Tensor<B, 2>>,
+    v: Param<Tensor<B, 2>>,
+    o: Param<Tensor<B, 2>>,
+    mlp_norm: Param<Tensor<B, 1>>,
+    gate: Param<Tensor<B, 2>>,
+    up: Param<Tensor<B, 2>>,
+    down: Param<Tensor<B, 2>>,
+}
+
+/// A Llama-architecture causal language model.
+#[derive(Module, Debug)]
+pub struct Llama<B: Backend> {
+    embed: Param<Tensor<B, 2>>,
+    layers: Vec<Layer<B>>,
+    norm: Param<Tensor<B, 1>>,
+    lm_head: Option<Param<Tensor<B, 2>>>,
+    #[module(skip)]
+    config: LlamaConfig,
+}
+
+/// Receives the input of every linear-layer group during a forward pass (`[tokens, width]`).
+pub type Capture<'a, B> = &'a mut dyn FnMut(Site, Tensor<B, 2>);
+
+/// `x @ wᵀ` for `x: [b, t, in]`, `w: [out, in]`.
+fn linear<B: Backend>(x: Tensor<B, 3>, w: &Param<Tensor<B, 2>>) -> Tensor<B, 3> {
+    let [b, t, d] = x.dims();
+    let w = w.val();
+    let out = w.dims()[0];
+    x.reshape([b * t, d])
+        .matmul(w.transpose())
+        .reshape([b, t, out])
+}
+
+fn rms_norm<B: Backend>(x: Tensor<B, 3>, w: &Param<Tensor<B, 1>>, eps: f64) -> Tensor<B, 3> {
+    let d = x.dims()[2];
+    let inv = (x.clone().powi_scalar(2).mean_dim(2) + eps).sqrt().recip();
+    x * inv * w.val().reshape([1, 1, d])
+}
+
+fn capture<B: Backend>(cap: &mut Option<Capture<'_, B>>, site: Site, x: &Tensor<B, 3>) {
+    if let Some(f) = cap.as_mut() {
+        let [b, t, d] = x.dims();
+        f(site, x.clone().reshape([b * t, d]));
+    }
+}
+
+impl<B: Backend> Llama<B> {
+    /// The hyper-parameters.
+    pub fn config(&self) -> &LlamaConfig {
+        &self.config
+    }
+
+    /// A freshly initialized model (normal(0, 0.02) matrices, unit norms), for training.
+    pub fn init(config: &LlamaConfig, device: &B::Device) -> Result<Self> {
+        config.validate()?;
+        let m = |r: usize, c: usize| {
+            Param::from_tensor(Tensor::random([r, c], Distribution::Normal(0.0, 0.02), device))
+        };
+        let ones = |n: usize| Param::from_tensor(Tensor::ones([n], device));
+        let (h, hd, i) = (config.hidden, config.head_dim(), config.intermediate);
+        Ok(Self {
+            embed: m(config.vocab, h),
+            layers: (0..config.layers)
+                .map(|_| Layer {
+                    attn_norm: ones(h),
+                    q: m(config.heads * hd, h),
+                    k: m(config.kv_heads * hd, h),
+                    v: m(config.kv_heads * hd, h),
+                    o: m(h, config.heads * hd),
+                    mlp_norm: ones(h),
+                    gate: m(i, h),
+                    up: m(i, h),
+                    down: m(h, i),
+                })
+                .collect(),
+            norm: ones(h),
+            lm_head: (!config.tie_embeddings).then(|| m(config.vocab, h)),
+            config: config.clone(),
+        })
+    }
+
+    /// Builds the model from loaded weights.
+    ///
+    /// # Errors
+    /// [`LlmError::Weight`] for a missing tensor.
+    pub fn from_weights(w: &LlamaWeights, device: &B::Device) -> Result<Self> {
+        let cfg = &w.config;
+        let mat = |name: &str| -> Result<Param<Tensor<B, 2>>> {
+            let t = w.tensors.get(name).ok_or_else(|| LlmError::Weight {
+                name: name.to_string(),
+                reason: "missing".into(),
+            })?;
+            let shape = t.shape().to_vec();
+            Ok(Param::from_tensor(Tensor::from_data(
+                TensorData::new(t.to_f32()?, [shape[0], shape[1]]),
+                device,
+            )))
+        };
+        let vec1 = |name: &str| -> Result<Param<Tensor<B, 1>>> {
+            let v = w.f32(name)?;
+            let n = v.len();
+            Ok(Param::from_tensor(Tensor::from_data(
+                TensorData::new(v, [n]),
+                device,
+            )))
+        };
+        let mut layers = Vec::with_capacity(cfg.layers);
+        for l in 0..cfg.layers {
+            layers.push(Layer {
+                attn_norm: vec1(&format!("model.layers.{l}.input_layernorm.weight"))?,
+                q: mat(&Proj::Q.name(l))?,
+                k: mat(&Proj::K.name(l))?,
+                v: mat(&Proj::V.name(l))?,
+                o: mat(&Proj::O.name(l))?,
+                mlp_norm: vec1(&format!(
+                    "model.layers.{l}.post_attention_layernorm.weight"
+                ))?,
+                gate: mat(&Proj::Gate.name(l))?,
+                up: mat(&Proj::Up.name(l))?,
+                down: mat(&Proj::Down.name(l))?,
+            });
+        }
+        Ok(Self {
+            embed: mat(EMBED)?,
+            layers,
+            norm: vec1(FINAL_NORM)?,
+            lm_head: if cfg.tie_embeddings {
+                None
+            } else {
+                Some(mat(LM_HEAD)?)
+            },
+            config: cfg.clone(),
+        })
+    }
+
+    /// Every parameter as a named tensor (Hugging Face names), rounded to `dtype`.
+    ///
+    /// # Errors
+    /// [`LlmError::Tensor`] for a dtype other than F32, F16 or BF16.
+    pub fn to_tensors(&self, dtype: DType) -> Result<BTreeMap<String, nwc_tensor::Tensor>> {
+        let mut out = BTreeMap::new();
+        let mut put = |name: String, t: Tensor<B, 2>| -> Result<()> {
+            let shape = t.dims().to_vec();
+            let v = t.into_data().convert::<f32>().to_vec::<f32>().expect("f32");
+            out.insert(
+                name.clone(),
+                nwc_tensor::Tensor::from_f32(name, dtype, shape, &v)?,
+            );
+            Ok(())
+        };
+        let row = |p: &Param<Tensor<B, 1>>| {
+            let n = p.val().dims()[0];
+            p.val().reshape([1, n])
+        };
+        put(EMBED.into(), self.embed.val())?;
+        for (l, layer) in self.layers.iter().enumerate() {
+            put(Proj::Q.name(l), layer.q.val())?;
+            put(Proj::K.name(l), layer.k.val())?;
+            put(Proj::V.name(l), layer.v.val())?;
+            put(Proj::O.name(l), layer.o.val())?;
+            put(Proj::Gate.name(l), layer.gate.val())?;
+            put(Proj::Up.name(l), layer.up.val())?;
+            put(Proj::Down.name(l), layer.down.val())?;
+            put(
+                format!("model.layers.{l}.input_layernorm.weight"),
+                row(&layer.attn_norm),
+            )?;
+            put(
+                format!("model.layers.{l}.post_attention_layernorm.weight"),
+                row(&layer.mlp_norm),
+            )?;
+        }
+        put(FINAL_NORM.into(), row(&self.norm))?;
+        if let Some(h) = &self.lm_head {
+            put(LM_HEAD.into(), h.val())?;
+        }
+        // Norms are vectors: drop the row dimension added above.
+        for t in out.values_mut() {
+            if t.shape()[0] == 1 && t.shape().len() == 2 && t.name().contains("norm") {
+                let n = t.shape()[1];
+                let name = t.name().to_string();
+                let (dtype, bytes) = (t.dtype(), t.bytes().to_vec());
+                *t = nwc_tensor::Tensor::from_bytes(name, dtype, vec![n], bytes)?;
+            }
+        }
+        Ok(out)
+    }
+
+    /// `(cos, sin)` of RoPE for positions `0..t`: `[1, 1, t, head_dim/2]` each.
+    fn rope(&self, t: usize, device: &B::Device) -> (Tensor<B, 4>, Tensor<B, 4>) {
+        let cfg = self.config();
+        let half = cfg.head_dim() / 2;
+        let mut cos = Vec::with_capacity(t * half);
+        let mut sin = Vec::with_capacity(t * half);
+        for p in 0..t {
+            for i in 0..half {
+                let inv = cfg.rope_theta.powf(-((2 * i) as f64) / cfg.head_dim() as f64);
+                let a = p as f64 * inv;
+                cos.push(a.cos() as f32);
+                sin.push(a.sin() as f32);
+            }
+        }
+        let mk = |v: Vec<f32>| Tensor::from_data(TensorData::new(v, [1, 1, t, half]), device);
+        (mk(cos), mk(sin))
+    }
+
+    /// Applies RoPE in Hugging Face's "two halves" layout to `x: [b, heads, t, head_dim]`.
+    fn apply_rope(x: Tensor<B, 4>, cos: &Tensor<B, 4>, sin: &Tensor<B, 4>) -> Tensor<B, 4> {
+        let hd = x.dims()[3];
+        let half = hd / 2;
+        let x1 = x.clone().narrow(3, 0, half);
+        let x2 = x.narrow(3, half, half);
+        Tensor::cat(
+            vec![
+                x1.clone() * cos.clone() - x2.clone() * sin.clone(),
+                x2 * cos.clone() + x1 * sin.clone(),
+            ],
+            3,
+        )
+    }
+
+    /// Logits `[b, t, vocab]` of token ids `[b, t]`, calling `cap` with the input of every
+    /// linear-layer group.
+    pub fn forward_capture(
+        &self,
+        ids: Tensor<B, 2, Int>,
+        mut cap: Option<Capture<'_, B>>,
+    ) -> Tensor<B, 3> {
+        let cfg = self.config().clone();
+        let device = ids.device();
+        let [b, t] = ids.dims();
+        let (h, hd) = (cfg.hidden, cfg.head_dim());
+        let (nh, nkv) = (cfg.heads, cfg.kv_heads);
+        let group = nh / nkv;
+        let mut x: Tensor<B, 3> = self
+            .embed
+            .val()
+            .select(0, ids.reshape([b * t]))
+            .reshape([b, t, h]);
+        let (cos, sin) = self.rope(t, &device);
+        let mask: Tensor<B, 4> = {
+            let v: Vec<f32> = (0..t * t)
+                .map(|i| if i % t > i / t { -1e9 } else { 0.0 })
+                .collect();
+            Tensor::from_data(TensorData::new(v, [1, 1, t, t]), &device)
+        };
+        let scale = 1.0 / (hd as f64).sqrt();
+        for (l, layer) in self.layers.iter().enumerate() {
+            let xn = rms_norm(x.clone(), &layer.attn_norm, cfg.rms_eps);
+            capture(&mut cap, Site::AttnIn(l), &xn);
+            let heads = |y: Tensor<B, 3>, n: usize| y.reshape([b, t, n, hd]).swap_dims(1, 2);
+            let q = Self::apply_rope(heads(linear(xn.clone(), &layer.q), nh), &cos, &sin);
+            let k = Self::apply_rope(heads(linear(xn.clone(), &layer.k), nkv), &cos, &sin);
+            let v = heads(linear(xn, &layer.v), nkv);
+            let expand = |y: Tensor<B, 4>| {
+                if group == 1 {
+                    y
+                } else {
+                    y.reshape([b, nkv, 1, t * hd])
+                        .repeat_dim(2, group)
+                        .reshape([b, nh, t, hd])
+                }
+            };
+            let (k, v) = (expand(k), expand(v));
+            let scores = q.matmul(k.swap_dims(2, 3)) * scale + mask.clone();
+            let a = softmax(scores, 3)
+                .matmul(v)
+                .swap_dims(1, 2)
+                .reshape([b, t, nh * hd]);
+            capture(&mut cap, Site::AttnOut(l), &a);
+            x = x + linear(a, &layer.o);
+            let xn = rms_norm(x.clone(), &layer.mlp_norm, cfg.rms_eps);
+            capture(&mut cap, Site::MlpIn(l), &xn);
+            let g = silu(linear(xn.clone(), &layer.gate)) * linear(xn, &layer.up);
+            capture(&mut cap, Site::MlpDown(l), &g);
+            x = x + linear(g, &layer.down);
+        }
+        let xn = rms_norm(x, &self.norm, cfg.rms_eps);
+        capture(&mut cap, Site::Head, &xn);
+        linear(xn, self.lm_head.as_ref().unwrap_or(&self.embed))
+    }
+
+    /// Logits `[b, t, vocab]` of token ids `[b, t]`.
+    pub fn forward(&self, ids: Tensor<B, 2, Int>) -> Tensor<B, 3> {
+        self.forward_capture(ids, None)
+    }
+
+    /// Mean next-token negative log-likelihood (nats) of `ids: [b, t]`: positions `0..t-1`
+    /// predict `1..t`.
+    pub fn nll(&self, ids: Tensor<B, 2, Int>) -> Tensor<B, 1> {
+        let [b, t] = ids.dims();
+        let logits = self.forward(ids.clone().narrow(1, 0, t - 1));
+        let targets = ids.narrow(1, 1, t - 1).reshape([b, t - 1, 1]);
+        let lp = log_softmax(logits, 2).gather(2, targets);
+        lp.mean().neg()
+    }
+}
