@@ -24,10 +24,12 @@
 mod error;
 mod hessian;
 mod ldl;
+mod rtn;
 
 pub use error::{LdlError, Result};
 pub use hessian::{Damped, HessianAccumulator, damp};
 pub use ldl::{BlockLdl, ldlq, proxy_loss};
+pub use rtn::{GroupRtn, Packed, gptq};
 
 /// Relative damping added to the normalized Hessian: `H ← H / mean(diag H) + DAMPING · I`.
 pub const DAMPING: f64 = 0.01;

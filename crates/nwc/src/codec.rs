@@ -54,6 +54,20 @@ pub trait WeightCodec: Send + Sync {
         chunk_levels: &[u8],
     ) -> Result<Quantized>;
 
+    /// Fits the entropy model to the symbols of a whole tensor: the tables a record stores
+    /// (empty when the codec's own [`WeightCodec::tables`] serve) and the `n_levels × chunk_len`
+    /// table map. [`WeightCodec::quantize`] returns the same for the symbols it made; this is for
+    /// symbols produced piecewise, as LDLQ does block by block.
+    ///
+    /// # Errors
+    /// When a table cannot be built from the symbols.
+    fn fit_tables(
+        &self,
+        symbols: &[i32],
+        chunk_len: usize,
+        chunk_levels: &[u8],
+    ) -> Result<(Vec<Table>, Vec<u16>)>;
+
     /// Reconstructs normalized chunk values from decoded symbols.
     ///
     /// # Errors
@@ -205,6 +219,21 @@ impl WeightCodec for EcsqCodec {
                 }
             })
             .collect::<Result<_>>()?;
+        let (tables, table_map) = self.fit_tables(&symbols, chunk_len, chunk_levels)?;
+        Ok(Quantized {
+            symbols,
+            params: steps.iter().flat_map(|s| s.to_le_bytes()).collect(),
+            tables,
+            table_map,
+        })
+    }
+
+    fn fit_tables(
+        &self,
+        symbols: &[i32],
+        chunk_len: usize,
+        chunk_levels: &[u8],
+    ) -> Result<(Vec<Table>, Vec<u16>)> {
         // One histogram table per level that occurs; absent levels point at table 0.
         let mut tables = Vec::new();
         let mut table_map = vec![0u16; 4 * chunk_len];
@@ -247,12 +276,7 @@ impl WeightCodec for EcsqCodec {
             // An empty tensor still needs a valid (unused) table.
             tables.push(Table::from_counts(0, &[1], 0, self.precision)?);
         }
-        Ok(Quantized {
-            symbols,
-            params: steps.iter().flat_map(|s| s.to_le_bytes()).collect(),
-            tables,
-            table_map,
-        })
+        Ok((tables, table_map))
     }
 
     fn dequantize(

@@ -15,6 +15,12 @@ pub enum NwcError {
     /// Entropy coding failed (a corrupt segment or table).
     #[error(transparent)]
     Entropy(#[from] nwc_entropy::EntropyError),
+    /// Hessian or LDL failure (a singular Hessian, mismatched shapes).
+    #[error(transparent)]
+    Ldl(#[from] nwc_ldl::LdlError),
+    /// Loading, running or calibrating a language model failed.
+    #[error(transparent)]
+    Llm(#[from] nwc_llm::LlmError),
     /// The file needs a different codec (or checkpoint) than the one given.
     #[error("codec mismatch: {0}")]
     CodecMismatch(String),

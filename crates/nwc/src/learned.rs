@@ -186,16 +186,28 @@ where
                 }
             })
             .collect::<Result<Vec<i32>>>()?;
-        let base = (self.step_index * c) as u16;
-        let table_map = (0..self.n_levels())
-            .flat_map(|_| (0..c as u16).map(move |i| base + i))
-            .collect();
+        let (_, table_map) = self.fit_tables(&symbols, chunk_len, chunk_levels)?;
         Ok(Quantized {
             symbols,
             params: (self.step_index as u32).to_le_bytes().to_vec(),
             tables: Vec::new(),
             table_map,
         })
+    }
+
+    fn fit_tables(
+        &self,
+        _symbols: &[i32],
+        _chunk_len: usize,
+        _chunk_levels: &[u8],
+    ) -> Result<(Vec<Table>, Vec<u16>)> {
+        // The checkpoint's tables for the latent step in use, one per latent channel.
+        let c = self.checkpoint.config().latent;
+        let base = (self.step_index * c) as u16;
+        let table_map = (0..self.n_levels())
+            .flat_map(|_| (0..c as u16).map(move |i| base + i))
+            .collect();
+        Ok((Vec::new(), table_map))
     }
 
     fn dequantize(

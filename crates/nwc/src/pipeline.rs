@@ -294,14 +294,17 @@ impl<'c> Compressor<'c> {
         let q = self
             .codec
             .quantize(t.name(), chunked.data(), l, &chunk_levels)?;
-        let tables: &[Table] = if q.tables.is_empty() {
-            self.codec.tables()
-        } else {
-            &q.tables
-        };
-        let coder = Coder::new(tables, &q.table_map, l)?;
-        let segments =
-            coder.encode_all(&q.symbols, &chunk_levels, self.options.chunks_per_segment)?;
+        let payload = self.coded_payload(
+            rows,
+            cols,
+            &chunked,
+            levels,
+            &chunk_levels,
+            &q.symbols,
+            q.params.clone(),
+            &q.tables,
+            q.table_map,
+        )?;
 
         // What the decoder will reconstruct, for the report.
         let layout = Layout {
@@ -331,29 +334,182 @@ impl<'c> Compressor<'c> {
             name: t.name().to_string(),
             dtype: t.dtype(),
             shape,
-            payload: Payload::Coded(CodedPayload {
-                method: self.codec.kind(),
-                chunk_len: l as u8,
-                scale_axis: chunked.axis().code(),
-                n_levels: self.codec.n_levels() as u8,
-                rows: rows as u64,
-                cols: cols as u64,
-                scales: chunked.scales().iter().map(|s| s.to_bits()).collect(),
-                levels,
-                params: q.params,
-                tables: q
-                    .tables
-                    .iter()
-                    .map(|t| TableRecord {
-                        min_symbol: t.min_symbol(),
-                        precision: t.precision() as u8,
-                        freqs: t.freqs().to_vec(),
-                    })
-                    .collect(),
-                table_map: q.table_map,
-                chunks_per_segment: self.options.chunks_per_segment as u32,
-                segments,
-            }),
+            payload,
+        };
+        Ok((record, report))
+    }
+
+    /// Entropy-codes a tensor's symbols into a record payload.
+    #[allow(clippy::too_many_arguments)]
+    fn coded_payload(
+        &self,
+        rows: usize,
+        cols: usize,
+        chunked: &Chunked,
+        levels: Vec<u8>,
+        chunk_levels: &[u8],
+        symbols: &[i32],
+        params: Vec<u8>,
+        own_tables: &[Table],
+        table_map: Vec<u16>,
+    ) -> Result<Payload> {
+        let l = chunked.chunk_len();
+        let tables: &[Table] = if own_tables.is_empty() {
+            self.codec.tables()
+        } else {
+            own_tables
+        };
+        let coder = Coder::new(tables, &table_map, l)?;
+        let segments = coder.encode_all(symbols, chunk_levels, self.options.chunks_per_segment)?;
+        Ok(Payload::Coded(CodedPayload {
+            method: self.codec.kind(),
+            chunk_len: l as u8,
+            scale_axis: chunked.axis().code(),
+            n_levels: self.codec.n_levels() as u8,
+            rows: rows as u64,
+            cols: cols as u64,
+            scales: chunked.scales().iter().map(|s| s.to_bits()).collect(),
+            levels,
+            params,
+            tables: own_tables
+                .iter()
+                .map(|t| TableRecord {
+                    min_symbol: t.min_symbol(),
+                    precision: t.precision() as u8,
+                    freqs: t.freqs().to_vec(),
+                })
+                .collect(),
+            table_map,
+            chunks_per_segment: self.options.chunks_per_segment as u32,
+            segments,
+        }))
+    }
+
+    /// Compresses a matrix with LDLQ error feedback: columns are coded block by block (last block
+    /// first, blocks of `ldl.block()` columns), and each block's target is its weights plus the
+    /// coding error of the blocks already coded, propagated through the block LDL factor of the
+    /// layer's Hessian. The codec itself is in the loop, so the errors fed back are the ones the
+    /// decoder will reproduce.
+    ///
+    /// Scales are fixed from the original matrix before the loop, so normalization stays
+    /// invertible. The report's error is the loop's own reconstruction (for f32 tensors exactly
+    /// what the decoder returns; other dtypes add one rounding).
+    ///
+    /// # Errors
+    /// As [`Compressor::compress_tensor`], plus [`NwcError::Config`] when the tensor is not a
+    /// coded matrix or the factor's width differs from its columns.
+    pub fn compress_tensor_ldlq(
+        &self,
+        t: &Tensor,
+        importance: Option<&[f32]>,
+        ldl: &nwc_ldl::BlockLdl,
+    ) -> Result<(Record, TensorReport)> {
+        let name = t.name();
+        let Some((rows, cols)) = t.matrix_dims().filter(|_| self.options.policy.codes(t)) else {
+            return Err(NwcError::Config(format!(
+                "{name}: LDLQ needs a matrix the policy codes"
+            )));
+        };
+        if ldl.l().nrows() != cols {
+            return Err(NwcError::Config(format!(
+                "{name}: a {}-column LDL factor for {cols} columns",
+                ldl.l().nrows()
+            )));
+        }
+        let values = t.to_f32()?;
+        let w = ArrayView2::from_shape((rows, cols), &values).expect("dims match numel");
+        let chunked = chunk(w, &self.options.chunk).map_err(|e| with_name(e, name))?;
+        let levels = match importance {
+            Some(imp) if imp.len() != cols => {
+                return Err(NwcError::Config(format!(
+                    "{name}: {} importance scores for {cols} columns",
+                    imp.len()
+                )));
+            }
+            Some(imp) => self.options.bands.assign(imp)?,
+            None => vec![0u8; cols],
+        };
+        let blocks = chunked.blocks();
+        let l = chunked.chunk_len();
+        let per_col = blocks * l;
+        let chunk_levels = chunk_levels(&levels, blocks);
+        let scales: Vec<f32> = chunked.scales().iter().map(|s| s.to_f32()).collect();
+        let scale = |r: usize, c: usize| match chunked.axis() {
+            ScaleAxis::Column => scales[c],
+            ScaleAxis::Row => scales[r],
+        };
+        let mut symbols = vec![0i32; cols * per_col];
+        let mut params: Option<Vec<u8>> = None;
+        let mut failure: Option<NwcError> = None;
+        let out = nwc_ldl::ldlq(&values, rows, cols, ldl, |s, target| {
+            let bw = target.len() / rows;
+            let mut data = vec![0.0f32; bw * per_col];
+            for r in 0..rows {
+                for c in 0..bw {
+                    data[c * per_col + r] = target[r * bw + c] / scale(r, s + c);
+                }
+            }
+            let lv = &chunk_levels[s * blocks..(s + bw) * blocks];
+            let mut step = || -> Result<Vec<f32>> {
+                let q = self.codec.quantize(name, &data, l, lv)?;
+                let recon = self.codec.dequantize(name, &q.symbols, l, lv, &q.params)?;
+                symbols[s * per_col..(s + bw) * per_col].copy_from_slice(&q.symbols);
+                match &params {
+                    Some(p) if *p != q.params => {
+                        return Err(NwcError::Config(format!(
+                            "{name}: the codec's parameters changed between blocks"
+                        )));
+                    }
+                    Some(_) => {}
+                    None => params = Some(q.params),
+                }
+                let mut o = vec![0.0f32; rows * bw];
+                for r in 0..rows {
+                    for c in 0..bw {
+                        o[r * bw + c] = recon[c * per_col + r] * scale(r, s + c);
+                    }
+                }
+                Ok(o)
+            };
+            step().map_err(|e| {
+                let msg = e.to_string();
+                failure.get_or_insert(e);
+                msg
+            })
+        });
+        let out = match (out, failure) {
+            (_, Some(e)) => return Err(e),
+            (r, None) => r?,
+        };
+        let (tables, table_map) = self.codec.fit_tables(&symbols, l, &chunk_levels)?;
+        let mut report = TensorReport {
+            name: name.to_string(),
+            n_params: t.numel() as u64,
+            bytes: 0,
+            coded: true,
+            sq_error: 0.0,
+            sq_signal: 0.0,
+        };
+        for (a, b) in values.iter().zip(&out) {
+            report.sq_error += f64::from(a - b) * f64::from(a - b);
+            report.sq_signal += f64::from(*a) * f64::from(*a);
+        }
+        let payload = self.coded_payload(
+            rows,
+            cols,
+            &chunked,
+            levels,
+            &chunk_levels,
+            &symbols,
+            params.unwrap_or_default(),
+            &tables,
+            table_map,
+        )?;
+        let record = Record {
+            name: name.to_string(),
+            dtype: t.dtype(),
+            shape: t.shape().iter().map(|&d| d as u64).collect(),
+            payload,
         };
         Ok((record, report))
     }
