@@ -296,9 +296,13 @@ impl<'a> FileReader<'a> {
         &self.index
     }
 
-    /// Total elements of all tensors.
+    /// Total elements of all parameter tensors (metadata records excluded).
     pub fn n_params(&self) -> u64 {
-        self.index.iter().map(|e| e.n_params).sum()
+        self.index
+            .iter()
+            .filter(|e| !crate::is_metadata(&e.name))
+            .map(|e| e.n_params)
+            .sum()
     }
 
     /// Size of the file in bytes.

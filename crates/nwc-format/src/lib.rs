@@ -39,3 +39,11 @@ pub use file::{
 pub use record::{
     CodecKind, CodedPayload, Payload, Record, TableRecord, pack_levels, unpack_levels,
 };
+
+/// Prefix of metadata record names (`docs/format.md`, "Metadata records").
+pub const METADATA_PREFIX: &str = "nwc.";
+
+/// Whether a record name denotes metadata rather than a model parameter.
+pub fn is_metadata(name: &str) -> bool {
+    name.starts_with(METADATA_PREFIX)
+}

@@ -312,6 +312,37 @@ impl LlamaWeights {
         Ok(t.to_f32()?)
     }
 
+    /// Writes a Hugging Face directory that other runtimes load unchanged: `config.json`,
+    /// `model.safetensors` (every tensor in `dtype`) and `tokenizer.json`.
+    ///
+    /// # Errors
+    /// [`LlmError::Io`] when the directory cannot be written; [`LlmError::Tensor`] for a dtype
+    /// other than F32, F16 or BF16.
+    pub fn save_hf(&self, dir: &Path, dtype: DType) -> Result<()> {
+        let torch_dtype = match dtype {
+            DType::F32 => "float32",
+            DType::F16 => "float16",
+            DType::BF16 => "bfloat16",
+            other => {
+                return Err(LlmError::Config(format!(
+                    "cannot export weights as {other} (F32, F16 or BF16)"
+                )));
+            }
+        };
+        std::fs::create_dir_all(dir).map_err(io_err(dir))?;
+        let cfg_path = dir.join("config.json");
+        std::fs::write(&cfg_path, self.config.to_hf_json(torch_dtype)).map_err(io_err(&cfg_path))?;
+        let tok_path = dir.join("tokenizer.json");
+        std::fs::write(&tok_path, self.tokenizer.to_json()?).map_err(io_err(&tok_path))?;
+        let tensors = self
+            .tensors
+            .iter()
+            .map(|(name, t)| Tensor::from_f32(name.clone(), dtype, t.shape().to_vec(), &t.to_f32()?))
+            .collect::<std::result::Result<Vec<_>, _>>()?;
+        nwc_tensor::write_safetensors(dir.join("model.safetensors"), &tensors)?;
+        Ok(())
+    }
+
     /// Parameters in all tensors.
     pub fn n_params(&self) -> usize {
         self.tensors.values().map(Tensor::numel).sum()

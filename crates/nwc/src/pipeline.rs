@@ -174,7 +174,7 @@ pub type ProgressFn<'c> = Box<dyn Fn(&TensorReport, usize, usize) + Send + Sync 
 pub struct Compressor<'c> {
     codec: &'c dyn WeightCodec,
     options: CompressOptions,
-    progress: Option<ProgressFn<'c>>,
+    pub(crate) progress: Option<ProgressFn<'c>>,
 }
 
 impl std::fmt::Debug for Compressor<'_> {

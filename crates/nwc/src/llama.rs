@@ -1,0 +1,310 @@
+//! Compressing Llama-architecture language models: quality levels from calibration Hessians,
+//! LDLQ error feedback with the codec in the loop, a self-describing `.nwc` file that decodes
+//! back into a runnable model, and the RTN/GPTQ baselines measured the same way.
+
+use std::collections::BTreeMap;
+use std::io::Write;
+use std::time::Instant;
+
+use nalgebra::DMatrix;
+use nwc_format::{Payload, Record, Writer};
+use nwc_ldl::{BlockLdl, GroupRtn};
+use nwc_llm::{Hessians, LlamaConfig, LlamaWeights, Site, TextTokenizer, site_of};
+use nwc_tensor::{DType, Tensor};
+
+use crate::codec::WeightCodec;
+use crate::error::{NwcError, Result};
+use crate::pipeline::{CompressReport, Compressor, NwcFile, TensorPolicy};
+
+/// Metadata record holding the model's `config.json` (`docs/format.md`).
+pub const CONFIG_RECORD: &str = "nwc.llama.config.json";
+/// Metadata record holding the model's `tokenizer.json` (`docs/format.md`).
+pub const TOKENIZER_RECORD: &str = "nwc.llama.tokenizer.json";
+
+/// How much calibration information the compressor uses.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Mode {
+    /// No calibration: every column at level 0, no feedback.
+    DataFree,
+    /// Quality level per input column from diag(H) bands.
+    Levels,
+    /// Levels, and LDLQ error feedback through the block LDL factor of H.
+    LevelsLdlq,
+}
+
+impl Mode {
+    /// All three, from least to most calibration.
+    pub const ALL: [Mode; 3] = [Mode::DataFree, Mode::Levels, Mode::LevelsLdlq];
+
+    /// A short label for tables.
+    pub fn label(self) -> &'static str {
+        match self {
+            Mode::DataFree => "data-free",
+            Mode::Levels => "levels",
+            Mode::LevelsLdlq => "levels+LDLQ",
+        }
+    }
+}
+
+/// One site's calibration: importance per column and the LDL factor of the damped Hessian.
+#[derive(Debug, Clone)]
+struct SiteCalibration {
+    importance: Vec<f32>,
+    damped: DMatrix<f64>,
+    ldl: BlockLdl,
+}
+
+/// Damped Hessians, their block LDL factors (block [`nwc_ldl::LDL_BLOCK`]) and column
+/// importances for every linear-layer input of a model, computed once and shared by every
+/// method that uses them.
+#[derive(Debug, Clone)]
+pub struct Calibration {
+    sites: BTreeMap<Site, SiteCalibration>,
+}
+
+impl Calibration {
+    /// Damps every Hessian (dead columns, then `H/mean(diag) + 0.01·I`, as GPTQ/QuIP# do) and
+    /// factors it.
+    ///
+    /// # Errors
+    /// [`NwcError::Ldl`] when a Hessian is empty or cannot be factored even after damping.
+    pub fn new(hessians: &Hessians, cfg: &LlamaConfig) -> Result<Self> {
+        let mut sites = BTreeMap::new();
+        for site in Site::all(cfg) {
+            let h = hessians.hessian(site)?;
+            let importance: Vec<f32> = h.diagonal().iter().map(|&v| v as f32).collect();
+            let d = nwc_ldl::damp(&h, nwc_ldl::DAMPING)?;
+            if !d.dead.is_empty() {
+                tracing::debug!(site = %site.key(), dead = d.dead.len(), "dead input columns");
+            }
+            let ldl = BlockLdl::new(&d.h, nwc_ldl::LDL_BLOCK)?;
+            sites.insert(
+                site,
+                SiteCalibration {
+                    importance,
+                    damped: d.h,
+                    ldl,
+                },
+            );
+        }
+        Ok(Self { sites })
+    }
+
+    /// diag(H) of a site: the importance of each input column.
+    pub fn importance(&self, site: Site) -> Option<&[f32]> {
+        self.sites.get(&site).map(|s| s.importance.as_slice())
+    }
+
+    /// The block LDL factor of a site's damped Hessian.
+    pub fn ldl(&self, site: Site) -> Option<&BlockLdl> {
+        self.sites.get(&site).map(|s| &s.ldl)
+    }
+
+    /// A site's damped, normalized Hessian (for the proxy loss `tr(ΔW H ΔWᵀ)`).
+    pub fn damped(&self, site: Site) -> Option<&DMatrix<f64>> {
+        self.sites.get(&site).map(|s| &s.damped)
+    }
+}
+
+fn metadata(name: &str, text: &str) -> Record {
+    Record {
+        name: name.to_string(),
+        dtype: DType::U8,
+        shape: vec![text.len() as u64],
+        payload: Payload::Raw(text.as_bytes().to_vec()),
+    }
+}
+
+/// Compresses a Llama into a `.nwc` stream: its `config.json` (and, if asked, `tokenizer.json`)
+/// as metadata records, then every tensor, coded per `mode` with `calibration`.
+///
+/// # Errors
+/// [`NwcError::Config`] when `mode` needs calibration and none is given; any tensor's error.
+pub fn compress_llama<W: Write>(
+    compressor: &Compressor<'_>,
+    weights: &LlamaWeights,
+    calibration: Option<&Calibration>,
+    mode: Mode,
+    embed_tokenizer: bool,
+    out: W,
+) -> Result<CompressReport> {
+    let start = Instant::now();
+    let cal = match (mode, calibration) {
+        (Mode::DataFree, _) => None,
+        (_, Some(c)) => Some(c),
+        (m, None) => {
+            return Err(NwcError::Config(format!(
+                "mode {} needs calibration Hessians",
+                m.label()
+            )));
+        }
+    };
+    let cfg = &weights.config;
+    let mut writer = Writer::new(out, compressor.header())?;
+    let dtype_name = weights
+        .tensors
+        .get(nwc_llm::EMBED)
+        .map_or("float32", |t| hf_dtype(t.dtype()));
+    writer.write(&metadata(CONFIG_RECORD, &cfg.to_hf_json(dtype_name)))?;
+    if embed_tokenizer {
+        writer.write(&metadata(TOKENIZER_RECORD, &weights.tokenizer.to_json()?))?;
+    }
+    let n = weights.tensors.len();
+    let mut reports = Vec::with_capacity(n);
+    for (i, (name, t)) in weights.tensors.iter().enumerate() {
+        let site = site_of(cfg, name).filter(|_| compressor.options().policy.codes(t));
+        let (record, mut report) = match (cal, site) {
+            (Some(c), Some(s)) => {
+                let imp = c.importance(s);
+                match mode {
+                    Mode::LevelsLdlq => compressor.compress_tensor_ldlq(
+                        t,
+                        imp,
+                        c.ldl(s).expect("every site is calibrated"),
+                    )?,
+                    _ => compressor.compress_tensor(t, imp)?,
+                }
+            }
+            _ => compressor.compress_tensor(t, None)?,
+        };
+        report.bytes = writer.write(&record)?;
+        tracing::debug!(tensor = %name, bits_per_param = report.bits_per_param(), nmse = report.nmse(), "compressed");
+        if let Some(p) = &compressor.progress {
+            p(&report, i + 1, n);
+        }
+        reports.push(report);
+    }
+    let (_, file_bytes) = writer.finish()?;
+    Ok(CompressReport {
+        tensors: reports,
+        file_bytes,
+        seconds: start.elapsed().as_secs_f64(),
+    })
+}
+
+fn hf_dtype(d: DType) -> &'static str {
+    match d {
+        DType::F16 => "float16",
+        DType::BF16 => "bfloat16",
+        _ => "float32",
+    }
+}
+
+/// Decodes a `.nwc` Llama back into weights. The tokenizer comes from the file when it holds
+/// one, else from `tokenizer`.
+///
+/// # Errors
+/// [`NwcError::Config`] when the file has no Llama configuration or no tokenizer is available;
+/// decoding and shape errors.
+pub fn decode_llama(
+    file: &NwcFile,
+    codec: &dyn WeightCodec,
+    tokenizer: Option<TextTokenizer>,
+) -> Result<LlamaWeights> {
+    let mut config = None;
+    let mut tok = None;
+    let mut tensors = BTreeMap::new();
+    file.for_each_tensor(codec, |t| {
+        let text = || String::from_utf8(t.bytes().to_vec()).ok();
+        match t.name() {
+            CONFIG_RECORD => {
+                let s = text().ok_or_else(|| NwcError::Config("config is not UTF-8".into()))?;
+                config = Some(LlamaConfig::from_hf_json(&s)?);
+            }
+            TOKENIZER_RECORD => {
+                let s =
+                    text().ok_or_else(|| NwcError::Config("tokenizer is not UTF-8".into()))?;
+                tok = Some(TextTokenizer::from_json(&s)?);
+            }
+            name if nwc_format::is_metadata(name) => {}
+            name => {
+                tensors.insert(name.to_string(), t);
+            }
+        }
+        Ok(())
+    })?;
+    let config = config.ok_or_else(|| {
+        NwcError::Config(format!("the file has no {CONFIG_RECORD}: not a Llama .nwc"))
+    })?;
+    let tokenizer = tok.or(tokenizer).ok_or_else(|| {
+        NwcError::Config("the file holds no tokenizer and none was given".into())
+    })?;
+    Ok(LlamaWeights::from_parts(config, tensors, tokenizer)?)
+}
+
+/// A baseline quantizer, applied to the same matrices NWC codes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Baseline {
+    /// Per-group round-to-nearest, `bits` per weight, groups of 128 columns.
+    Rtn(u32),
+    /// GPTQ (LDLQ feedback with the same grid) using the calibration Hessians.
+    Gptq(u32),
+}
+
+impl Baseline {
+    /// A short label for tables.
+    pub fn label(self) -> String {
+        match self {
+            Baseline::Rtn(b) => format!("RTN {b}-bit g128"),
+            Baseline::Gptq(b) => format!("GPTQ {b}-bit g128"),
+        }
+    }
+}
+
+/// What a baseline produced: the dequantized model and its *measured* size.
+#[derive(Debug)]
+pub struct BaselineResult {
+    /// The dequantized weights.
+    pub weights: LlamaWeights,
+    /// Bytes of the serialized codes, scales and minima of every quantized matrix, plus the
+    /// stored bytes of every tensor left as it was.
+    pub bytes: u64,
+    /// `8 × bytes / parameters`.
+    pub bits_per_param: f64,
+}
+
+/// Quantizes every matrix `policy` selects with a baseline; other tensors are kept as they are
+/// and counted at their stored size.
+///
+/// # Errors
+/// [`NwcError::Config`] when GPTQ has no calibration; quantizer errors.
+pub fn quantize_baseline(
+    weights: &LlamaWeights,
+    calibration: Option<&Calibration>,
+    baseline: Baseline,
+    policy: &TensorPolicy,
+) -> Result<BaselineResult> {
+    let cfg = &weights.config;
+    let mut bytes = 0u64;
+    let mut tensors = BTreeMap::new();
+    for (name, t) in &weights.tensors {
+        let site = site_of(cfg, name).filter(|_| policy.codes(t));
+        let Some((site, (rows, cols))) = site.zip(t.matrix_dims()) else {
+            bytes += t.bytes().len() as u64;
+            tensors.insert(name.clone(), t.clone());
+            continue;
+        };
+        let w = t.to_f32()?;
+        let packed = match baseline {
+            Baseline::Rtn(b) => GroupRtn::new(b, 128)?.quantize(&w, rows, cols)?,
+            Baseline::Gptq(b) => {
+                let ldl = calibration
+                    .and_then(|c| c.ldl(site))
+                    .ok_or_else(|| NwcError::Config("GPTQ needs calibration Hessians".into()))?;
+                nwc_ldl::gptq(&w, rows, cols, ldl, GroupRtn::new(b, 128)?)?
+            }
+        };
+        bytes += packed.bytes.len() as u64;
+        tensors.insert(
+            name.clone(),
+            Tensor::from_f32(name.clone(), t.dtype(), t.shape().to_vec(), &packed.values)?,
+        );
+    }
+    let n: usize = weights.n_params();
+    let weights = LlamaWeights::from_parts(cfg.clone(), tensors, weights.tokenizer.clone())?;
+    Ok(BaselineResult {
+        weights,
+        bytes,
+        bits_per_param: 8.0 * bytes as f64 / n.max(1) as f64,
+    })
+}
