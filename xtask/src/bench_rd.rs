@@ -121,100 +121,6 @@ fn rtn(tensors: &[Tensor], bits: u32, group: usize) -> Result<Point> {
     })
 }
 
-/// log-MSE interpolated linearly in rate at `bits`, from the two nearest points around it.
-fn at(points: &[Point], bits: f64) -> Option<f64> {
-    let mut p = points.to_vec();
-    p.sort_by(|a, b| a.bits.total_cmp(&b.bits));
-    p.windows(2)
-        .find(|w| w[0].bits <= bits && bits <= w[1].bits)
-        .map(|w| {
-            let t = (bits - w[0].bits) / (w[1].bits - w[0].bits);
-            (w[0].nmse.ln() * (1.0 - t) + w[1].nmse.ln() * t).exp()
-        })
-}
-
-fn svg(series: &[(&str, &str, &[Point])]) -> String {
-    let (w, h, m) = (640.0, 420.0, 60.0);
-    let all: Vec<&Point> = series.iter().flat_map(|s| s.2.iter()).collect();
-    let (x0, x1) = (1.0f64, 9.0f64);
-    let ys: Vec<f64> = all.iter().map(|p| p.nmse.log10()).collect();
-    let (y0, y1) = (
-        ys.iter().copied().fold(f64::INFINITY, f64::min).floor(),
-        ys.iter().copied().fold(f64::NEG_INFINITY, f64::max).ceil(),
-    );
-    let px = |x: f64| m + (x - x0) / (x1 - x0) * (w - 2.0 * m);
-    let py = |y: f64| h - m - (y - y0) / (y1 - y0) * (h - 2.0 * m);
-    let mut s = format!(
-        "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"{w}\" height=\"{h}\" font-family=\"sans-serif\" font-size=\"12\">\n<rect width=\"100%\" height=\"100%\" fill=\"white\"/>\n"
-    );
-    for b in 1..=9 {
-        let x = px(f64::from(b));
-        let _ = writeln!(
-            s,
-            "<line x1=\"{x}\" y1=\"{}\" x2=\"{x}\" y2=\"{}\" stroke=\"#ddd\"/><text x=\"{x}\" y=\"{}\" text-anchor=\"middle\">{b}</text>",
-            m,
-            h - m,
-            h - m + 16.0
-        );
-    }
-    let mut y = y0;
-    while y <= y1 + 1e-9 {
-        let yy = py(y);
-        let _ = writeln!(
-            s,
-            "<line x1=\"{m}\" y1=\"{yy}\" x2=\"{}\" y2=\"{yy}\" stroke=\"#ddd\"/><text x=\"{}\" y=\"{}\" text-anchor=\"end\">1e{y}</text>",
-            w - m,
-            m - 6.0,
-            yy + 4.0
-        );
-        y += 1.0;
-    }
-    let _ = writeln!(
-        s,
-        "<text x=\"{}\" y=\"{}\" text-anchor=\"middle\">measured bits per parameter</text>",
-        w / 2.0,
-        h - 16.0
-    );
-    let _ = writeln!(
-        s,
-        "<text x=\"16\" y=\"{}\" transform=\"rotate(-90 16 {})\" text-anchor=\"middle\">normalized MSE</text>",
-        h / 2.0,
-        h / 2.0
-    );
-    for (i, (name, color, pts)) in series.iter().enumerate() {
-        let mut p = pts.to_vec();
-        p.sort_by(|a, b| a.bits.total_cmp(&b.bits));
-        let path: Vec<String> = p
-            .iter()
-            .filter(|q| q.bits >= x0 && q.bits <= x1)
-            .map(|q| format!("{:.1},{:.1}", px(q.bits), py(q.nmse.log10())))
-            .collect();
-        let _ = writeln!(
-            s,
-            "<polyline fill=\"none\" stroke=\"{color}\" stroke-width=\"2\" points=\"{}\"/>",
-            path.join(" ")
-        );
-        for q in path {
-            let (a, b) = q.split_once(',').expect("x,y");
-            let _ = writeln!(
-                s,
-                "<circle cx=\"{a}\" cy=\"{b}\" r=\"3\" fill=\"{color}\"/>"
-            );
-        }
-        let ly = m + 16.0 * i as f64;
-        let _ = writeln!(
-            s,
-            "<rect x=\"{}\" y=\"{}\" width=\"12\" height=\"3\" fill=\"{color}\"/><text x=\"{}\" y=\"{}\">{name}</text>",
-            w - m - 110.0,
-            ly,
-            w - m - 92.0,
-            ly + 5.0
-        );
-    }
-    s.push_str("</svg>\n");
-    s
-}
-
 pub fn run(a: &BenchArgs) -> Result<()> {
     let t0 = Instant::now();
     let tensors = heldout()?;
@@ -283,7 +189,8 @@ pub fn run(a: &BenchArgs) -> Result<()> {
             let _ = writeln!(md, "| {name} | {:.4} | {:.4e} |", p.bits, p.nmse);
         }
     }
-    let at4 = |p: &[Point]| at(p, 4.0);
+    let xy = |p: &[Point]| p.iter().map(|q| (q.bits, q.nmse)).collect::<Vec<_>>();
+    let at4 = |p: &[Point]| crate::plot::at(&xy(p), 4.0);
     let (n4, e4, r4) = (at4(&nwc_pts), at4(&ecsq_pts), at4(&rtn_pts));
     let fmt = |v: Option<f64>| v.map_or("n/a".to_string(), |x| format!("{x:.4e}"));
     let _ = writeln!(
@@ -297,11 +204,14 @@ pub fn run(a: &BenchArgs) -> Result<()> {
     std::fs::write(a.out.join("rd.md"), &md)?;
     std::fs::write(
         a.out.join("rd.svg"),
-        svg(&[
-            ("NWC", "#d62728", &nwc_pts),
-            ("ECSQ", "#1f77b4", &ecsq_pts),
-            ("RTN g128", "#7f7f7f", &rtn_pts),
-        ]),
+        crate::plot::svg(
+            &[
+                ("NWC", "#d62728", xy(&nwc_pts)),
+                ("ECSQ", "#1f77b4", xy(&ecsq_pts)),
+                ("RTN g128", "#7f7f7f", xy(&rtn_pts)),
+            ],
+            "normalized MSE",
+        ),
     )?;
     println!(
         "wrote {} and {}",

@@ -1,7 +1,9 @@
 //! `cargo xtask`: project automation. Thin by design: real work lives in the library crates.
 
+mod bench_llm;
 mod bench_rd;
 mod fetch;
+mod plot;
 mod train;
 
 use clap::{Parser, Subcommand};
@@ -32,6 +34,11 @@ enum Command {
     /// docs/rd.svg; the last line is `rd@4bit: nwc/ecsq=<MSE ratio> nwc/rtn=<MSE ratio>` at
     /// exactly 4.00 bits/param (log-MSE interpolated).
     BenchRd(bench_rd::BenchArgs),
+    /// Perplexity vs measured bits/param on a real Llama (default SmolLM2-135M): FP, RTN and
+    /// GPTQ (g128, shared calibration Hessians), NWC data-free, + levels, + levels + LDLQ.
+    /// Writes docs/llm.md and docs/llm.svg; the last line is `llm@4bit: ppl_ratio=<NWC/FP>
+    /// vs_gptq=<NWC/GPTQ> vs_rtn=<NWC/RTN>` at 4.00 bits/param (log-ppl interpolated).
+    BenchLlm(bench_llm::LlmBenchArgs),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -39,5 +46,6 @@ fn main() -> anyhow::Result<()> {
         Command::Fetch { items } => fetch::run(&items),
         Command::Train(args) => train::run(&args),
         Command::BenchRd(args) => bench_rd::run(&args),
+        Command::BenchLlm(args) => bench_llm::run(&args),
     }
 }
