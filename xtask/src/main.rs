@@ -5,6 +5,7 @@ mod bench_rd;
 mod fetch;
 mod plot;
 mod train;
+mod train_llama;
 
 use clap::{Parser, Subcommand};
 
@@ -39,6 +40,10 @@ enum Command {
     /// Writes docs/llm.md and docs/llm.svg; the last line is `llm@4bit: ppl_ratio=<NWC/FP>
     /// vs_gptq=<NWC/GPTQ> vs_rtn=<NWC/RTN>` at 4.00 bits/param (log-ppl interpolated).
     BenchLlm(bench_llm::LlmBenchArgs),
+    /// Train the small byte-level Llama that `compress_llama` uses by default (Canterbury texts,
+    /// Alice in Wonderland held out) and write it as a Hugging Face directory
+    /// (examples/assets/tiny-llama).
+    TrainLlama(train_llama::TrainLlamaArgs),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -47,5 +52,6 @@ fn main() -> anyhow::Result<()> {
         Command::Train(args) => train::run(&args),
         Command::BenchRd(args) => bench_rd::run(&args),
         Command::BenchLlm(args) => bench_llm::run(&args),
+        Command::TrainLlama(args) => train_llama::run(&args),
     }
 }

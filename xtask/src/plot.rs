@@ -16,9 +16,12 @@ pub fn at(points: &[(f64, f64)], x: f64) -> Option<f64> {
         })
 }
 
+/// One plotted series: name, colour, `(bits, y)` points.
+pub type Series<'a> = (&'a str, &'a str, Vec<(f64, f64)>);
+
 /// A line plot of `(name, colour, points)` series: x = measured bits per parameter (1..9),
 /// y on a log scale labelled `y_label`.
-pub fn svg(series: &[(&str, &str, Vec<(f64, f64)>)], y_label: &str) -> String {
+pub fn svg(series: &[Series<'_>], y_label: &str) -> String {
 
     let (w, h, m) = (640.0, 420.0, 60.0);
     let all: Vec<&(f64, f64)> = series.iter().flat_map(|s| s.2.iter()).collect();

@@ -104,7 +104,7 @@ impl GroupRtn {
 /// # Errors
 /// [`LdlError::Shape`] for mismatched sizes or block and group sizes that do not nest.
 pub fn gptq(w: &[f32], rows: usize, cols: usize, ldl: &BlockLdl, rtn: GroupRtn) -> Result<Packed> {
-    if ldl.block() % rtn.group() != 0 {
+    if !ldl.block().is_multiple_of(rtn.group()) {
         return Err(LdlError::Shape(format!(
             "LDL block {} is not a multiple of the group size {}",
             ldl.block(),

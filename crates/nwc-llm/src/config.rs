@@ -50,13 +50,13 @@ impl LlamaConfig {
         {
             return bad(format!("a zero dimension in {self:?}"));
         }
-        if self.hidden % self.heads != 0 || self.head_dim() % 2 != 0 {
+        if !self.hidden.is_multiple_of(self.heads) || !self.head_dim().is_multiple_of(2) {
             return bad(format!(
                 "hidden {} is not an even head width times {} heads",
                 self.hidden, self.heads
             ));
         }
-        if self.heads % self.kv_heads != 0 {
+        if !self.heads.is_multiple_of(self.kv_heads) {
             return bad(format!(
                 "{} heads are not a multiple of {} key/value heads",
                 self.heads, self.kv_heads

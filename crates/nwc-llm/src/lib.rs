@@ -23,6 +23,7 @@ mod error;
 mod eval;
 mod model;
 mod tokenizer;
+mod train;
 mod weights;
 
 pub use burn;
@@ -32,4 +33,5 @@ pub use error::{LlmError, Result};
 pub use eval::{Perplexity, perplexity, windows};
 pub use model::{Capture, Layer, Llama};
 pub use tokenizer::TextTokenizer;
+pub use train::{LmTrainConfig, lr_at, train_lm};
 pub use weights::{EMBED, FINAL_NORM, LM_HEAD, LlamaWeights, Proj, Site, gguf_to_hf, site_of};

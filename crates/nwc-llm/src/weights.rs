@@ -361,7 +361,7 @@ fn unpermute(t: &Tensor, name: &str, heads: usize) -> Result<Tensor> {
         name: name.to_string(),
         reason: "not a matrix".into(),
     })?;
-    if heads == 0 || rows % heads != 0 || (rows / heads) % 2 != 0 {
+    if heads == 0 || rows % heads != 0 || !(rows / heads).is_multiple_of(2) {
         return Err(LlmError::Weight {
             name: name.to_string(),
             reason: format!("{rows} rows do not split into {heads} heads of even width"),

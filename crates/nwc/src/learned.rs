@@ -100,6 +100,57 @@ impl<B: Backend> NwcCodec<B> {
         &self.checkpoint
     }
 
+    /// Estimated coded bits per value at every latent step of the checkpoint, for normalized
+    /// chunks `sample` (level 0): the analysis transform runs once, then each step's rounding is
+    /// priced with its own tables. Side information (scales, headers) is not included.
+    ///
+    /// # Errors
+    /// [`NwcError::Config`] when `sample` is empty or not whole chunks.
+    pub fn rates_per_step(&self, sample: &[f32]) -> Result<Vec<f64>> {
+        let c = self.checkpoint.config().latent;
+        if sample.is_empty() || !sample.len().is_multiple_of(c) {
+            return Err(NwcError::Config(format!(
+                "{} sample values are not whole chunks of {c}",
+                sample.len()
+            )));
+        }
+        let levels = vec![0u8; sample.len() / c];
+        let y = self.run(sample, c, &levels, true);
+        let medians = self.checkpoint.medians();
+        let tables = self.checkpoint.tables();
+        Ok(self
+            .checkpoint
+            .steps()
+            .iter()
+            .enumerate()
+            .map(|(i, &step)| {
+                let bits: f64 = y
+                    .iter()
+                    .enumerate()
+                    .map(|(k, &v)| {
+                        let q = ((v - medians[k % c]) / step).round() as i32;
+                        tables[i * c + k % c].cost_bits(q)
+                    })
+                    .sum();
+                bits / sample.len() as f64
+            })
+            .collect())
+    }
+
+    /// The latent step index whose estimated rate on `sample` is closest to `bits` per value.
+    ///
+    /// # Errors
+    /// As [`NwcCodec::rates_per_step`].
+    pub fn step_index_for_rate(&self, sample: &[f32], bits: f64) -> Result<usize> {
+        let rates = self.rates_per_step(sample)?;
+        Ok(rates
+            .iter()
+            .enumerate()
+            .min_by(|a, b| (a.1 - bits).abs().total_cmp(&(b.1 - bits).abs()))
+            .map(|(i, _)| i)
+            .unwrap_or(0))
+    }
+
     fn levels_tensor(&self, levels: &[u8]) -> Tensor<B, 1, Int> {
         let v: Vec<i64> = levels.iter().map(|&l| i64::from(l)).collect();
         Tensor::from_data(TensorData::new(v, [levels.len()]), &self.device)

@@ -1,0 +1,211 @@
+//! The LLM pipeline on real models and text: Hessian accumulation on real activations, the
+//! Hessian cache, LDLQ against no feedback on a real SmolLM2 layer at equal rate, and a whole
+//! Llama through `.nwc` and back (and out to a Hugging Face directory).
+//!
+//! The committed byte-level Llama (`examples/assets/tiny-llama`) needs nothing installed; the
+//! SmolLM2 test needs `cargo xtask fetch smollm2 canterbury` and fails without it unless
+//! `NWC_SKIP_REAL_DATA=1` is set.
+
+use std::path::PathBuf;
+
+use nwc::codec_net::burn::backend::NdArray;
+use nwc::codec_net::burn::tensor::Tensor as BTensor;
+use nwc::format::Writer;
+use nwc::ldl::{BlockLdl, HessianAccumulator, damp, proxy_loss};
+use nwc::llama::{Calibration, Mode, compress_llama, decode_llama};
+use nwc::llm::{Hessians, Llama, LlamaWeights, Proj, Site, perplexity};
+use nwc::tensor::DType;
+use nwc::{Compressor, Decompressor, EcsqCodec, NwcFile};
+
+fn tiny_dir() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../examples/assets/tiny-llama")
+}
+
+fn tiny() -> (LlamaWeights, Vec<u32>, Vec<u32>) {
+    let w = LlamaWeights::open(tiny_dir()).unwrap();
+    let text = |f: &str| std::fs::read_to_string(tiny_dir().join(f)).unwrap();
+    let eval = w.tokenizer.encode(&text("eval.txt")).unwrap();
+    let calib = w.tokenizer.encode(&text("calibration.txt")).unwrap();
+    (w, eval, calib)
+}
+
+#[test]
+fn hessians_match_a_direct_sum_over_real_activations() {
+    let (w, _, calib) = tiny();
+    let device = Default::default();
+    let model = Llama::<NdArray>::from_weights(&w, &device).unwrap();
+    let window = &calib[..128];
+    let mut h = Hessians::new(&model);
+    h.accumulate(&model, window, &device).unwrap();
+
+    // The same activations captured directly and summed in f64 by nalgebra.
+    let site = Site::MlpDown(1);
+    let mut direct = HessianAccumulator::new(site.dim(&w.config));
+    let ids = BTensor::<NdArray, 2, _>::from_data(
+        nwc::codec_net::burn::tensor::TensorData::new(
+            window.iter().map(|&i| i64::from(i)).collect::<Vec<_>>(),
+            [1, window.len()],
+        ),
+        &device,
+    );
+    let mut cap = |s: Site, x: BTensor<NdArray, 2>| {
+        if s == site {
+            let rows = x.dims()[0];
+            direct.add(&x.into_data().to_vec::<f32>().unwrap(), rows).unwrap();
+        }
+    };
+    let _ = model.forward_capture(ids, Some(&mut cap));
+    let a = h.hessian(site).unwrap();
+    let b = direct.hessian().unwrap();
+    let rel = (&a - &b).norm() / b.norm();
+    assert!(rel < 1e-5, "relative difference {rel}");
+    assert_eq!(h.site(site).unwrap().count(), 128);
+    // Every site saw every token, and E[x xᵀ] is symmetric with a positive diagonal.
+    for s in Site::all(&w.config) {
+        let m = h.hessian(s).unwrap();
+        assert!((&m - m.transpose()).norm() <= 1e-6 * m.norm());
+        assert!(m.diagonal().iter().all(|&d| d > 0.0), "{}", s.key());
+    }
+}
+
+#[test]
+fn hessian_cache_resumes_and_refuses_damage() {
+    let (w, _, calib) = tiny();
+    let device = Default::default();
+    let model = Llama::<NdArray>::from_weights(&w, &device).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let cache = dir.path().join("h.bin");
+    let fp = [7u8; 32];
+    // Two windows, then resume to four: equal to four in one go.
+    let two = Hessians::collect(&model, &calib, 64, 2, Some(&cache), fp, &device, |_, _| {}).unwrap();
+    assert_eq!(two.windows(), 2);
+    let mut calls = 0;
+    let four = Hessians::collect(&model, &calib, 64, 4, Some(&cache), fp, &device, |_, _| calls += 1)
+        .unwrap();
+    assert_eq!((four.windows(), calls), (4, 2), "resumed after two windows");
+    let direct = Hessians::collect(&model, &calib, 64, 4, None, fp, &device, |_, _| {}).unwrap();
+    let (a, b) = (four.hessian(Site::Head).unwrap(), direct.hessian(Site::Head).unwrap());
+    assert!((&a - &b).norm() <= 1e-5 * b.norm());
+    // Another fingerprint, or one flipped byte, is refused.
+    assert!(Hessians::load(&cache, [8u8; 32]).is_err());
+    let mut bytes = std::fs::read(&cache).unwrap();
+    let mid = bytes.len() / 2;
+    bytes[mid] ^= 1;
+    std::fs::write(&cache, &bytes).unwrap();
+    assert!(Hessians::load(&cache, fp).is_err());
+    assert!(Hessians::load(&cache.with_extension("missing"), fp).is_err());
+}
+
+#[test]
+fn a_llama_round_trips_through_nwc_and_hugging_face() {
+    let (w, eval, calib) = tiny();
+    let device = Default::default();
+    let reference = Llama::<NdArray>::from_weights(&w, &device).unwrap();
+    let before = perplexity(&reference, &eval, 256, 4, &device, |_, _| {}).unwrap();
+    let h = Hessians::collect(&reference, &calib, 256, 4, None, [0; 32], &device, |_, _| {}).unwrap();
+    let cal = Calibration::new(&h, &w.config).unwrap();
+    let codec = EcsqCodec::for_bits(6.0).unwrap();
+    let compressor = Compressor::new(&codec);
+    let dir = tempfile::tempdir().unwrap();
+    for mode in Mode::ALL {
+        let path = dir.path().join("m.nwc");
+        let report = compress_llama(
+            &compressor,
+            &w,
+            Some(&cal),
+            mode,
+            true,
+            std::fs::File::create(&path).unwrap(),
+        )
+        .unwrap();
+        let file = NwcFile::open(&path).unwrap();
+        assert_eq!(file.bits_per_param().unwrap(), report.bits_per_param());
+        assert!(report.bits_per_param() < 9.0, "{}", report.bits_per_param());
+        let back = decode_llama(&file, &codec, None).unwrap();
+        assert_eq!(back.config, w.config);
+        assert_eq!(back.tokenizer.encode("Alice").unwrap(), w.tokenizer.encode("Alice").unwrap());
+        let model = Llama::<NdArray>::from_weights(&back, &device).unwrap();
+        let after = perplexity(&model, &eval, 256, 4, &device, |_, _| {}).unwrap();
+        // At ~6 bits the model is nearly unchanged.
+        assert!(after.ppl < before.ppl * 1.03, "{}: {} → {}", mode.label(), before.ppl, after.ppl);
+
+        if mode == Mode::LevelsLdlq {
+            // Out to a Hugging Face directory and back in: identical logits.
+            let hf = dir.path().join("hf");
+            back.save_hf(&hf, DType::F32).unwrap();
+            let again = LlamaWeights::open(&hf).unwrap();
+            let m2 = Llama::<NdArray>::from_weights(&again, &device).unwrap();
+            let p2 = perplexity(&m2, &eval, 256, 4, &device, |_, _| {}).unwrap();
+            assert_eq!(p2.ppl, after.ppl);
+            assert!(hf.join("config.json").exists() && hf.join("tokenizer.json").exists());
+        }
+    }
+    // Calibrated modes need calibration; a file without a config is not a Llama.
+    let sink = Vec::new();
+    assert!(compress_llama(&compressor, &w, None, Mode::Levels, false, sink).is_err());
+}
+
+fn smollm2() -> Option<(PathBuf, PathBuf)> {
+    let d = nwc::tensor::data_dir();
+    let (m, t) = (
+        d.join("smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"),
+        d.join("canterbury/lcet10.txt"),
+    );
+    if m.exists() && t.exists() {
+        return Some((m, t));
+    }
+    if std::env::var_os("NWC_SKIP_REAL_DATA").is_some() {
+        eprintln!("skipping: SmolLM2 or the Canterbury texts are missing");
+        return None;
+    }
+    panic!("run `cargo xtask fetch smollm2 canterbury` (or set NWC_SKIP_REAL_DATA=1)");
+}
+
+#[test]
+fn ldlq_lowers_the_output_error_of_a_real_layer_at_equal_rate() {
+    let Some((model_path, text)) = smollm2() else { return };
+    let w = LlamaWeights::open(&model_path).unwrap();
+    let device = Default::default();
+    let model = Llama::<NdArray>::from_weights(&w, &device).unwrap();
+    let ids = w
+        .tokenizer
+        .encode(&String::from_utf8_lossy(&std::fs::read(text).unwrap()))
+        .unwrap();
+    let mut h = Hessians::new(&model);
+    for win in ids.chunks_exact(256).take(2) {
+        h.accumulate(&model, win, &device).unwrap();
+    }
+    let layer = 5;
+    let codec = EcsqCodec::for_bits(3.0).unwrap();
+    let compressor = Compressor::new(&codec);
+    for proj in [Proj::Q, Proj::Down] {
+        let site = proj.site(layer);
+        let t = &w.tensors[&proj.name(layer)];
+        let (rows, cols) = t.matrix_dims().unwrap();
+        let hd = damp(&h.hessian(site).unwrap(), nwc::ldl::DAMPING).unwrap().h;
+        let ldl = BlockLdl::new(&hd, nwc::ldl::LDL_BLOCK).unwrap();
+        let imp: Vec<f32> = hd.diagonal().iter().map(|&v| v as f32).collect();
+        let size = |r: &nwc::format::Record| {
+            let mut wr = Writer::new(Vec::new(), compressor.header()).unwrap();
+            wr.write(r).unwrap()
+        };
+        let dec = Decompressor::new(&codec);
+        let orig = t.to_f32().unwrap();
+        let (plain, _) = compressor.compress_tensor(t, Some(&imp)).unwrap();
+        let (fed, _) = compressor.compress_tensor_ldlq(t, Some(&imp), &ldl).unwrap();
+        let loss = |r| {
+            let v = dec.decompress_record(r).unwrap().to_f32().unwrap();
+            proxy_loss(&orig, &v, rows, cols, &hd)
+        };
+        let (lp, lf) = (loss(&plain), loss(&fed));
+        let (bp, bf) = (size(&plain) as f64, size(&fed) as f64);
+        eprintln!(
+            "{}: tr(ΔW H ΔWᵀ) {lp:.4e} plain vs {lf:.4e} LDLQ ({:.3}×); bytes {bp} vs {bf} ({:.4}×)",
+            proj.name(layer),
+            lf / lp,
+            bf / bp
+        );
+        assert!(lf < 0.9 * lp, "LDLQ did not lower the proxy loss: {lf} vs {lp}");
+        assert!((bf / bp - 1.0).abs() < 0.03, "rates differ: {bf} vs {bp} bytes");
+    }
+}
