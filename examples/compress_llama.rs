@@ -70,10 +70,10 @@ struct Args {
     #[arg(long)]
     ctx: Option<usize>,
     /// Calibration windows.
-    #[arg(long, default_value_t = 16)]
+    #[arg(long, default_value_t = 64)]
     calib_windows: usize,
     /// Evaluation windows.
-    #[arg(long, default_value_t = 16)]
+    #[arg(long, default_value_t = 64)]
     eval_windows: usize,
     /// Where to write the .nwc file.
     #[arg(long, default_value = "target/compress_llama/model.nwc")]
@@ -104,10 +104,17 @@ fn bar(len: u64, what: &str) -> ProgressBar {
 
 fn ppl(model: &Llama<NdArray>, ids: &[u32], a: &Args, what: &str) -> Result<Perplexity> {
     let pb = bar(a.eval_windows as u64, what);
-    let p = perplexity(model, ids, a.ctx.unwrap_or(256), a.eval_windows, &Default::default(), |d, n| {
-        pb.set_length(n as u64);
-        pb.set_position(d as u64);
-    })?;
+    let p = perplexity(
+        model,
+        ids,
+        a.ctx.unwrap_or(256),
+        a.eval_windows,
+        &Default::default(),
+        |d, n| {
+            pb.set_length(n as u64);
+            pb.set_position(d as u64);
+        },
+    )?;
     pb.finish_and_clear();
     Ok(p)
 }

@@ -74,7 +74,14 @@ fn ppl_of(
     device: &nwc::codec_net::burn::backend::ndarray::NdArrayDevice,
 ) -> Result<Perplexity> {
     let model = Llama::<NdArray>::from_weights(w, device)?;
-    Ok(perplexity(&model, ids, a.ctx, a.eval_windows, device, |_, _| {})?)
+    Ok(perplexity(
+        &model,
+        ids,
+        a.ctx,
+        a.eval_windows,
+        device,
+        |_, _| {},
+    )?)
 }
 
 /// Model fingerprint for the Hessian cache: every tensor's name and bytes.
@@ -134,9 +141,10 @@ pub fn hessians(
 pub fn run(a: &LlmBenchArgs) -> Result<()> {
     let t0 = Instant::now();
     let device = Default::default();
-    let path = a.model.clone().unwrap_or_else(|| {
-        nwc::tensor::data_dir().join("smollm2/SmolLM2-135M-Instruct.Q4_1.gguf")
-    });
+    let path = a
+        .model
+        .clone()
+        .unwrap_or_else(|| nwc::tensor::data_dir().join("smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"));
     let w = LlamaWeights::open(&path)
         .with_context(|| format!("{}: run `cargo xtask fetch smollm2`", path.display()))?;
     let n_params = w.n_params();
@@ -153,31 +161,42 @@ pub fn run(a: &LlmBenchArgs) -> Result<()> {
         a.ctx
     );
     let mut rows: Vec<Row> = Vec::new();
-    let push = |rows: &mut Vec<Row>, method: &str, setting: String, bits: f64, ppl: f64, t: Instant| {
-        let r = Row {
-            method: method.to_string(),
-            setting,
-            bits,
-            ppl,
-            seconds: t.elapsed().as_secs_f64(),
+    let push =
+        |rows: &mut Vec<Row>, method: &str, setting: String, bits: f64, ppl: f64, t: Instant| {
+            let r = Row {
+                method: method.to_string(),
+                setting,
+                bits,
+                ppl,
+                seconds: t.elapsed().as_secs_f64(),
+            };
+            println!(
+                "{:<18} {:<14} {:>7.4} bits/param  ppl {:>9.3}  ({:.0} s)",
+                r.method, r.setting, r.bits, r.ppl, r.seconds
+            );
+            rows.push(r);
         };
-        println!(
-            "{:<18} {:<14} {:>7.4} bits/param  ppl {:>9.3}  ({:.0} s)",
-            r.method, r.setting, r.bits, r.ppl, r.seconds
-        );
-        rows.push(r);
-    };
 
     let t = Instant::now();
     let fp = ppl_of(&w, &eval_ids, a, &device)?;
-    let stored_bits = 8.0 * w.tensors.values().map(|t| t.bytes().len()).sum::<usize>() as f64
-        / n_params as f64;
-    push(&mut rows, "FP (reference)", "as loaded".into(), stored_bits, fp.ppl, t);
+    let stored_bits =
+        8.0 * w.tensors.values().map(|t| t.bytes().len()).sum::<usize>() as f64 / n_params as f64;
+    push(
+        &mut rows,
+        "FP (reference)",
+        "as loaded".into(),
+        stored_bits,
+        fp.ppl,
+        t,
+    );
 
     let h = hessians(&w, &a.calib_text, a.ctx, a.calib_windows)?;
     let t = Instant::now();
     let cal = Calibration::new(&h, &w.config)?;
-    tracing::info!(seconds = t.elapsed().as_secs_f64(), "Hessians damped and factored");
+    tracing::info!(
+        seconds = t.elapsed().as_secs_f64(),
+        "Hessians damped and factored"
+    );
 
     let policy = CompressOptions::default().policy;
     for &b in &a.baseline_bits {
@@ -189,7 +208,14 @@ pub fn run(a: &LlmBenchArgs) -> Result<()> {
                 Baseline::Rtn(_) => "RTN g128",
                 Baseline::Gptq(_) => "GPTQ g128",
             };
-            push(&mut rows, method, format!("{b} bits"), r.bits_per_param, p.ppl, t);
+            push(
+                &mut rows,
+                method,
+                format!("{b} bits"),
+                r.bits_per_param,
+                p.ppl,
+                t,
+            );
         }
     }
 
@@ -204,7 +230,14 @@ pub fn run(a: &LlmBenchArgs) -> Result<()> {
             let bits = compress_to(&codec, &w, &cal, mode, &file)?;
             let decoded = decode_llama(&NwcFile::open(&file)?, &codec, Some(w.tokenizer.clone()))?;
             let p = ppl_of(&decoded, &eval_ids, a, &device)?;
-            push(&mut rows, &format!("NWC {}", mode.label()), label, bits, p.ppl, t);
+            push(
+                &mut rows,
+                &format!("NWC {}", mode.label()),
+                label,
+                bits,
+                p.ppl,
+                t,
+            );
         }
     }
     write_report(a, &rows, fp, n_params, &path, t0)
@@ -222,7 +255,12 @@ fn compress_to(
     let out = std::io::BufWriter::new(std::fs::File::create(file)?);
     let report = compress_llama(&compressor, w, Some(cal), mode, false, out)?;
     let bits = NwcFile::open(file)?.bits_per_param()?;
-    tracing::info!(mode = mode.label(), bits, seconds = report.seconds, "compressed");
+    tracing::info!(
+        mode = mode.label(),
+        bits,
+        seconds = report.seconds,
+        "compressed"
+    );
     Ok(bits)
 }
 
@@ -251,7 +289,11 @@ fn write_report(
     let _ = writeln!(
         md,
         "Made by `cargo xtask bench-llm{}` in {:.0} min on this machine (2 CPU cores, NdArray backend).\n",
-        if a.model.is_some() { " --model …" } else { "" },
+        if a.model.is_some() {
+            " --model …"
+        } else {
+            ""
+        },
         t0.elapsed().as_secs_f64() / 60.0
     );
     let _ = writeln!(
@@ -260,7 +302,9 @@ fn write_report(
          - Evaluation: perplexity on `{}`, {} non-overlapping windows of {} tokens ({} scored tokens). Calibration: `{}`, {} windows of {} tokens, disjoint from the evaluation text.\n\
          - Rates are measured: NWC = `.nwc` file bytes × 8 / parameters (header, scales, levels, tables, index included; the model is decoded from that file before it is evaluated). RTN/GPTQ = serialized codes + f16 scale + f16 minimum per group of 128, plus the norms.\n\
          - NWC codec: the checkpoint the library embeds (`nwc_codec::DEFAULT_CHECKPOINT`); each point is one latent step.\n",
-        path.file_name().map(|f| f.to_string_lossy()).unwrap_or_default(),
+        path.file_name()
+            .map(|f| f.to_string_lossy())
+            .unwrap_or_default(),
         a.eval_text,
         fp.windows,
         fp.ctx,
@@ -269,7 +313,10 @@ fn write_report(
         a.calib_windows,
         a.ctx
     );
-    let _ = writeln!(md, "| method | setting | bits/param | perplexity | ppl / FP | seconds |\n|---|---|---:|---:|---:|---:|");
+    let _ = writeln!(
+        md,
+        "| method | setting | bits/param | perplexity | ppl / FP | seconds |\n|---|---|---:|---:|---:|---:|"
+    );
     for r in rows {
         let _ = writeln!(
             md,
@@ -308,7 +355,11 @@ fn write_report(
             "perplexity",
         ),
     )?;
-    println!("wrote {} and {}", a.out.join("llm.md").display(), a.out.join("llm.svg").display());
+    println!(
+        "wrote {} and {}",
+        a.out.join("llm.md").display(),
+        a.out.join("llm.svg").display()
+    );
     let ratio = |x: Option<f64>, y: Option<f64>| match (x, y) {
         (Some(x), Some(y)) => format!("{:.4}", x / y),
         _ => "n/a".into(),

@@ -8,12 +8,14 @@ use std::fmt::Write as _;
 pub fn at(points: &[(f64, f64)], x: f64) -> Option<f64> {
     let mut p = points.to_vec();
     p.sort_by(|a, b| a.0.total_cmp(&b.0));
-    p.windows(2)
-        .find(|w| w[0].0 <= x && x <= w[1].0)
-        .map(|w| {
-            let t = if w[1].0 > w[0].0 { (x - w[0].0) / (w[1].0 - w[0].0) } else { 0.0 };
-            (w[0].1.ln() * (1.0 - t) + w[1].1.ln() * t).exp()
-        })
+    p.windows(2).find(|w| w[0].0 <= x && x <= w[1].0).map(|w| {
+        let t = if w[1].0 > w[0].0 {
+            (x - w[0].0) / (w[1].0 - w[0].0)
+        } else {
+            0.0
+        };
+        (w[0].1.ln() * (1.0 - t) + w[1].1.ln() * t).exp()
+    })
 }
 
 /// One plotted series: name, colour, `(bits, y)` points.
@@ -22,7 +24,6 @@ pub type Series<'a> = (&'a str, &'a str, Vec<(f64, f64)>);
 /// A line plot of `(name, colour, points)` series: x = measured bits per parameter (1..9),
 /// y on a log scale labelled `y_label`.
 pub fn svg(series: &[Series<'_>], y_label: &str) -> String {
-
     let (w, h, m) = (640.0, 420.0, 60.0);
     let all: Vec<&(f64, f64)> = series.iter().flat_map(|s| s.2.iter()).collect();
     let (x0, x1) = (1.0f64, 9.0f64);
@@ -103,4 +104,3 @@ pub fn svg(series: &[Series<'_>], y_label: &str) -> String {
     s.push_str("</svg>\n");
     s
 }
-

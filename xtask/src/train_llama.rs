@@ -113,8 +113,14 @@ pub fn run(a: &TrainLlamaArgs) -> Result<()> {
     weights.save_hf(&a.out, DType::F16)?;
     // Excerpts the example runs on offline: held-out evaluation text, and calibration text from
     // the training set (disjoint from the evaluation text).
-    std::fs::write(a.out.join("eval.txt"), excerpt(&load_text("canterbury/alice29.txt")?))?;
-    std::fs::write(a.out.join("calibration.txt"), excerpt(&load_text("canterbury/lcet10.txt")?))?;
+    std::fs::write(
+        a.out.join("eval.txt"),
+        excerpt(&load_text("canterbury/alice29.txt")?),
+    )?;
+    std::fs::write(
+        a.out.join("calibration.txt"),
+        excerpt(&load_text("canterbury/lcet10.txt")?),
+    )?;
     println!(
         "wrote {} ({:.0} s)",
         a.out.display(),

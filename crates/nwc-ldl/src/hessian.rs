@@ -97,7 +97,6 @@ impl HessianAccumulator {
         })
     }
 
-
     /// Merges another accumulator (for example from another thread or a resumed run).
     ///
     /// # Errors

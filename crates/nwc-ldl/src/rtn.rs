@@ -71,7 +71,9 @@ impl GroupRtn {
                 let row = &w[r * cols + g0..r * cols + g1];
                 let lo = row.iter().copied().fold(f32::INFINITY, f32::min);
                 let hi = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-                let scale = f16::from_f32(((hi - lo) / levels).max(1e-8)).to_f32().max(f32::MIN_POSITIVE);
+                let scale = f16::from_f32(((hi - lo) / levels).max(1e-8))
+                    .to_f32()
+                    .max(f32::MIN_POSITIVE);
                 let min = f16::from_f32(lo).to_f32();
                 bytes.extend_from_slice(&f16::from_f32(scale).to_le_bytes());
                 bytes.extend_from_slice(&f16::from_f32(min).to_le_bytes());
@@ -134,16 +136,27 @@ mod tests {
         let (rows, cols) = (3, 300);
         let w: Vec<f32> = (0..rows * cols).map(|i| (i as f32 * 0.37).sin()).collect();
         for bits in [2, 3, 4, 8] {
-            let q = GroupRtn::new(bits, 128).unwrap().quantize(&w, rows, cols).unwrap();
+            let q = GroupRtn::new(bits, 128)
+                .unwrap()
+                .quantize(&w, rows, cols)
+                .unwrap();
             let step = 2.0 / ((1u32 << bits) - 1) as f32;
             for (a, b) in w.iter().zip(&q.values) {
                 assert!((a - b).abs() <= step / 2.0 + 2e-3, "{bits}: {a} vs {b}");
             }
             // Groups of 128, 128, 44 per row: 4 bytes of header and ⌈n·bits/8⌉ of codes each.
-            let per_row: usize = [128usize, 128, 44].iter().map(|n| 4 + (n * bits as usize).div_ceil(8)).sum();
+            let per_row: usize = [128usize, 128, 44]
+                .iter()
+                .map(|n| 4 + (n * bits as usize).div_ceil(8))
+                .sum();
             assert_eq!(q.bytes.len(), rows * per_row);
         }
         assert!(GroupRtn::new(0, 128).is_err());
-        assert!(GroupRtn::new(4, 128).unwrap().quantize(&[f32::NAN], 1, 1).is_err());
+        assert!(
+            GroupRtn::new(4, 128)
+                .unwrap()
+                .quantize(&[f32::NAN], 1, 1)
+                .is_err()
+        );
     }
 }

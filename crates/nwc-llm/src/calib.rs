@@ -79,7 +79,11 @@ impl Hessians {
         let mut cap = |site: Site, x: burn::tensor::Tensor<B, 2>| {
             let rows = x.dims()[0] as u64;
             let gram = x.clone().transpose().matmul(x);
-            let g = gram.into_data().convert::<f32>().to_vec::<f32>().expect("f32");
+            let g = gram
+                .into_data()
+                .convert::<f32>()
+                .to_vec::<f32>()
+                .expect("f32");
             if let Some(acc) = sites.get_mut(&site)
                 && let Err(e) = acc.add_gram(&g, rows)
                 && err.is_none()

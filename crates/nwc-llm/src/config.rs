@@ -45,8 +45,15 @@ impl LlamaConfig {
     /// [`LlmError::Config`] naming the first inconsistency.
     pub fn validate(&self) -> Result<()> {
         let bad = |s: String| Err(LlmError::Config(s));
-        if [self.vocab, self.hidden, self.intermediate, self.layers, self.heads, self.kv_heads]
-            .contains(&0)
+        if [
+            self.vocab,
+            self.hidden,
+            self.intermediate,
+            self.layers,
+            self.heads,
+            self.kv_heads,
+        ]
+        .contains(&0)
         {
             return bad(format!("a zero dimension in {self:?}"));
         }
@@ -154,8 +161,14 @@ impl LlamaConfig {
             layers: int("num_hidden_layers")?,
             heads,
             kv_heads: int("num_key_value_heads").unwrap_or(heads),
-            rope_theta: v.get("rope_theta").and_then(Value::as_f64).unwrap_or(10_000.0),
-            rms_eps: v.get("rms_norm_eps").and_then(Value::as_f64).unwrap_or(1e-6),
+            rope_theta: v
+                .get("rope_theta")
+                .and_then(Value::as_f64)
+                .unwrap_or(10_000.0),
+            rms_eps: v
+                .get("rms_norm_eps")
+                .and_then(Value::as_f64)
+                .unwrap_or(1e-6),
             tie_embeddings: v
                 .get("tie_word_embeddings")
                 .and_then(Value::as_bool)
@@ -196,7 +209,11 @@ impl LlamaConfig {
         let attn = h * self.heads * hd * 2 + h * self.kv_heads * hd * 2;
         let mlp = 3 * h * self.intermediate;
         let per_layer = attn + mlp + 2 * h;
-        let head = if self.tie_embeddings { 0 } else { self.vocab * h };
+        let head = if self.tie_embeddings {
+            0
+        } else {
+            self.vocab * h
+        };
         self.vocab * h + self.layers * per_layer + h + head
     }
 }

@@ -74,7 +74,11 @@ impl<B: Backend> Llama<B> {
     pub fn init(config: &LlamaConfig, device: &B::Device) -> Result<Self> {
         config.validate()?;
         let m = |r: usize, c: usize| {
-            Param::from_tensor(Tensor::random([r, c], Distribution::Normal(0.0, 0.02), device))
+            Param::from_tensor(Tensor::random(
+                [r, c],
+                Distribution::Normal(0.0, 0.02),
+                device,
+            ))
         };
         let ones = |n: usize| Param::from_tensor(Tensor::ones([n], device));
         let (h, hd, i) = (config.hidden, config.head_dim(), config.intermediate);
@@ -132,9 +136,7 @@ impl<B: Backend> Llama<B> {
                 k: mat(&Proj::K.name(l))?,
                 v: mat(&Proj::V.name(l))?,
                 o: mat(&Proj::O.name(l))?,
-                mlp_norm: vec1(&format!(
-                    "model.layers.{l}.post_attention_layernorm.weight"
-                ))?,
+                mlp_norm: vec1(&format!("model.layers.{l}.post_attention_layernorm.weight"))?,
                 gate: mat(&Proj::Gate.name(l))?,
                 up: mat(&Proj::Up.name(l))?,
                 down: mat(&Proj::Down.name(l))?,
@@ -214,7 +216,9 @@ impl<B: Backend> Llama<B> {
         let mut sin = Vec::with_capacity(t * half);
         for p in 0..t {
             for i in 0..half {
-                let inv = cfg.rope_theta.powf(-((2 * i) as f64) / cfg.head_dim() as f64);
+                let inv = cfg
+                    .rope_theta
+                    .powf(-((2 * i) as f64) / cfg.head_dim() as f64);
                 let a = p as f64 * inv;
                 cos.push(a.cos() as f32);
                 sin.push(a.sin() as f32);

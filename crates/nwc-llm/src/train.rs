@@ -74,7 +74,9 @@ pub fn train_lm<B: AutodiffBackend>(
         )));
     }
     if let Some(&bad) = ids.iter().find(|&&i| i as usize >= cfg.vocab) {
-        return Err(LlmError::Input(format!("token {bad} outside the vocabulary")));
+        return Err(LlmError::Input(format!(
+            "token {bad} outside the vocabulary"
+        )));
     }
     B::seed(device, tc.seed);
     let mut model = Llama::<B>::init(cfg, device)?;
@@ -139,7 +141,11 @@ mod tests {
             tie_embeddings: true,
             max_positions: 64,
         };
-        let ids: Vec<u32> = "the cat sat on the mat. ".repeat(40).bytes().map(u32::from).collect();
+        let ids: Vec<u32> = "the cat sat on the mat. "
+            .repeat(40)
+            .bytes()
+            .map(u32::from)
+            .collect();
         let tc = LmTrainConfig {
             steps: 200,
             batch: 4,
@@ -151,6 +157,9 @@ mod tests {
         let device = Default::default();
         train_lm::<Autodiff<NdArray>>(&cfg, &tc, &ids, &device, 50, |_, l| losses.push(l)).unwrap();
         // From ln(256) ≈ 5.5 nats at random towards the text's ~0 entropy.
-        assert!(losses[0] > 2.0 && *losses.last().unwrap() < 1.0, "{losses:?}");
+        assert!(
+            losses[0] > 2.0 && *losses.last().unwrap() < 1.0,
+            "{losses:?}"
+        );
     }
 }

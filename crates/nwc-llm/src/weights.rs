@@ -331,13 +331,16 @@ impl LlamaWeights {
         };
         std::fs::create_dir_all(dir).map_err(io_err(dir))?;
         let cfg_path = dir.join("config.json");
-        std::fs::write(&cfg_path, self.config.to_hf_json(torch_dtype)).map_err(io_err(&cfg_path))?;
+        std::fs::write(&cfg_path, self.config.to_hf_json(torch_dtype))
+            .map_err(io_err(&cfg_path))?;
         let tok_path = dir.join("tokenizer.json");
         std::fs::write(&tok_path, self.tokenizer.to_json()?).map_err(io_err(&tok_path))?;
         let tensors = self
             .tensors
             .iter()
-            .map(|(name, t)| Tensor::from_f32(name.clone(), dtype, t.shape().to_vec(), &t.to_f32()?))
+            .map(|(name, t)| {
+                Tensor::from_f32(name.clone(), dtype, t.shape().to_vec(), &t.to_f32()?)
+            })
             .collect::<std::result::Result<Vec<_>, _>>()?;
         nwc_tensor::write_safetensors(dir.join("model.safetensors"), &tensors)?;
         Ok(())

@@ -20,7 +20,10 @@ fn model_path() -> Option<PathBuf> {
         eprintln!("skipping: {} is missing", p.display());
         return None;
     }
-    panic!("{} is missing: run `cargo xtask fetch smollm2`", p.display());
+    panic!(
+        "{} is missing: run `cargo xtask fetch smollm2`",
+        p.display()
+    );
 }
 
 fn fixture() -> Value {
@@ -64,7 +67,10 @@ fn forward_pass_matches_hugging_face() {
 
         let t = ids.len();
         let x: Tensor<NdArray, 2, Int> = Tensor::from_data(
-            TensorData::new(ids.iter().map(|&i| i64::from(i)).collect::<Vec<_>>(), [1, t]),
+            TensorData::new(
+                ids.iter().map(|&i| i64::from(i)).collect::<Vec<_>>(),
+                [1, t],
+            ),
             &device,
         );
         let logits = model.forward(x).into_data().to_vec::<f32>().unwrap();
@@ -93,7 +99,12 @@ fn forward_pass_matches_hugging_face() {
             positions += 1;
         }
     }
-    eprintln!("worst relative logit error {worst_rel:.2e}; top-1 agrees at {top1_agree}/{positions}");
-    assert!(worst_rel < 2e-3, "logits differ from transformers: {worst_rel}");
+    eprintln!(
+        "worst relative logit error {worst_rel:.2e}; top-1 agrees at {top1_agree}/{positions}"
+    );
+    assert!(
+        worst_rel < 2e-3,
+        "logits differ from transformers: {worst_rel}"
+    );
     assert_eq!(top1_agree, positions);
 }

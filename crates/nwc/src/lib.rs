@@ -50,10 +50,10 @@ pub use nwc_codec as codec_net;
 pub use nwc_entropy as entropy;
 /// The container crate (records, readers, writer).
 pub use nwc_format as format;
-/// The language-model crate (Llama forward pass, loaders, perplexity, calibration).
-pub use nwc_llm as llm;
 /// The Hessian and LDL crate (accumulation, damping, LDLQ, RTN/GPTQ baselines).
 pub use nwc_ldl as ldl;
+/// The language-model crate (Llama forward pass, loaders, perplexity, calibration).
+pub use nwc_llm as llm;
 /// The preprocessing crate (loading, chunking, levels).
 pub use nwc_tensor as tensor;
 

@@ -212,8 +212,7 @@ pub fn decode_llama(
                 config = Some(LlamaConfig::from_hf_json(&s)?);
             }
             TOKENIZER_RECORD => {
-                let s =
-                    text().ok_or_else(|| NwcError::Config("tokenizer is not UTF-8".into()))?;
+                let s = text().ok_or_else(|| NwcError::Config("tokenizer is not UTF-8".into()))?;
                 tok = Some(TextTokenizer::from_json(&s)?);
             }
             name if nwc_format::is_metadata(name) => {}
@@ -226,9 +225,9 @@ pub fn decode_llama(
     let config = config.ok_or_else(|| {
         NwcError::Config(format!("the file has no {CONFIG_RECORD}: not a Llama .nwc"))
     })?;
-    let tokenizer = tok.or(tokenizer).ok_or_else(|| {
-        NwcError::Config("the file holds no tokenizer and none was given".into())
-    })?;
+    let tokenizer = tok
+        .or(tokenizer)
+        .ok_or_else(|| NwcError::Config("the file holds no tokenizer and none was given".into()))?;
     Ok(LlamaWeights::from_parts(config, tensors, tokenizer)?)
 }
 

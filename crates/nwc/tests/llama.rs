@@ -51,7 +51,9 @@ fn hessians_match_a_direct_sum_over_real_activations() {
     let mut cap = |s: Site, x: BTensor<NdArray, 2>| {
         if s == site {
             let rows = x.dims()[0];
-            direct.add(&x.into_data().to_vec::<f32>().unwrap(), rows).unwrap();
+            direct
+                .add(&x.into_data().to_vec::<f32>().unwrap(), rows)
+                .unwrap();
         }
     };
     let _ = model.forward_capture(ids, Some(&mut cap));
@@ -77,14 +79,20 @@ fn hessian_cache_resumes_and_refuses_damage() {
     let cache = dir.path().join("h.bin");
     let fp = [7u8; 32];
     // Two windows, then resume to four: equal to four in one go.
-    let two = Hessians::collect(&model, &calib, 64, 2, Some(&cache), fp, &device, |_, _| {}).unwrap();
+    let two =
+        Hessians::collect(&model, &calib, 64, 2, Some(&cache), fp, &device, |_, _| {}).unwrap();
     assert_eq!(two.windows(), 2);
     let mut calls = 0;
-    let four = Hessians::collect(&model, &calib, 64, 4, Some(&cache), fp, &device, |_, _| calls += 1)
-        .unwrap();
+    let four = Hessians::collect(&model, &calib, 64, 4, Some(&cache), fp, &device, |_, _| {
+        calls += 1
+    })
+    .unwrap();
     assert_eq!((four.windows(), calls), (4, 2), "resumed after two windows");
     let direct = Hessians::collect(&model, &calib, 64, 4, None, fp, &device, |_, _| {}).unwrap();
-    let (a, b) = (four.hessian(Site::Head).unwrap(), direct.hessian(Site::Head).unwrap());
+    let (a, b) = (
+        four.hessian(Site::Head).unwrap(),
+        direct.hessian(Site::Head).unwrap(),
+    );
     assert!((&a - &b).norm() <= 1e-5 * b.norm());
     // Another fingerprint, or one flipped byte, is refused.
     assert!(Hessians::load(&cache, [8u8; 32]).is_err());
@@ -102,7 +110,17 @@ fn a_llama_round_trips_through_nwc_and_hugging_face() {
     let device = Default::default();
     let reference = Llama::<NdArray>::from_weights(&w, &device).unwrap();
     let before = perplexity(&reference, &eval, 256, 4, &device, |_, _| {}).unwrap();
-    let h = Hessians::collect(&reference, &calib, 256, 4, None, [0; 32], &device, |_, _| {}).unwrap();
+    let h = Hessians::collect(
+        &reference,
+        &calib,
+        256,
+        4,
+        None,
+        [0; 32],
+        &device,
+        |_, _| {},
+    )
+    .unwrap();
     let cal = Calibration::new(&h, &w.config).unwrap();
     let codec = EcsqCodec::for_bits(6.0).unwrap();
     let compressor = Compressor::new(&codec);
@@ -123,11 +141,20 @@ fn a_llama_round_trips_through_nwc_and_hugging_face() {
         assert!(report.bits_per_param() < 9.0, "{}", report.bits_per_param());
         let back = decode_llama(&file, &codec, None).unwrap();
         assert_eq!(back.config, w.config);
-        assert_eq!(back.tokenizer.encode("Alice").unwrap(), w.tokenizer.encode("Alice").unwrap());
+        assert_eq!(
+            back.tokenizer.encode("Alice").unwrap(),
+            w.tokenizer.encode("Alice").unwrap()
+        );
         let model = Llama::<NdArray>::from_weights(&back, &device).unwrap();
         let after = perplexity(&model, &eval, 256, 4, &device, |_, _| {}).unwrap();
         // At ~6 bits the model is nearly unchanged.
-        assert!(after.ppl < before.ppl * 1.03, "{}: {} → {}", mode.label(), before.ppl, after.ppl);
+        assert!(
+            after.ppl < before.ppl * 1.03,
+            "{}: {} → {}",
+            mode.label(),
+            before.ppl,
+            after.ppl
+        );
 
         if mode == Mode::LevelsLdlq {
             // Out to a Hugging Face directory and back in: identical logits.
@@ -163,7 +190,9 @@ fn smollm2() -> Option<(PathBuf, PathBuf)> {
 
 #[test]
 fn ldlq_lowers_the_output_error_of_a_real_layer_at_equal_rate() {
-    let Some((model_path, text)) = smollm2() else { return };
+    let Some((model_path, text)) = smollm2() else {
+        return;
+    };
     let w = LlamaWeights::open(&model_path).unwrap();
     let device = Default::default();
     let model = Llama::<NdArray>::from_weights(&w, &device).unwrap();
@@ -182,7 +211,9 @@ fn ldlq_lowers_the_output_error_of_a_real_layer_at_equal_rate() {
         let site = proj.site(layer);
         let t = &w.tensors[&proj.name(layer)];
         let (rows, cols) = t.matrix_dims().unwrap();
-        let hd = damp(&h.hessian(site).unwrap(), nwc::ldl::DAMPING).unwrap().h;
+        let hd = damp(&h.hessian(site).unwrap(), nwc::ldl::DAMPING)
+            .unwrap()
+            .h;
         let ldl = BlockLdl::new(&hd, nwc::ldl::LDL_BLOCK).unwrap();
         let imp: Vec<f32> = hd.diagonal().iter().map(|&v| v as f32).collect();
         let size = |r: &nwc::format::Record| {
@@ -192,7 +223,9 @@ fn ldlq_lowers_the_output_error_of_a_real_layer_at_equal_rate() {
         let dec = Decompressor::new(&codec);
         let orig = t.to_f32().unwrap();
         let (plain, _) = compressor.compress_tensor(t, Some(&imp)).unwrap();
-        let (fed, _) = compressor.compress_tensor_ldlq(t, Some(&imp), &ldl).unwrap();
+        let (fed, _) = compressor
+            .compress_tensor_ldlq(t, Some(&imp), &ldl)
+            .unwrap();
         let loss = |r| {
             let v = dec.decompress_record(r).unwrap().to_f32().unwrap();
             proxy_loss(&orig, &v, rows, cols, &hd)
@@ -205,7 +238,13 @@ fn ldlq_lowers_the_output_error_of_a_real_layer_at_equal_rate() {
             lf / lp,
             bf / bp
         );
-        assert!(lf < 0.9 * lp, "LDLQ did not lower the proxy loss: {lf} vs {lp}");
-        assert!((bf / bp - 1.0).abs() < 0.03, "rates differ: {bf} vs {bp} bytes");
+        assert!(
+            lf < 0.9 * lp,
+            "LDLQ did not lower the proxy loss: {lf} vs {lp}"
+        );
+        assert!(
+            (bf / bp - 1.0).abs() < 0.03,
+            "rates differ: {bf} vs {bp} bytes"
+        );
     }
 }
