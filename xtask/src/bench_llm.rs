@@ -219,9 +219,10 @@ pub fn run(a: &LlmBenchArgs) -> Result<()> {
         }
     }
 
+    // One scratch file per run: a second bench must never truncate a file this one has mapped.
     let tmp_dir = PathBuf::from("target/bench-llm");
     std::fs::create_dir_all(&tmp_dir)?;
-    let file = tmp_dir.join("model.nwc");
+    let file = tmp_dir.join(format!("model-{}.nwc", std::process::id()));
     for mode in Mode::ALL {
         for &step in &a.nwc_steps {
             let t = Instant::now();
@@ -240,6 +241,7 @@ pub fn run(a: &LlmBenchArgs) -> Result<()> {
             );
         }
     }
+    std::fs::remove_file(&file)?;
     write_report(a, &rows, fp, n_params, &path, t0)
 }
 

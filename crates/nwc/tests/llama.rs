@@ -62,11 +62,16 @@ fn hessians_match_a_direct_sum_over_real_activations() {
     let rel = (&a - &b).norm() / b.norm();
     assert!(rel < 1e-5, "relative difference {rel}");
     assert_eq!(h.site(site).unwrap().count(), 128);
-    // Every site saw every token, and E[x xᵀ] is symmetric with a positive diagonal.
+    // Every site saw every token, and E[x xᵀ] is symmetric with a positive diagonal; its damped
+    // form factors as L·D·Lᵀ (block 128) and reconstructs.
     for s in Site::all(&w.config) {
         let m = h.hessian(s).unwrap();
         assert!((&m - m.transpose()).norm() <= 1e-6 * m.norm());
         assert!(m.diagonal().iter().all(|&d| d > 0.0), "{}", s.key());
+        let d = damp(&m, nwc::ldl::DAMPING).unwrap().h;
+        let ldl = BlockLdl::new(&d, nwc::ldl::LDL_BLOCK).unwrap();
+        let rel = (ldl.reconstruct() - &d).norm() / d.norm();
+        assert!(rel < 1e-10, "{}: L·D·Lᵀ off by {rel}", s.key());
     }
 }
 
@@ -170,6 +175,15 @@ fn a_llama_round_trips_through_nwc_and_hugging_face() {
     // Calibrated modes need calibration; a file without a config is not a Llama.
     let sink = Vec::new();
     assert!(compress_llama(&compressor, &w, None, Mode::Levels, false, sink).is_err());
+    let path = dir.path().join("not-llama.nwc");
+    let mut wr = Writer::new(std::fs::File::create(&path).unwrap(), compressor.header()).unwrap();
+    let (rec, _) = compressor
+        .compress_tensor(&w.tensors[nwc::llm::EMBED], None)
+        .unwrap();
+    wr.write(&rec).unwrap();
+    wr.finish().unwrap();
+    let err = decode_llama(&NwcFile::open(&path).unwrap(), &codec, None).unwrap_err();
+    assert!(err.to_string().contains("not a Llama"), "{err}");
 }
 
 fn smollm2() -> Option<(PathBuf, PathBuf)> {
