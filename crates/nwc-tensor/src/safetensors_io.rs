@@ -115,7 +115,8 @@ impl WeightSource for SafetensorsFile {
     }
 }
 
-/// Writes tensors to a safetensors file (what other runtimes load).
+/// Writes tensors to a safetensors file (what other runtimes load), with the header metadata
+/// `{"format": "pt"}`.
 ///
 /// # Errors
 /// [`TensorError::Io`] when writing fails, [`TensorError::Malformed`] when the tensors cannot be
@@ -130,7 +131,9 @@ pub fn write_safetensors(path: impl AsRef<Path>, tensors: &[Tensor]) -> Result<(
                 .map_err(malformed)
         })
         .collect::<Result<_>>()?;
-    safetensors::serialize_to_file(views, None, path).map_err(|e| match e {
+    // `format: pt` is what PyTorch-side loaders (transformers) look for in the header metadata.
+    let metadata = std::collections::HashMap::from([("format".to_string(), "pt".to_string())]);
+    safetensors::serialize_to_file(views, Some(metadata), path).map_err(|e| match e {
         safetensors::SafeTensorError::IoError(source) => TensorError::Io {
             path: path.to_path_buf(),
             source,
