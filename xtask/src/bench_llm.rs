@@ -43,7 +43,7 @@ pub struct LlmBenchArgs {
     #[arg(long, default_value = "2,3,4,5,6,8", value_delimiter = ',')]
     pub baseline_bits: Vec<u32>,
     /// Latent step indices of the NWC checkpoint to run (each gives one rate).
-    #[arg(long, default_value = "1,3,5,7,9,11", value_delimiter = ',')]
+    #[arg(long, default_value = "3,7,8,10", value_delimiter = ',')]
     pub nwc_steps: Vec<usize>,
     /// Where llm.md and llm.svg go.
     #[arg(long, default_value = "docs")]

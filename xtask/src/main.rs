@@ -47,6 +47,14 @@ enum Command {
 }
 
 fn main() -> anyhow::Result<()> {
+    // Progress and stage timings go through `tracing`; `RUST_LOG` overrides the default level.
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
     match Cli::parse().command {
         Command::Fetch { items } => fetch::run(&items),
         Command::Train(args) => train::run(&args),
