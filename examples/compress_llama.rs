@@ -22,7 +22,9 @@ use clap::{Parser, ValueEnum};
 use indicatif::{ProgressBar, ProgressStyle};
 use nwc::codec_net::burn::backend::NdArray;
 use nwc::llama::{Calibration, Mode, compress_llama, decode_llama};
-use nwc::llm::{Hessians, Llama, LlamaWeights, Perplexity, fingerprint, perplexity};
+use nwc::llm::{
+    Hessians, Llama, LlamaWeights, Perplexity, cache_file_name, calibration_fingerprint, perplexity,
+};
 use nwc::tensor::{ChunkConfig, DType, chunk};
 use nwc::{Compressor, EcsqCodec, NwcCodec, NwcFile, WeightCodec};
 
@@ -180,19 +182,12 @@ fn main() -> Result<()> {
     } else {
         let t = Instant::now();
         let pb = bar(a.calib_windows as u64, "calibration windows");
-        let ids_bytes: Vec<u8> = calib_ids.iter().flat_map(|i| i.to_le_bytes()).collect();
-        let model_bytes: Vec<&[u8]> = w.tensors.values().map(|t| t.bytes()).collect();
-        let fp = fingerprint(&[
-            &fingerprint(&model_bytes),
-            &ids_bytes,
-            &(ctx as u64).to_le_bytes(),
-        ]);
-        let hex: String = fp[..8].iter().map(|b| format!("{b:02x}")).collect();
+        let fp = calibration_fingerprint(&w, &calib_ids, ctx);
         let cache = a
             .out
             .parent()
             .unwrap_or(Path::new("."))
-            .join(format!("hessians-{hex}.bin"));
+            .join(cache_file_name(&fp));
         let h = Hessians::collect(
             &reference,
             &calib_ids,

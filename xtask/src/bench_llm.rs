@@ -9,9 +9,13 @@ use std::time::Instant;
 
 use anyhow::{Context, Result};
 use clap::Args;
+
+use crate::plot::ratio;
 use nwc::codec_net::burn::backend::NdArray;
 use nwc::llama::{Baseline, Calibration, Mode, compress_llama, decode_llama, quantize_baseline};
-use nwc::llm::{Hessians, Llama, LlamaWeights, Perplexity, fingerprint, perplexity};
+use nwc::llm::{
+    Hessians, Llama, LlamaWeights, Perplexity, cache_file_name, calibration_fingerprint, perplexity,
+};
 use nwc::{CompressOptions, Compressor, NwcCodec, NwcFile, WeightCodec};
 
 #[derive(Args, Debug, Clone)]
@@ -84,16 +88,6 @@ fn ppl_of(
     )?)
 }
 
-/// Model fingerprint for the Hessian cache: every tensor's name and bytes.
-pub fn model_fingerprint(w: &LlamaWeights) -> [u8; 32] {
-    let parts: Vec<&[u8]> = w
-        .tensors
-        .iter()
-        .flat_map(|(n, t)| [n.as_bytes(), t.bytes()])
-        .collect();
-    fingerprint(&parts)
-}
-
 /// Calibration Hessians of `w` on `texts`, cached under the data directory.
 pub fn hessians(
     w: &LlamaWeights,
@@ -109,15 +103,10 @@ pub fn hessians(
     }
     let ids = w.tokenizer.encode(&text)?;
     let model = Llama::<NdArray>::from_weights(w, &device)?;
-    let ids_bytes: Vec<u8> = ids.iter().flat_map(|i| i.to_le_bytes()).collect();
-    let fp = fingerprint(&[
-        &model_fingerprint(w),
-        &ids_bytes,
-        &(ctx as u64).to_le_bytes(),
-        &(windows as u64).to_le_bytes(),
-    ]);
-    let hex: String = fp[..8].iter().map(|b| format!("{b:02x}")).collect();
-    let cache = nwc::tensor::data_dir().join(format!("cache/hessians-{hex}.bin"));
+    let fp = calibration_fingerprint(w, &ids, ctx);
+    let cache = nwc::tensor::data_dir()
+        .join("cache")
+        .join(cache_file_name(&fp));
     let t = Instant::now();
     let h = Hessians::collect(
         &model,
@@ -340,32 +329,19 @@ fn write_report(
         f(g4),
         f(r4)
     );
-    std::fs::create_dir_all(&a.out)?;
-    std::fs::write(a.out.join("llm.md"), &md)?;
     let fp_line = vec![(1.0, fp.ppl), (9.0, fp.ppl)];
-    std::fs::write(
-        a.out.join("llm.svg"),
-        crate::plot::svg(
-            &[
-                ("FP reference", "#000000", fp_line),
-                ("RTN g128", "#7f7f7f", series("RTN g128")),
-                ("GPTQ g128", "#1f77b4", series("GPTQ g128")),
-                ("NWC data-free", "#ff9896", series("NWC data-free")),
-                ("NWC levels", "#ff7f0e", series("NWC levels")),
-                ("NWC levels+LDLQ", "#d62728", nwc),
-            ],
-            "perplexity",
-        ),
-    )?;
-    println!(
-        "wrote {} and {}",
-        a.out.join("llm.md").display(),
-        a.out.join("llm.svg").display()
+    let svg = crate::plot::svg(
+        &[
+            ("FP reference", "#000000", fp_line),
+            ("RTN g128", "#7f7f7f", series("RTN g128")),
+            ("GPTQ g128", "#1f77b4", series("GPTQ g128")),
+            ("NWC data-free", "#ff9896", series("NWC data-free")),
+            ("NWC levels", "#ff7f0e", series("NWC levels")),
+            ("NWC levels+LDLQ", "#d62728", nwc),
+        ],
+        "perplexity",
     );
-    let ratio = |x: Option<f64>, y: Option<f64>| match (x, y) {
-        (Some(x), Some(y)) => format!("{:.4}", x / y),
-        _ => "n/a".into(),
-    };
+    crate::plot::write_outputs(&a.out, "llm", &md, &svg)?;
     println!(
         "llm@4bit: ppl_ratio={} vs_gptq={} vs_rtn={}",
         ratio(n4, Some(fp.ppl)),

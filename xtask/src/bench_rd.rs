@@ -9,6 +9,8 @@ use std::time::Instant;
 
 use anyhow::{Context, Result, bail};
 use clap::Args;
+
+use crate::plot::ratio;
 use nwc::codec_net::Checkpoint;
 use nwc::codec_net::burn::backend::NdArray;
 use nwc::format::Writer;
@@ -200,28 +202,15 @@ pub fn run(a: &BenchArgs) -> Result<()> {
         fmt(e4),
         fmt(r4)
     );
-    std::fs::create_dir_all(&a.out)?;
-    std::fs::write(a.out.join("rd.md"), &md)?;
-    std::fs::write(
-        a.out.join("rd.svg"),
-        crate::plot::svg(
-            &[
-                ("NWC", "#d62728", xy(&nwc_pts)),
-                ("ECSQ", "#1f77b4", xy(&ecsq_pts)),
-                ("RTN g128", "#7f7f7f", xy(&rtn_pts)),
-            ],
-            "normalized MSE",
-        ),
-    )?;
-    println!(
-        "wrote {} and {}",
-        a.out.join("rd.md").display(),
-        a.out.join("rd.svg").display()
+    let svg = crate::plot::svg(
+        &[
+            ("NWC", "#d62728", xy(&nwc_pts)),
+            ("ECSQ", "#1f77b4", xy(&ecsq_pts)),
+            ("RTN g128", "#7f7f7f", xy(&rtn_pts)),
+        ],
+        "normalized MSE",
     );
-    let ratio = |a: Option<f64>, b: Option<f64>| match (a, b) {
-        (Some(a), Some(b)) => format!("{:.4}", a / b),
-        _ => "n/a".into(),
-    };
+    crate::plot::write_outputs(&a.out, "rd", &md, &svg)?;
     println!(
         "rd@4bit: nwc/ecsq={} nwc/rtn={}",
         ratio(n4, e4),

@@ -2,6 +2,7 @@
 //! log-scaled y axis.
 
 use std::fmt::Write as _;
+use std::path::Path;
 
 /// `log(y)` interpolated linearly in rate at `x`, from the two nearest points around it
 /// (`(bits, y)` pairs, any order). `None` outside the measured range.
@@ -16,6 +17,27 @@ pub fn at(points: &[(f64, f64)], x: f64) -> Option<f64> {
         };
         (w[0].1.ln() * (1.0 - t) + w[1].1.ln() * t).exp()
     })
+}
+
+/// `a / b` to four decimals, or `n/a` when either is missing (the benches' last lines).
+pub fn ratio(a: Option<f64>, b: Option<f64>) -> String {
+    match (a, b) {
+        (Some(a), Some(b)) => format!("{:.4}", a / b),
+        _ => "n/a".into(),
+    }
+}
+
+/// Writes a bench's table and plot as `<dir>/<stem>.md` and `<dir>/<stem>.svg`.
+pub fn write_outputs(dir: &Path, stem: &str, md: &str, svg: &str) -> std::io::Result<()> {
+    std::fs::create_dir_all(dir)?;
+    let (md_path, svg_path) = (
+        dir.join(format!("{stem}.md")),
+        dir.join(format!("{stem}.svg")),
+    );
+    std::fs::write(&md_path, md)?;
+    std::fs::write(&svg_path, svg)?;
+    println!("wrote {} and {}", md_path.display(), svg_path.display());
+    Ok(())
 }
 
 /// One plotted series: name, colour, `(bits, y)` points.

@@ -17,7 +17,7 @@ use sha2::{Digest, Sha256};
 use crate::error::{LlmError, Result, io_err};
 use crate::eval::{ids_tensor, windows};
 use crate::model::Llama;
-use crate::weights::Site;
+use crate::weights::{LlamaWeights, Site};
 
 const MAGIC: &[u8; 8] = b"NWCHESS1";
 
@@ -101,7 +101,9 @@ impl Hessians {
 
     /// Accumulates up to `n_windows` windows of `ctx` tokens of `ids`, resuming from and saving
     /// to `cache` (every `save_every` windows and at the end) when given. A cache with another
-    /// fingerprint or damaged bytes is ignored with a warning and rebuilt.
+    /// fingerprint or damaged bytes is ignored with a warning and rebuilt; one holding more
+    /// windows than requested is rebuilt too, so the result always covers exactly the windows
+    /// asked for.
     ///
     /// # Errors
     /// Too little text, or an unwritable cache.
@@ -119,6 +121,16 @@ impl Hessians {
         let ws = windows(ids, ctx, n_windows)?;
         let mut h = match cache.filter(|p| p.exists()) {
             Some(p) => match Self::load(p, fingerprint) {
+                // A cache past the requested count cannot be rolled back: recompute.
+                Ok(h) if h.windows > ws.len() => {
+                    tracing::info!(
+                        path = %p.display(),
+                        cached = h.windows,
+                        requested = ws.len(),
+                        "Hessian cache holds more windows than requested; recomputing"
+                    );
+                    Self::new(model)
+                }
                 Ok(h) => {
                     tracing::info!(path = %p.display(), windows = h.windows, "resuming Hessians from cache");
                     h
@@ -256,6 +268,27 @@ fn parse_site(key: &str) -> Option<Site> {
         "mlp_down" => Site::MlpDown(l),
         _ => return None,
     })
+}
+
+/// The cache fingerprint of calibrating `weights` on token ids `ids` in windows of `ctx` tokens
+/// (the window count is not part of it: [`Hessians::collect`] extends a shorter cache).
+pub fn calibration_fingerprint(weights: &LlamaWeights, ids: &[u32], ctx: usize) -> [u8; 32] {
+    let model: Vec<&[u8]> = weights
+        .tensors
+        .iter()
+        .flat_map(|(n, t)| [n.as_bytes(), t.bytes()])
+        .collect();
+    let ids: Vec<u8> = ids.iter().flat_map(|i| i.to_le_bytes()).collect();
+    fingerprint(&[&fingerprint(&model), &ids, &(ctx as u64).to_le_bytes()])
+}
+
+/// The file name a Hessian cache with this fingerprint goes by.
+pub fn cache_file_name(fingerprint: &[u8; 32]) -> String {
+    let hex: String = fingerprint[..8]
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    format!("hessians-{hex}.bin")
 }
 
 /// A fingerprint for a cache: SHA-256 over the parts given (model bytes, text, context, …).

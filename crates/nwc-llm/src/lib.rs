@@ -27,11 +27,13 @@ mod train;
 mod weights;
 
 pub use burn;
-pub use calib::{Hessians, fingerprint};
+pub use calib::{Hessians, cache_file_name, calibration_fingerprint, fingerprint};
 pub use config::LlamaConfig;
 pub use error::{LlmError, Result};
 pub use eval::{Perplexity, perplexity, windows};
 pub use model::{Capture, Layer, Llama};
 pub use tokenizer::TextTokenizer;
 pub use train::{LmTrainConfig, lr_at, train_lm};
-pub use weights::{EMBED, FINAL_NORM, LM_HEAD, LlamaWeights, Proj, Site, gguf_to_hf, site_of};
+pub use weights::{
+    EMBED, FINAL_NORM, LM_HEAD, LlamaWeights, Proj, Site, gguf_to_hf, site_of, torch_dtype,
+};

@@ -161,49 +161,36 @@ impl<B: Backend> Llama<B> {
     /// [`LlmError::Tensor`] for a dtype other than F32, F16 or BF16.
     pub fn to_tensors(&self, dtype: DType) -> Result<BTreeMap<String, nwc_tensor::Tensor>> {
         let mut out = BTreeMap::new();
-        let mut put = |name: String, t: Tensor<B, 2>| -> Result<()> {
-            let shape = t.dims().to_vec();
-            let v = t.into_data().convert::<f32>().to_vec::<f32>().expect("f32");
+        let mut put = |name: String, d: TensorData| -> Result<()> {
+            let shape = d.shape.to_vec();
+            let v = d.convert::<f32>().to_vec::<f32>().expect("f32");
             out.insert(
                 name.clone(),
                 nwc_tensor::Tensor::from_f32(name, dtype, shape, &v)?,
             );
             Ok(())
         };
-        let row = |p: &Param<Tensor<B, 1>>| {
-            let n = p.val().dims()[0];
-            p.val().reshape([1, n])
-        };
-        put(EMBED.into(), self.embed.val())?;
+        put(EMBED.into(), self.embed.val().into_data())?;
         for (l, layer) in self.layers.iter().enumerate() {
-            put(Proj::Q.name(l), layer.q.val())?;
-            put(Proj::K.name(l), layer.k.val())?;
-            put(Proj::V.name(l), layer.v.val())?;
-            put(Proj::O.name(l), layer.o.val())?;
-            put(Proj::Gate.name(l), layer.gate.val())?;
-            put(Proj::Up.name(l), layer.up.val())?;
-            put(Proj::Down.name(l), layer.down.val())?;
+            put(Proj::Q.name(l), layer.q.val().into_data())?;
+            put(Proj::K.name(l), layer.k.val().into_data())?;
+            put(Proj::V.name(l), layer.v.val().into_data())?;
+            put(Proj::O.name(l), layer.o.val().into_data())?;
+            put(Proj::Gate.name(l), layer.gate.val().into_data())?;
+            put(Proj::Up.name(l), layer.up.val().into_data())?;
+            put(Proj::Down.name(l), layer.down.val().into_data())?;
             put(
                 format!("model.layers.{l}.input_layernorm.weight"),
-                row(&layer.attn_norm),
+                layer.attn_norm.val().into_data(),
             )?;
             put(
                 format!("model.layers.{l}.post_attention_layernorm.weight"),
-                row(&layer.mlp_norm),
+                layer.mlp_norm.val().into_data(),
             )?;
         }
-        put(FINAL_NORM.into(), row(&self.norm))?;
+        put(FINAL_NORM.into(), self.norm.val().into_data())?;
         if let Some(h) = &self.lm_head {
-            put(LM_HEAD.into(), h.val())?;
-        }
-        // Norms are vectors: drop the row dimension added above.
-        for t in out.values_mut() {
-            if t.shape()[0] == 1 && t.shape().len() == 2 && t.name().contains("norm") {
-                let n = t.shape()[1];
-                let name = t.name().to_string();
-                let (dtype, bytes) = (t.dtype(), t.bytes().to_vec());
-                *t = nwc_tensor::Tensor::from_bytes(name, dtype, vec![n], bytes)?;
-            }
+            put(LM_HEAD.into(), h.val().into_data())?;
         }
         Ok(out)
     }

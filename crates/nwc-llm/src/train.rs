@@ -155,11 +155,25 @@ mod tests {
         };
         let mut losses = Vec::new();
         let device = Default::default();
-        train_lm::<Autodiff<NdArray>>(&cfg, &tc, &ids, &device, 50, |_, l| losses.push(l)).unwrap();
+        let model =
+            train_lm::<Autodiff<NdArray>>(&cfg, &tc, &ids, &device, 50, |_, l| losses.push(l))
+                .unwrap();
         // From ln(256) ≈ 5.5 nats at random towards the text's ~0 entropy.
         assert!(
             losses[0] > 2.0 && *losses.last().unwrap() < 1.0,
             "{losses:?}"
+        );
+        // Its tensors have the shapes the loader checks, and load back to the same model.
+        let tensors = model.to_tensors(nwc_tensor::DType::F32).unwrap();
+        let w =
+            crate::LlamaWeights::from_parts(cfg, tensors, crate::TextTokenizer::bytes()).unwrap();
+        let back = Llama::<NdArray>::from_weights(&w, &device).unwrap();
+        let x: Tensor<NdArray, 2, Int> =
+            Tensor::from_data(TensorData::new(vec![116i64, 104, 101], [1, 3]), &device);
+        let (a, b) = (model.forward(x.clone()), back.forward(x));
+        assert_eq!(
+            a.into_data().to_vec::<f32>().unwrap(),
+            b.into_data().to_vec::<f32>().unwrap()
         );
     }
 }

@@ -319,16 +319,11 @@ impl LlamaWeights {
     /// [`LlmError::Io`] when the directory cannot be written; [`LlmError::Tensor`] for a dtype
     /// other than F32, F16 or BF16.
     pub fn save_hf(&self, dir: &Path, dtype: DType) -> Result<()> {
-        let torch_dtype = match dtype {
-            DType::F32 => "float32",
-            DType::F16 => "float16",
-            DType::BF16 => "bfloat16",
-            other => {
-                return Err(LlmError::Config(format!(
-                    "cannot export weights as {other} (F32, F16 or BF16)"
-                )));
-            }
-        };
+        let torch_dtype = torch_dtype(dtype).ok_or_else(|| {
+            LlmError::Config(format!(
+                "cannot export weights as {dtype} (F32, F16 or BF16)"
+            ))
+        })?;
         std::fs::create_dir_all(dir).map_err(io_err(dir))?;
         let cfg_path = dir.join("config.json");
         std::fs::write(&cfg_path, self.config.to_hf_json(torch_dtype))
@@ -349,6 +344,16 @@ impl LlamaWeights {
     /// Parameters in all tensors.
     pub fn n_params(&self) -> usize {
         self.tensors.values().map(Tensor::numel).sum()
+    }
+}
+
+/// The `torch_dtype` name Hugging Face's `config.json` uses for a float dtype.
+pub fn torch_dtype(dtype: DType) -> Option<&'static str> {
+    match dtype {
+        DType::F32 => Some("float32"),
+        DType::F16 => Some("float16"),
+        DType::BF16 => Some("bfloat16"),
+        _ => None,
     }
 }
 

@@ -6,7 +6,6 @@ use std::collections::BTreeMap;
 use std::io::Write;
 use std::time::Instant;
 
-use nalgebra::DMatrix;
 use nwc_format::{Payload, Record, Writer};
 use nwc_ldl::{BlockLdl, GroupRtn};
 use nwc_llm::{Hessians, LlamaConfig, LlamaWeights, Site, TextTokenizer, site_of};
@@ -50,13 +49,11 @@ impl Mode {
 #[derive(Debug, Clone)]
 struct SiteCalibration {
     importance: Vec<f32>,
-    damped: DMatrix<f64>,
     ldl: BlockLdl,
 }
 
-/// Damped Hessians, their block LDL factors (block [`nwc_ldl::LDL_BLOCK`]) and column
-/// importances for every linear-layer input of a model, computed once and shared by every
-/// method that uses them.
+/// The block LDL factor (block [`nwc_ldl::LDL_BLOCK`]) of every linear-layer input's damped
+/// Hessian, and its column importances, computed once and shared by every method that uses them.
 #[derive(Debug, Clone)]
 pub struct Calibration {
     sites: BTreeMap<Site, SiteCalibration>,
@@ -78,14 +75,7 @@ impl Calibration {
                 tracing::debug!(site = %site.key(), dead = d.dead.len(), "dead input columns");
             }
             let ldl = BlockLdl::new(&d.h, nwc_ldl::LDL_BLOCK)?;
-            sites.insert(
-                site,
-                SiteCalibration {
-                    importance,
-                    damped: d.h,
-                    ldl,
-                },
-            );
+            sites.insert(site, SiteCalibration { importance, ldl });
         }
         Ok(Self { sites })
     }
@@ -98,11 +88,6 @@ impl Calibration {
     /// The block LDL factor of a site's damped Hessian.
     pub fn ldl(&self, site: Site) -> Option<&BlockLdl> {
         self.sites.get(&site).map(|s| &s.ldl)
-    }
-
-    /// A site's damped, normalized Hessian (for the proxy loss `tr(ΔW H ΔWᵀ)`).
-    pub fn damped(&self, site: Site) -> Option<&DMatrix<f64>> {
-        self.sites.get(&site).map(|s| &s.damped)
     }
 }
 
@@ -144,7 +129,8 @@ pub fn compress_llama<W: Write>(
     let dtype_name = weights
         .tensors
         .get(nwc_llm::EMBED)
-        .map_or("float32", |t| hf_dtype(t.dtype()));
+        .and_then(|t| nwc_llm::torch_dtype(t.dtype()))
+        .unwrap_or("float32");
     writer.write(&metadata(CONFIG_RECORD, &cfg.to_hf_json(dtype_name)))?;
     if embed_tokenizer {
         writer.write(&metadata(TOKENIZER_RECORD, &weights.tokenizer.to_json()?))?;
@@ -180,14 +166,6 @@ pub fn compress_llama<W: Write>(
         file_bytes,
         seconds: start.elapsed().as_secs_f64(),
     })
-}
-
-fn hf_dtype(d: DType) -> &'static str {
-    match d {
-        DType::F16 => "float16",
-        DType::BF16 => "bfloat16",
-        _ => "float32",
-    }
 }
 
 /// Decodes a `.nwc` Llama back into weights. The tokenizer comes from the file when it holds

@@ -12,7 +12,7 @@ use nwc_format::{
 };
 use nwc_tensor::{ChunkConfig, Chunked, DType, LevelBands, ScaleAxis, Tensor, WeightSource, chunk};
 
-use crate::codec::WeightCodec;
+use crate::codec::{Quantized, WeightCodec};
 use crate::error::{NwcError, Result};
 
 /// Which tensors are entropy-coded; every other tensor is stored losslessly.
@@ -256,24 +256,52 @@ impl<'c> Compressor<'c> {
         t: &Tensor,
         importance: Option<&[f32]>,
     ) -> Result<(Record, TensorReport)> {
-        let shape: Vec<u64> = t.shape().iter().map(|&d| d as u64).collect();
-        let mut report = TensorReport {
-            name: t.name().to_string(),
-            n_params: t.numel() as u64,
-            bytes: 0,
-            coded: false,
-            sq_error: 0.0,
-            sq_signal: 0.0,
-        };
         if !self.options.policy.codes(t) {
             let record = Record {
                 name: t.name().to_string(),
                 dtype: t.dtype(),
-                shape,
+                shape: t.shape().iter().map(|&d| d as u64).collect(),
                 payload: Payload::Raw(t.bytes().to_vec()),
+            };
+            let report = TensorReport {
+                name: t.name().to_string(),
+                n_params: t.numel() as u64,
+                bytes: 0,
+                coded: false,
+                sq_error: 0.0,
+                sq_signal: 0.0,
             };
             return Ok((record, report));
         }
+        let p = self.prepare(t, importance)?;
+        let l = p.chunked.chunk_len();
+        let q = self
+            .codec
+            .quantize(t.name(), p.chunked.data(), l, &p.chunk_levels)?;
+        // What the decoder will reconstruct, for the report.
+        let layout = Layout {
+            rows: p.rows,
+            cols: p.cols,
+            chunk_len: l,
+            axis: p.chunked.axis(),
+            scales: p.chunked.scales().to_vec(),
+        };
+        let out = reconstruct(
+            self.codec,
+            t.name(),
+            t.dtype(),
+            t.shape().to_vec(),
+            layout,
+            &q.symbols,
+            &p.chunk_levels,
+            &q.params,
+        )?
+        .to_f32()?;
+        self.coded(t, p, q, &out)
+    }
+
+    /// Normalizes and chunks a matrix the policy codes, and assigns its quality levels.
+    fn prepare(&self, t: &Tensor, importance: Option<&[f32]>) -> Result<Prepared> {
         let (rows, cols) = t.matrix_dims().expect("policy only codes matrices");
         let values = t.to_f32()?;
         let w = ArrayView2::from_shape((rows, cols), &values).expect("dims match numel");
@@ -290,88 +318,58 @@ impl<'c> Compressor<'c> {
             None => vec![0u8; cols],
         };
         let chunk_levels = chunk_levels(&levels, chunked.blocks());
-        let l = chunked.chunk_len();
-        let q = self
-            .codec
-            .quantize(t.name(), chunked.data(), l, &chunk_levels)?;
-        let payload = self.coded_payload(
+        Ok(Prepared {
             rows,
             cols,
-            &chunked,
+            values,
+            chunked,
             levels,
-            &chunk_levels,
-            &q.symbols,
-            q.params.clone(),
-            &q.tables,
-            q.table_map,
-        )?;
+            chunk_levels,
+        })
+    }
 
-        // What the decoder will reconstruct, for the report.
-        let layout = Layout {
-            rows,
-            cols,
-            chunk_len: l,
-            axis: chunked.axis(),
-            scales: chunked.scales().to_vec(),
+    /// Entropy-codes a prepared matrix's symbols into a record, and reports the error of `out`
+    /// (what the decoder returns) against the original values.
+    fn coded(
+        &self,
+        t: &Tensor,
+        p: Prepared,
+        q: Quantized,
+        out: &[f32],
+    ) -> Result<(Record, TensorReport)> {
+        let l = p.chunked.chunk_len();
+        let tables: &[Table] = if q.tables.is_empty() {
+            self.codec.tables()
+        } else {
+            &q.tables
         };
-        let out = reconstruct(
-            self.codec,
-            t.name(),
-            t.dtype(),
-            t.shape().to_vec(),
-            layout,
-            &q.symbols,
-            &chunk_levels,
-            &q.params,
-        )?
-        .to_f32()?;
-        for (a, b) in values.iter().zip(&out) {
+        let coder = Coder::new(tables, &q.table_map, l)?;
+        let segments =
+            coder.encode_all(&q.symbols, &p.chunk_levels, self.options.chunks_per_segment)?;
+        let mut report = TensorReport {
+            name: t.name().to_string(),
+            n_params: t.numel() as u64,
+            bytes: 0,
+            coded: true,
+            sq_error: 0.0,
+            sq_signal: 0.0,
+        };
+        for (a, b) in p.values.iter().zip(out) {
             report.sq_error += f64::from(a - b) * f64::from(a - b);
             report.sq_signal += f64::from(*a) * f64::from(*a);
         }
-        report.coded = true;
-        let record = Record {
-            name: t.name().to_string(),
-            dtype: t.dtype(),
-            shape,
-            payload,
-        };
-        Ok((record, report))
-    }
-
-    /// Entropy-codes a tensor's symbols into a record payload.
-    #[allow(clippy::too_many_arguments)]
-    fn coded_payload(
-        &self,
-        rows: usize,
-        cols: usize,
-        chunked: &Chunked,
-        levels: Vec<u8>,
-        chunk_levels: &[u8],
-        symbols: &[i32],
-        params: Vec<u8>,
-        own_tables: &[Table],
-        table_map: Vec<u16>,
-    ) -> Result<Payload> {
-        let l = chunked.chunk_len();
-        let tables: &[Table] = if own_tables.is_empty() {
-            self.codec.tables()
-        } else {
-            own_tables
-        };
-        let coder = Coder::new(tables, &table_map, l)?;
-        let segments = coder.encode_all(symbols, chunk_levels, self.options.chunks_per_segment)?;
-        Ok(Payload::Coded(CodedPayload {
+        let payload = Payload::Coded(CodedPayload {
             method: self.codec.kind(),
             chunk_len: l as u8,
-            scale_axis: chunked.axis().code(),
+            scale_axis: p.chunked.axis().code(),
             n_levels: self.codec.n_levels() as u8,
-            rows: rows as u64,
-            cols: cols as u64,
-            scales: chunked.scales().iter().map(|s| s.to_bits()).collect(),
-            levels,
-            params,
-            tables: own_tables
+            rows: p.rows as u64,
+            cols: p.cols as u64,
+            scales: p.chunked.scales().iter().map(|s| s.to_bits()).collect(),
+            levels: p.levels,
+            params: q.params,
+            tables: q
+                .tables
                 .iter()
                 .map(|t| TableRecord {
                     min_symbol: t.min_symbol(),
@@ -379,10 +377,17 @@ impl<'c> Compressor<'c> {
                     freqs: t.freqs().to_vec(),
                 })
                 .collect(),
-            table_map,
+            table_map: q.table_map,
             chunks_per_segment: self.options.chunks_per_segment as u32,
             segments,
-        }))
+        });
+        let record = Record {
+            name: t.name().to_string(),
+            dtype: t.dtype(),
+            shape: t.shape().iter().map(|&d| d as u64).collect(),
+            payload,
+        };
+        Ok((record, report))
     }
 
     /// Compresses a matrix with LDLQ error feedback: columns are coded block by block (last block
@@ -416,32 +421,19 @@ impl<'c> Compressor<'c> {
                 ldl.l().nrows()
             )));
         }
-        let values = t.to_f32()?;
-        let w = ArrayView2::from_shape((rows, cols), &values).expect("dims match numel");
-        let chunked = chunk(w, &self.options.chunk).map_err(|e| with_name(e, name))?;
-        let levels = match importance {
-            Some(imp) if imp.len() != cols => {
-                return Err(NwcError::Config(format!(
-                    "{name}: {} importance scores for {cols} columns",
-                    imp.len()
-                )));
-            }
-            Some(imp) => self.options.bands.assign(imp)?,
-            None => vec![0u8; cols],
-        };
-        let blocks = chunked.blocks();
-        let l = chunked.chunk_len();
+        let p = self.prepare(t, importance)?;
+        let blocks = p.chunked.blocks();
+        let l = p.chunked.chunk_len();
         let per_col = blocks * l;
-        let chunk_levels = chunk_levels(&levels, blocks);
-        let scales: Vec<f32> = chunked.scales().iter().map(|s| s.to_f32()).collect();
-        let scale = |r: usize, c: usize| match chunked.axis() {
+        let scales: Vec<f32> = p.chunked.scales().iter().map(|s| s.to_f32()).collect();
+        let scale = |r: usize, c: usize| match p.chunked.axis() {
             ScaleAxis::Column => scales[c],
             ScaleAxis::Row => scales[r],
         };
         let mut symbols = vec![0i32; cols * per_col];
         let mut params: Option<Vec<u8>> = None;
         let mut failure: Option<NwcError> = None;
-        let out = nwc_ldl::ldlq(&values, rows, cols, ldl, |s, target| {
+        let out = nwc_ldl::ldlq(&p.values, rows, cols, ldl, |s, target| {
             let bw = target.len() / rows;
             let mut data = vec![0.0f32; bw * per_col];
             for r in 0..rows {
@@ -449,7 +441,7 @@ impl<'c> Compressor<'c> {
                     data[c * per_col + r] = target[r * bw + c] / scale(r, s + c);
                 }
             }
-            let lv = &chunk_levels[s * blocks..(s + bw) * blocks];
+            let lv = &p.chunk_levels[s * blocks..(s + bw) * blocks];
             let mut step = || -> Result<Vec<f32>> {
                 let q = self.codec.quantize(name, &data, l, lv)?;
                 let recon = self.codec.dequantize(name, &q.symbols, l, lv, &q.params)?;
@@ -481,37 +473,14 @@ impl<'c> Compressor<'c> {
             (_, Some(e)) => return Err(e),
             (r, None) => r?,
         };
-        let (tables, table_map) = self.codec.fit_tables(&symbols, l, &chunk_levels)?;
-        let mut report = TensorReport {
-            name: name.to_string(),
-            n_params: t.numel() as u64,
-            bytes: 0,
-            coded: true,
-            sq_error: 0.0,
-            sq_signal: 0.0,
-        };
-        for (a, b) in values.iter().zip(&out) {
-            report.sq_error += f64::from(a - b) * f64::from(a - b);
-            report.sq_signal += f64::from(*a) * f64::from(*a);
-        }
-        let payload = self.coded_payload(
-            rows,
-            cols,
-            &chunked,
-            levels,
-            &chunk_levels,
-            &symbols,
-            params.unwrap_or_default(),
-            &tables,
+        let (tables, table_map) = self.codec.fit_tables(&symbols, l, &p.chunk_levels)?;
+        let q = Quantized {
+            symbols,
+            params: params.unwrap_or_default(),
+            tables,
             table_map,
-        )?;
-        let record = Record {
-            name: name.to_string(),
-            dtype: t.dtype(),
-            shape: t.shape().iter().map(|&d| d as u64).collect(),
-            payload,
         };
-        Ok((record, report))
+        self.coded(t, p, q, &out)
     }
 
     /// Compresses every tensor of `source` into a `.nwc` stream, one tensor in memory at a time.
@@ -716,6 +685,16 @@ impl<'c> Decompressor<'c> {
             &c.params,
         )
     }
+}
+
+/// A matrix the policy codes, normalized and chunked, with its quality levels.
+struct Prepared {
+    rows: usize,
+    cols: usize,
+    values: Vec<f32>,
+    chunked: Chunked,
+    levels: Vec<u8>,
+    chunk_levels: Vec<u8>,
 }
 
 /// Where a coded tensor's chunks sit: the matrix view, the chunk length and the scales.
