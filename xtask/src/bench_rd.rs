@@ -15,9 +15,9 @@ use nwc::codec_net::Checkpoint;
 use nwc::codec_net::burn::backend::NdArray;
 use nwc::format::Writer;
 use nwc::tensor::{Tensor, open_weights};
-use nwc::{Compressor, Decompressor, EcsqCodec, NwcCodec, WeightCodec};
+use nwc::{Compressor, Decompressor, EcsqCodec, NwcCodec, TcqCodec, WeightCodec};
 
-use crate::train::HELDOUT;
+use crate::train::{GEMMA_HELDOUT, HELDOUT};
 
 #[derive(Args, Debug)]
 pub struct BenchArgs {
@@ -30,6 +30,15 @@ pub struct BenchArgs {
     /// Where the table and plot go.
     #[arg(long, default_value = "docs")]
     out: PathBuf,
+    /// TCQ search trade-off (squared fine steps per bit).
+    #[arg(long, default_value_t = nwc::DEFAULT_TCQ_LAMBDA)]
+    tcq_lambda: f32,
+    /// TCQ trellis run (chunk length).
+    #[arg(long, default_value_t = nwc::DEFAULT_TCQ_RUN)]
+    tcq_run: usize,
+    /// Skip the learned codec (quick quantizer-only runs).
+    #[arg(long)]
+    no_nwc: bool,
 }
 
 /// One measured point: rate in bits per parameter and normalized MSE.
@@ -39,25 +48,54 @@ struct Point {
     nmse: f64,
 }
 
-fn heldout() -> Result<Vec<Tensor>> {
-    let path = nwc::tensor::data_dir().join("minilm/model.safetensors");
+/// The held-out matrices of one model: `(model, file, name prefix)`.
+fn heldout(item: &str, file: &str, prefix: &str) -> Result<Vec<Tensor>> {
+    let path = nwc::tensor::data_dir().join(item).join(file);
     let src = open_weights(&path)
-        .with_context(|| format!("{}: run `cargo xtask fetch minilm`", path.display()))?;
+        .with_context(|| format!("{}: run `cargo xtask fetch {item}`", path.display()))?;
     let mut out = Vec::new();
     for name in src.names() {
+        if !name.starts_with(prefix) {
+            continue;
+        }
         let t = src.tensor(&name)?;
-        if name.contains(HELDOUT)
-            && t.dtype().is_float()
-            && t.matrix_dims().is_some()
-            && t.numel() >= 4096
-        {
+        if t.dtype().is_float() && t.matrix_dims().is_some() && t.numel() >= 4096 {
             out.push(t);
         }
     }
     if out.is_empty() {
-        bail!("no held-out tensors matching {HELDOUT}");
+        bail!("no held-out tensors matching {prefix} in {}", path.display());
     }
     Ok(out)
+}
+
+/// The held-out sets: MiniLM's encoder layer 5 and EmbeddingGemma's decoder layer 11, never
+/// trained on.
+fn heldout_sets() -> Result<Vec<(&'static str, String, Vec<Tensor>)>> {
+    Ok(vec![
+        (
+            "MiniLM",
+            format!("{HELDOUT}*"),
+            heldout("minilm", "model.safetensors", HELDOUT)?,
+        ),
+        (
+            "EmbeddingGemma",
+            format!("{GEMMA_HELDOUT}*"),
+            heldout("gemma", "model.safetensors", GEMMA_HELDOUT)?,
+        ),
+    ])
+}
+
+/// Rates at which the worst ratio is sought.
+const GRID: [f64; 13] = [2.0, 2.5, 3.0, 3.5, 4.0, 4.5, 5.0, 5.5, 6.0, 6.5, 7.0, 7.5, 8.0];
+
+/// The largest `a / b` MSE ratio over the rates of [`GRID`] that both curves cover.
+fn worst_ratio(a: &[Point], b: &[Point]) -> Option<(f64, f64)> {
+    let xy = |p: &[Point]| p.iter().map(|q| (q.bits, q.nmse)).collect::<Vec<_>>();
+    let (a, b) = (xy(a), xy(b));
+    GRID.iter()
+        .filter_map(|&x| Some((x, crate::plot::at(&a, x)? / crate::plot::at(&b, x)?)))
+        .max_by(|p, q| p.1.total_cmp(&q.1))
 }
 
 fn sq(a: &[f32], b: &[f32]) -> (f64, f64) {
@@ -123,61 +161,103 @@ fn rtn(tensors: &[Tensor], bits: u32, group: usize) -> Result<Point> {
     })
 }
 
-pub fn run(a: &BenchArgs) -> Result<()> {
-    let t0 = Instant::now();
-    let tensors = heldout()?;
-    let params: usize = tensors.iter().map(Tensor::numel).sum();
-    let ckpt = match &a.checkpoint {
-        Some(p) => Checkpoint::load(p)?,
-        None => Checkpoint::from_bytes(nwc::codec_net::DEFAULT_CHECKPOINT)?,
-    };
-    let device = Default::default();
-    println!(
-        "held-out: {} tensors of MiniLM ({HELDOUT}*), {params} params; checkpoint λ={} steps={}",
-        tensors.len(),
-        ckpt.lambda(),
-        ckpt.train_steps()
-    );
+/// Every method's curve on one held-out set.
+struct Curves {
+    nwc: Vec<Point>,
+    tcq: Vec<Point>,
+    ecsq: Vec<Point>,
+    rtn: Vec<Point>,
+}
 
+fn curves(a: &BenchArgs, ckpt: &Checkpoint, set: &str, tensors: &[Tensor]) -> Result<Curves> {
+    let device = Default::default();
     let mut nwc_pts = Vec::new();
-    for i in 0..ckpt.steps().len() {
-        let codec = NwcCodec::<NdArray>::new(ckpt.clone(), &device)?.with_step_index(i)?;
-        let p = measure(&codec, &tensors)?;
+    if !a.no_nwc {
+        for i in 0..ckpt.steps().len() {
+            let codec = NwcCodec::<NdArray>::new(ckpt.clone(), &device)?.with_step_index(i)?;
+            let p = measure(&codec, tensors)?;
+            println!(
+                "{set:<15} nwc   step {:>5.2}: {:>7.4} bits/param  nmse {:.4e}",
+                codec.step(),
+                p.bits,
+                p.nmse
+            );
+            nwc_pts.push(p);
+        }
+    }
+    let targets = [1.5f32, 2.0, 2.5, 3.0, 3.5, 4.0, 4.5, 5.0, 6.0, 7.0, 8.0, 8.5];
+    let mut tcq_pts = Vec::new();
+    for target in targets {
+        let codec = TcqCodec::for_bits(target)?.lambda(a.tcq_lambda)?.run_len(a.tcq_run)?;
+        let p = measure(&codec, tensors)?;
         println!(
-            "nwc   step {:>5.2}: {:>7.4} bits/param  nmse {:.4e}",
-            codec.step(),
-            p.bits,
-            p.nmse
+            "{set:<15} tcq   {target:>4} b target: {:>7.4} bits/param  nmse {:.4e}",
+            p.bits, p.nmse
         );
-        nwc_pts.push(p);
+        tcq_pts.push(p);
     }
     let mut ecsq_pts = Vec::new();
-    for target in [1.5f32, 2.0, 2.5, 3.0, 3.5, 4.0, 4.5, 5.0, 6.0, 7.0, 8.0] {
-        let p = measure(&EcsqCodec::for_bits(target)?, &tensors)?;
+    for target in targets {
+        let p = measure(&EcsqCodec::for_bits(target)?, tensors)?;
         println!(
-            "ecsq  {target:>4} b target: {:>7.4} bits/param  nmse {:.4e}",
+            "{set:<15} ecsq  {target:>4} b target: {:>7.4} bits/param  nmse {:.4e}",
             p.bits, p.nmse
         );
         ecsq_pts.push(p);
     }
     let mut rtn_pts = Vec::new();
     for b in 2..=8 {
-        let p = rtn(&tensors, b, a.group)?;
+        let p = rtn(tensors, b, a.group)?;
         println!(
-            "rtn   {b} bits g{}: {:>7.4} bits/param  nmse {:.4e}",
+            "{set:<15} rtn   {b} bits g{}: {:>7.4} bits/param  nmse {:.4e}",
             a.group, p.bits, p.nmse
         );
         rtn_pts.push(p);
     }
+    Ok(Curves {
+        nwc: nwc_pts,
+        tcq: tcq_pts,
+        ecsq: ecsq_pts,
+        rtn: rtn_pts,
+    })
+}
+
+pub fn run(a: &BenchArgs) -> Result<()> {
+    let t0 = Instant::now();
+    let sets = heldout_sets()?;
+    let ckpt = match &a.checkpoint {
+        Some(p) => Checkpoint::load(p)?,
+        None => Checkpoint::from_bytes(nwc::codec_net::DEFAULT_CHECKPOINT)?,
+    };
+    let mut results = Vec::new();
+    for (set, prefix, tensors) in &sets {
+        let params: usize = tensors.iter().map(Tensor::numel).sum();
+        println!(
+            "held-out: {} tensors of {set} ({prefix}), {params} params",
+            tensors.len()
+        );
+        results.push(curves(a, &ckpt, set, tensors)?);
+    }
 
     let mut md = String::new();
     let _ = writeln!(md, "# Rate–distortion on held-out real weights\n");
+    let held: Vec<String> = sets
+        .iter()
+        .map(|(set, prefix, t)| {
+            format!(
+                "{set} `{prefix}` ({} matrices, {} params)",
+                t.len(),
+                t.iter().map(Tensor::numel).sum::<usize>()
+            )
+        })
+        .collect();
     let _ = writeln!(
         md,
-        "Made by `cargo xtask bench-rd` ({:.0} s on this machine). Held out: the {} matrices of MiniLM `{HELDOUT}*` ({params} params), never trained on. Rates are measured: `.nwc` bytes × 8 / params for NWC and ECSQ (side information included); RTN: b bits + f16 scale + f16 minimum per group of {}. NMSE = Σ(w − ŵ)² / Σ w². Checkpoint: λ = {}, {} steps, sha256 {}.\n",
+        "Made by `cargo xtask bench-rd` ({:.0} s on this machine). Held out, never trained on: {}. Rates are measured: `.nwc` bytes × 8 / params for NWC, TCQ and ECSQ (side information included); RTN: b bits + f16 scale + f16 minimum per group of {}. NMSE = Σ(w − ŵ)² / Σ w². TCQ: 8-state ECTCQ, λ = {}. NWC checkpoint: λ = {}, {} steps, sha256 {}.\n",
         t0.elapsed().as_secs_f64(),
-        tensors.len(),
+        held.join(" and "),
         a.group,
+        a.tcq_lambda,
         ckpt.lambda(),
         ckpt.train_steps(),
         ckpt.hash()
@@ -185,36 +265,92 @@ pub fn run(a: &BenchArgs) -> Result<()> {
             .map(|b| format!("{b:02x}"))
             .collect::<String>()
     );
-    let _ = writeln!(md, "| method | bits/param | NMSE |\n|---|---:|---:|");
-    for (name, pts) in [("NWC", &nwc_pts), ("ECSQ", &ecsq_pts), ("RTN", &rtn_pts)] {
-        for p in pts.iter() {
-            let _ = writeln!(md, "| {name} | {:.4} | {:.4e} |", p.bits, p.nmse);
-        }
-    }
     let xy = |p: &[Point]| p.iter().map(|q| (q.bits, q.nmse)).collect::<Vec<_>>();
     let at4 = |p: &[Point]| crate::plot::at(&xy(p), 4.0);
-    let (n4, e4, r4) = (at4(&nwc_pts), at4(&ecsq_pts), at4(&rtn_pts));
     let fmt = |v: Option<f64>| v.map_or("n/a".to_string(), |x| format!("{x:.4e}"));
+    let mut summary = String::new();
+    let (mut worst4_ecsq, mut worst4_rtn, mut worst_all) =
+        (None::<f64>, None::<f64>, None::<(f64, f64, &str)>);
+    let mut series = Vec::new();
+    for ((set, _, _), c) in sets.iter().zip(&results) {
+        let _ = writeln!(md, "## {set}\n\n| method | bits/param | NMSE |\n|---|---:|---:|");
+        for (name, pts) in [("NWC", &c.nwc), ("TCQ", &c.tcq), ("ECSQ", &c.ecsq), ("RTN", &c.rtn)] {
+            for p in pts.iter() {
+                let _ = writeln!(md, "| {name} | {:.4} | {:.4e} |", p.bits, p.nmse);
+            }
+        }
+        let (n4, t4, e4, r4) = (at4(&c.nwc), at4(&c.tcq), at4(&c.ecsq), at4(&c.rtn));
+        let _ = writeln!(
+            md,
+            "\nAt exactly 4.00 bits/param (log-MSE interpolated between measured points): NWC {}, TCQ {}, ECSQ {}, RTN {}: NWC/ECSQ {}, TCQ/ECSQ {}, NWC/RTN {}.",
+            fmt(n4),
+            fmt(t4),
+            fmt(e4),
+            fmt(r4),
+            ratio(n4, e4),
+            ratio(t4, e4),
+            ratio(n4, r4),
+        );
+        let w = worst_ratio(&c.nwc, &c.ecsq);
+        let wt = worst_ratio(&c.tcq, &c.ecsq);
+        let _ = writeln!(
+            md,
+            "Worst MSE ratio to ECSQ over 2–8 bits: NWC {}, TCQ {}.\n",
+            w.map_or("n/a".into(), |(x, r)| format!("{r:.4} (at {x} bits)")),
+            wt.map_or("n/a".into(), |(x, r)| format!("{r:.4} (at {x} bits)")),
+        );
+        let _ = writeln!(
+            summary,
+            "rd@4bit[{set}]: nwc/ecsq={} tcq/ecsq={} nwc/rtn={}",
+            ratio(n4, e4),
+            ratio(t4, e4),
+            ratio(n4, r4)
+        );
+        let max = |acc: Option<f64>, v: Option<f64>| match (acc, v) {
+            (Some(a), Some(b)) => Some(a.max(b)),
+            (a, b) => a.or(b),
+        };
+        worst4_ecsq = max(worst4_ecsq, n4.zip(e4).map(|(n, e)| n / e));
+        worst4_rtn = max(worst4_rtn, n4.zip(r4).map(|(n, r)| n / r));
+        if let Some((x, r)) = w
+            && worst_all.is_none_or(|(_, q, _)| r > q)
+        {
+            worst_all = Some((x, r, set));
+        }
+        for (name, colour, pts, dash) in [
+            ("NWC", "#d62728", &c.nwc, ""),
+            ("TCQ", "#2ca02c", &c.tcq, ""),
+            ("ECSQ", "#1f77b4", &c.ecsq, ""),
+            ("RTN g128", "#7f7f7f", &c.rtn, ""),
+        ] {
+            let _ = dash;
+            if !pts.is_empty() {
+                series.push((format!("{name} {set}"), colour, xy(pts)));
+            }
+        }
+    }
     let _ = writeln!(
         md,
-        "\nAt exactly 4.00 bits/param (log-MSE interpolated between measured points): NWC {}, ECSQ {}, RTN {}.",
-        fmt(n4),
-        fmt(e4),
-        fmt(r4)
+        "The summary lines take the worse of the two models:\n\n```\n{summary}rd@4bit: nwc/ecsq={} nwc/rtn={}\nrd@2-8bit: worst nwc/ecsq={}\n```",
+        worst4_ecsq.map_or("n/a".into(), |v| format!("{v:.4}")),
+        worst4_rtn.map_or("n/a".into(), |v| format!("{v:.4}")),
+        worst_all.map_or("n/a".into(), |(_, r, _)| format!("{r:.4}")),
     );
-    let svg = crate::plot::svg(
-        &[
-            ("NWC", "#d62728", xy(&nwc_pts)),
-            ("ECSQ", "#1f77b4", xy(&ecsq_pts)),
-            ("RTN g128", "#7f7f7f", xy(&rtn_pts)),
-        ],
-        "normalized MSE",
-    );
+    let plotted: Vec<crate::plot::Series<'_>> = series
+        .iter()
+        .map(|(n, c, p)| (n.as_str(), *c, p.clone()))
+        .collect();
+    let svg = crate::plot::svg(&plotted, "normalized MSE");
     crate::plot::write_outputs(&a.out, "rd", &md, &svg)?;
+    print!("{summary}");
     println!(
         "rd@4bit: nwc/ecsq={} nwc/rtn={}",
-        ratio(n4, e4),
-        ratio(n4, r4)
+        worst4_ecsq.map_or("n/a".into(), |v| format!("{v:.4}")),
+        worst4_rtn.map_or("n/a".into(), |v| format!("{v:.4}")),
+    );
+    println!(
+        "rd@2-8bit: worst nwc/ecsq={}",
+        worst_all.map_or("n/a".into(), |(x, r, set)| format!("{r:.4} ({set}, {x} bits)")),
     );
     Ok(())
 }

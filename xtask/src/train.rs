@@ -15,6 +15,8 @@ use nwc_tensor::{ChunkConfig, chunk, open_weights};
 
 /// Names containing this are held out (never trained on).
 pub const HELDOUT: &str = "encoder.layer.5.";
+/// EmbeddingGemma decoder layer held out of training for the benches.
+pub const GEMMA_HELDOUT: &str = "layers.11.";
 
 #[derive(Clone, Copy, Debug, ValueEnum)]
 pub enum Size {

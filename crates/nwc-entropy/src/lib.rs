@@ -25,11 +25,13 @@
 //! Everything here works on plain slices; the crate never sees a tensor type.
 #![deny(missing_docs)]
 
+mod context;
 mod error;
 mod prior;
 mod rans;
 mod table;
 
+pub use context::ContextModel;
 pub use error::{EntropyError, Result};
 pub use prior::{
     DEFAULT_FILTERS, DEFAULT_TAIL_MASS, FactorizedPrior, LIKELIHOOD_BOUND, PriorParams, SplitMix64,

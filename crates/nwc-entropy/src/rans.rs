@@ -7,6 +7,7 @@
 
 use rayon::prelude::*;
 
+use crate::context::ContextModel;
 use crate::error::{EntropyError, Result};
 use crate::table::Table;
 
@@ -27,6 +28,7 @@ pub struct Coder<'a> {
     table_map: &'a [u16],
     chunk_len: usize,
     n_classes: usize,
+    contexts: Option<&'a ContextModel>,
 }
 
 impl<'a> Coder<'a> {
@@ -54,7 +56,32 @@ impl<'a> Coder<'a> {
             table_map,
             chunk_len,
             n_classes: table_map.len() / chunk_len,
+            contexts: None,
         })
+    }
+
+    /// Codes with a finite-state context model: symbol `i` of a chunk of class `c`, coded in state
+    /// `q`, uses the row `c · n_contexts + context(q)` of the table map; the state restarts at 0
+    /// with every chunk (`docs/format.md`, "Trellis contexts"). `None` keeps one row per class.
+    ///
+    /// # Errors
+    /// [`EntropyError::InvalidLayout`] when the table map's rows are not a whole number of
+    /// classes.
+    pub fn with_contexts(mut self, contexts: Option<&'a ContextModel>) -> Result<Self> {
+        let rows = self.table_map.len() / self.chunk_len;
+        if let Some(m) = contexts {
+            if !rows.is_multiple_of(m.n_contexts()) {
+                return Err(EntropyError::InvalidLayout(format!(
+                    "{rows} table-map rows for {} contexts per class",
+                    m.n_contexts()
+                )));
+            }
+            self.n_classes = rows / m.n_contexts();
+        } else {
+            self.n_classes = rows;
+        }
+        self.contexts = contexts;
+        Ok(self)
     }
 
     /// Symbols per chunk.
@@ -73,7 +100,7 @@ impl<'a> Coder<'a> {
     fn check_classes(&self, classes: &[u8]) -> Result<()> {
         match classes.iter().find(|&&c| usize::from(c) >= self.n_classes) {
             Some(&c) => Err(EntropyError::InvalidLayout(format!(
-                "chunk class {c} has no row in the table map ({} rows)",
+                "chunk class {c} has no row in the table map ({} classes)",
                 self.n_classes
             ))),
             None => Ok(()),
@@ -87,7 +114,7 @@ impl<'a> Coder<'a> {
     pub fn encode_segment(&self, symbols: &[i32], classes: &[u8]) -> Result<Vec<u8>> {
         self.check_segment_shape(symbols.len(), classes)?;
         let rows = self.rows();
-        Ok(encode_segment(&rows, symbols, classes, self.chunk_len))
+        Ok(encode_segment(&rows, self.contexts, symbols, classes, self.chunk_len))
     }
 
     /// Decodes one segment of `classes.len()` chunks into `out`.
@@ -105,7 +132,7 @@ impl<'a> Coder<'a> {
     ) -> Result<()> {
         self.check_segment_shape(out.len(), classes)?;
         let rows = self.rows();
-        decode_segment(&rows, bytes, classes, self.chunk_len, out, segment_index)
+        decode(&rows, self.contexts, bytes, classes, self.chunk_len, out, segment_index)
     }
 
     fn check_segment_shape(&self, n_symbols: usize, classes: &[u8]) -> Result<()> {
@@ -137,7 +164,7 @@ impl<'a> Coder<'a> {
         Ok(symbols
             .par_chunks(sym_per_seg)
             .zip(classes.par_chunks(chunks_per_segment))
-            .map(|(s, c)| encode_segment(&rows, s, c, self.chunk_len))
+            .map(|(s, c)| encode_segment(&rows, self.contexts, s, c, self.chunk_len))
             .collect())
     }
 
@@ -171,7 +198,7 @@ impl<'a> Coder<'a> {
             .zip(segments.par_iter())
             .enumerate()
             .try_for_each(|(i, ((o, c), bytes))| {
-                decode_segment(&rows, bytes, c, self.chunk_len, o, i)
+                decode(&rows, self.contexts, bytes, c, self.chunk_len, o, i)
             })
     }
 }
@@ -209,16 +236,26 @@ fn put(x: &mut u64, words: &mut Vec<u32>, freq: u32, cum: u32, precision: u32) {
 
 fn encode_segment(
     rows: &[Vec<&Table>],
+    contexts: Option<&ContextModel>,
     symbols: &[i32],
     classes: &[u8],
     chunk_len: usize,
 ) -> Vec<u8> {
+    // The table of every symbol, found forwards (contexts follow the symbols in coding order).
+    let mut picked: Vec<&Table> = Vec::with_capacity(symbols.len());
+    for (chunk, &class) in symbols.chunks_exact(chunk_len).zip(classes) {
+        let mut pick = Picker::new(contexts, class);
+        for (i, &v) in chunk.iter().enumerate() {
+            picked.push(rows[pick.row()][i]);
+            pick.advance(v);
+        }
+    }
     let mut x = [L; WAYS];
     let mut words: Vec<u32> = Vec::with_capacity(symbols.len() / 4 + 8);
     // The decoder reads forwards, so the encoder runs backwards over symbols (and within an
     // escaped symbol, over its parts).
     for j in (0..symbols.len()).rev() {
-        let table = rows[usize::from(classes[j / chunk_len])][j % chunk_len];
+        let table = picked[j];
         let s = &mut x[j % WAYS];
         let value = symbols[j];
         let p = table.precision();
@@ -262,8 +299,60 @@ impl Words<'_> {
     }
 }
 
-fn decode_segment(
+/// The table-map row of the next symbol of a chunk: the class's row, or with a context model,
+/// the row of the class and the current state's context.
+struct Picker<'m> {
+    contexts: Option<&'m ContextModel>,
+    base: usize,
+    state: u8,
+}
+
+impl<'m> Picker<'m> {
+    #[inline(always)]
+    fn new(contexts: Option<&'m ContextModel>, class: u8) -> Self {
+        let n = contexts.map_or(1, ContextModel::n_contexts);
+        Self {
+            contexts,
+            base: usize::from(class) * n,
+            state: 0,
+        }
+    }
+
+    #[inline(always)]
+    fn row(&self) -> usize {
+        match self.contexts {
+            None => self.base,
+            Some(m) => self.base + m.context(self.state),
+        }
+    }
+
+    #[inline(always)]
+    fn advance(&mut self, symbol: i32) {
+        if let Some(m) = self.contexts {
+            self.state = m.next(self.state, symbol);
+        }
+    }
+}
+
+fn decode(
     rows: &[Vec<&Table>],
+    contexts: Option<&ContextModel>,
+    bytes: &[u8],
+    classes: &[u8],
+    chunk_len: usize,
+    out: &mut [i32],
+    segment: usize,
+) -> Result<()> {
+    // Two monomorphic loops: the context-free one keeps its speed.
+    match contexts {
+        None => decode_segment::<false>(rows, None, bytes, classes, chunk_len, out, segment),
+        Some(m) => decode_segment::<true>(rows, Some(m), bytes, classes, chunk_len, out, segment),
+    }
+}
+
+fn decode_segment<const CTX: bool>(
+    rows: &[Vec<&Table>],
+    contexts: Option<&ContextModel>,
     bytes: &[u8],
     classes: &[u8],
     chunk_len: usize,
@@ -293,9 +382,10 @@ fn decode_segment(
     let truncated = |decoded| EntropyError::CorruptTruncated { segment, decoded };
     let mut j = 0usize;
     for (k, &class) in classes.iter().enumerate() {
-        let row = &rows[usize::from(class)];
+        let mut pick = Picker::new(if CTX { contexts } else { None }, class);
         let chunk_out = &mut out[k * chunk_len..(k + 1) * chunk_len];
-        for (table, o) in row.iter().zip(chunk_out.iter_mut()) {
+        for (i, o) in chunk_out.iter_mut().enumerate() {
+            let table = rows[pick.row()][i];
             let s = &mut x[j % WAYS];
             let p = table.precision();
             let slot = *s & ((1u64 << p) - 1);
@@ -318,6 +408,9 @@ fn decode_segment(
                 *o = unzigzag(raw);
             } else {
                 *o = table.min_symbol() + index as i32;
+            }
+            if CTX {
+                pick.advance(*o);
             }
             j += 1;
         }

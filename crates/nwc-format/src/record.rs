@@ -13,15 +13,27 @@ pub enum CodecKind {
     Ecsq,
     /// The learned NWC codec.
     Nwc,
+    /// Entropy-constrained trellis-coded quantization (8-state trellis, no network).
+    Tcq,
 }
 
 impl CodecKind {
+    /// Table-map rows per quality level: the coding contexts of the method (`docs/format.md`,
+    /// "Trellis contexts"). 2 for TCQ (one per union codebook), 1 otherwise.
+    pub fn contexts(self) -> usize {
+        match self {
+            CodecKind::Tcq => 2,
+            _ => 1,
+        }
+    }
+
     /// The format code.
     pub fn code(self) -> u8 {
         match self {
             CodecKind::None => 0,
             CodecKind::Ecsq => 1,
             CodecKind::Nwc => 2,
+            CodecKind::Tcq => 3,
         }
     }
 
@@ -31,6 +43,7 @@ impl CodecKind {
             0 => Some(CodecKind::None),
             1 => Some(CodecKind::Ecsq),
             2 => Some(CodecKind::Nwc),
+            3 => Some(CodecKind::Tcq),
             _ => None,
         }
     }
@@ -70,7 +83,7 @@ pub struct CodedPayload {
     pub params: Vec<u8>,
     /// Tables stored in the record (empty: the codec checkpoint's tables).
     pub tables: Vec<TableRecord>,
-    /// `n_levels × chunk_len` table indices.
+    /// `n_levels × contexts × chunk_len` table indices ([`CodecKind::contexts`]).
     pub table_map: Vec<u16>,
     /// Chunks per segment.
     pub chunks_per_segment: u32,
@@ -215,7 +228,8 @@ fn encode_coded(b: &mut Vec<u8>, r: &Record, n: u64, c: &CodedPayload) -> Result
         && c.levels.iter().all(|&l| l < c.n_levels)
         && c.params.len() as u32 <= MAX_PARAMS_LEN
         && c.tables.len() <= usize::from(MAX_TABLES)
-        && c.table_map.len() == usize::from(c.n_levels) * usize::from(c.chunk_len)
+        && c.table_map.len()
+            == usize::from(c.n_levels) * c.method.contexts() * usize::from(c.chunk_len)
         && (1..=MAX_CHUNKS_PER_SEGMENT).contains(&c.chunks_per_segment)
         && c.segments.len() as u64 == c.n_chunks().div_ceil(u64::from(c.chunks_per_segment))
         && c.segments.iter().all(|s| {
@@ -452,7 +466,7 @@ fn decode_coded(
             freqs,
         });
     }
-    let map_len = u64::from(n_levels) * u64::from(chunk_len);
+    let map_len = u64::from(n_levels) * method.contexts() as u64 * u64::from(chunk_len);
     let raw = r.take(map_len * 2, "table map")?;
     let table_map: Vec<u16> = raw
         .chunks_exact(2)

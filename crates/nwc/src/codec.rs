@@ -1,6 +1,6 @@
 //! The codec interface every weight codec implements, and the ECSQ baseline codec.
 
-use nwc_entropy::{DEFAULT_PRECISION, MAX_SYMBOLS, Table};
+use nwc_entropy::{ContextModel, DEFAULT_PRECISION, MAX_SYMBOLS, Table};
 use nwc_format::CodecKind;
 use rayon::prelude::*;
 
@@ -34,12 +34,26 @@ pub trait WeightCodec: Send + Sync {
         [0; 32]
     }
 
+    /// The chunk length the codec works best with; a [`Compressor`](crate::Compressor) made with
+    /// [`Compressor::new`](crate::Compressor::new) uses it (16, the paper's, when `None`).
+    fn preferred_chunk_len(&self) -> Option<usize> {
+        None
+    }
+
     /// Number of quality levels the codec distinguishes.
     fn n_levels(&self) -> usize;
 
     /// Tables owned by the codec (used when a record stores none).
     fn tables(&self) -> &[Table] {
         &[]
+    }
+
+    /// The finite-state context model the entropy coder follows within each chunk, for codecs
+    /// whose symbol distribution depends on the symbols before it (trellis-coded quantization).
+    /// With one, the table map has `n_levels` rows of which each chunk class owns
+    /// `n_contexts` consecutive ones.
+    fn contexts(&self) -> Option<&ContextModel> {
+        None
     }
 
     /// Quantizes normalized chunks. `chunk_levels[k]` is the quality level of chunk `k`.
@@ -238,8 +252,6 @@ impl WeightCodec for EcsqCodec {
         let mut tables = Vec::new();
         let mut table_map = vec![0u16; 4 * chunk_len];
         for level in 0..4u8 {
-            let mut lo = i32::MAX;
-            let mut hi = i32::MIN;
             let level_symbols = || {
                 symbols
                     .chunks_exact(chunk_len)
@@ -247,27 +259,9 @@ impl WeightCodec for EcsqCodec {
                     .filter(move |(_, l)| **l == level)
                     .flat_map(|(c, _)| c.iter().copied())
             };
-            for s in level_symbols() {
-                lo = lo.min(s);
-                hi = hi.max(s);
-            }
-            if lo > hi {
+            let Some(table) = histogram_table(level_symbols, self.precision)? else {
                 continue;
-            }
-            // Keep at most MAX_SYMBOLS values in the table, centred on zero; the rest escape.
-            let half = (MAX_SYMBOLS / 2) as i32;
-            let lo = lo.max(-half);
-            let hi = hi.min(half - 1).max(lo);
-            let mut counts = vec![0u64; (hi - lo + 1) as usize];
-            let mut escapes = 0u64;
-            for s in level_symbols() {
-                match usize::try_from(i64::from(s) - i64::from(lo)) {
-                    Ok(i) if i < counts.len() => counts[i] += 1,
-                    _ => escapes += 1,
-                }
-            }
-            let precision = self.precision.max(bits_for(counts.len() + 1));
-            let table = Table::from_counts(lo, &counts, escapes, precision)?;
+            };
             let index = tables.len() as u16;
             tables.push(table);
             table_map[usize::from(level) * chunk_len..][..chunk_len].fill(index);
@@ -297,6 +291,37 @@ impl WeightCodec for EcsqCodec {
             })
             .collect())
     }
+}
+
+/// The table of a histogram of `symbols` (called twice: once for the range, once to count), or
+/// `None` when there are none. At most [`MAX_SYMBOLS`] values centred on zero get their own
+/// frequency; the rest escape.
+pub(crate) fn histogram_table<I: Iterator<Item = i32>>(
+    symbols: impl Fn() -> I,
+    precision: u32,
+) -> Result<Option<Table>> {
+    let mut lo = i32::MAX;
+    let mut hi = i32::MIN;
+    for s in symbols() {
+        lo = lo.min(s);
+        hi = hi.max(s);
+    }
+    if lo > hi {
+        return Ok(None);
+    }
+    let half = (MAX_SYMBOLS / 2) as i32;
+    let lo = lo.max(-half);
+    let hi = hi.min(half - 1).max(lo);
+    let mut counts = vec![0u64; (hi - lo + 1) as usize];
+    let mut escapes = 0u64;
+    for s in symbols() {
+        match usize::try_from(i64::from(s) - i64::from(lo)) {
+            Ok(i) if i < counts.len() => counts[i] += 1,
+            _ => escapes += 1,
+        }
+    }
+    let precision = precision.max(bits_for(counts.len() + 1));
+    Ok(Some(Table::from_counts(lo, &counts, escapes, precision)?))
 }
 
 /// The smallest precision whose `2^p` slots hold `n` symbols.

@@ -35,10 +35,12 @@ mod error;
 mod learned;
 pub mod llama;
 mod pipeline;
+mod tcq;
 
 pub use codec::{EcsqCodec, LEVEL_STEP_RATIOS, Quantized, WeightCodec};
 pub use error::{NwcError, Result};
 pub use learned::NwcCodec;
+pub use tcq::{DEFAULT_TCQ_LAMBDA, DEFAULT_TCQ_RUN, TcqCodec};
 pub use pipeline::{
     CompressOptions, CompressReport, Compressor, Decompressor, Importance, NwcFile, ProgressFn,
     TensorPolicy, TensorReport, Uniform, builtin_decoder, round_trip_tensor,

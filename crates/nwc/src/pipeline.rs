@@ -196,9 +196,13 @@ fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> NwcError + '_ {
 impl<'c> Compressor<'c> {
     /// A compressor with default options.
     pub fn new(codec: &'c dyn WeightCodec) -> Self {
+        let mut options = CompressOptions::default();
+        if let Some(l) = codec.preferred_chunk_len() {
+            options.chunk.chunk_len = l;
+        }
         Self {
             codec,
-            options: CompressOptions::default(),
+            options,
             progress: None,
         }
     }
@@ -343,7 +347,7 @@ impl<'c> Compressor<'c> {
         } else {
             &q.tables
         };
-        let coder = Coder::new(tables, &q.table_map, l)?;
+        let coder = Coder::new(tables, &q.table_map, l)?.with_contexts(self.codec.contexts())?;
         let segments =
             coder.encode_all(&q.symbols, &p.chunk_levels, self.options.chunks_per_segment)?;
         let mut report = TensorReport {
@@ -652,7 +656,7 @@ impl<'c> Decompressor<'c> {
             &stored
         };
         let l = usize::from(c.chunk_len);
-        let coder = Coder::new(tables, &c.table_map, l)?;
+        let coder = Coder::new(tables, &c.table_map, l)?.with_contexts(self.codec.contexts())?;
         let (rows, cols) = (c.rows as usize, c.cols as usize);
         let blocks = rows.div_ceil(l);
         let chunk_levels = chunk_levels(&c.levels, blocks);
@@ -860,6 +864,7 @@ pub fn round_trip_tensor(
 pub fn builtin_decoder(h: &Header) -> Result<Box<dyn WeightCodec>> {
     match h.codec {
         CodecKind::None | CodecKind::Ecsq => Ok(Box::new(crate::codec::EcsqCodec::with_step(1.0)?)),
+        CodecKind::Tcq => Ok(Box::new(crate::tcq::TcqCodec::with_step(1.0)?)),
         CodecKind::Nwc => {
             let codec = crate::learned::NwcCodec::<nwc_codec::burn::backend::NdArray>::default_on(
                 &Default::default(),
