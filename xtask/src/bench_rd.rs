@@ -171,21 +171,35 @@ struct Curves {
 
 fn curves(a: &BenchArgs, ckpt: &Checkpoint, set: &str, tensors: &[Tensor]) -> Result<Curves> {
     let device = Default::default();
+    let targets = [1.5f32, 2.0, 2.5, 3.0, 3.5, 4.0, 4.5, 5.0, 6.0, 7.0, 8.0, 8.5];
     let mut nwc_pts = Vec::new();
     if !a.no_nwc {
-        for i in 0..ckpt.steps().len() {
-            let codec = NwcCodec::<NdArray>::new(ckpt.clone(), &device)?.with_step_index(i)?;
-            let p = measure(&codec, tensors)?;
-            println!(
-                "{set:<15} nwc   step {:>5.2}: {:>7.4} bits/param  nmse {:.4e}",
-                codec.step(),
-                p.bits,
-                p.nmse
-            );
-            nwc_pts.push(p);
+        let base = NwcCodec::<NdArray>::new(ckpt.clone(), &device)?;
+        if base.is_trellis() {
+            for target in targets {
+                let codec = NwcCodec::<NdArray>::new(ckpt.clone(), &device)?
+                    .with_step(nwc::codec_net::tcq_step_for_bits(target))?;
+                let p = measure(&codec, tensors)?;
+                println!(
+                    "{set:<15} nwc   {target:>4} b target: {:>7.4} bits/param  nmse {:.4e}",
+                    p.bits, p.nmse
+                );
+                nwc_pts.push(p);
+            }
+        } else {
+            for i in 0..ckpt.steps().len() {
+                let codec = NwcCodec::<NdArray>::new(ckpt.clone(), &device)?.with_step_index(i)?;
+                let p = measure(&codec, tensors)?;
+                println!(
+                    "{set:<15} nwc   step {:>5.2}: {:>7.4} bits/param  nmse {:.4e}",
+                    codec.step(),
+                    p.bits,
+                    p.nmse
+                );
+                nwc_pts.push(p);
+            }
         }
     }
-    let targets = [1.5f32, 2.0, 2.5, 3.0, 3.5, 4.0, 4.5, 5.0, 6.0, 7.0, 8.0, 8.5];
     let mut tcq_pts = Vec::new();
     for target in targets {
         let codec = TcqCodec::for_bits(target)?.lambda(a.tcq_lambda)?.run_len(a.tcq_run)?;

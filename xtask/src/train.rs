@@ -72,6 +72,20 @@ pub struct TrainArgs {
     /// the shipped checkpoint was trained on; see docs/training.md for the comparison).
     #[arg(long)]
     whisper: bool,
+    /// Add EmbeddingGemma's decoder layers (layer 11 held out) to the training data.
+    #[arg(long)]
+    gemma: bool,
+    /// Train the trellis refiner (the shipped variant: TCQ-coded weights, learned synthesis)
+    /// instead of the paper's autoencoder. `--lambda` does not apply; rates are drawn from
+    /// `--min-bits..--max-bits`.
+    #[arg(long)]
+    refiner: bool,
+    /// Lowest nominal rate the refiner trains at.
+    #[arg(long, default_value_t = 1.5)]
+    min_bits: f32,
+    /// Highest nominal rate the refiner trains at.
+    #[arg(long, default_value_t = 8.5)]
+    max_bits: f32,
     /// Override the hidden width of the chosen size.
     #[arg(long)]
     width: Option<usize>,
@@ -81,12 +95,18 @@ pub struct TrainArgs {
 }
 
 /// Normalized chunks of every 2-D float weight of the training models: (train, held-out).
-/// MiniLM is required; Whisper tiny.en is added when `with_whisper`.
-pub fn training_chunks(with_whisper: bool) -> Result<(Vec<f32>, Vec<f32>)> {
+/// MiniLM is required; Whisper tiny.en is added when `with_whisper`, EmbeddingGemma's decoder
+/// layers (not its 201 M-parameter embedding) when `with_gemma`.
+pub fn training_chunks(with_whisper: bool, with_gemma: bool) -> Result<(Vec<f32>, Vec<f32>)> {
     let (mut train, mut held) = (Vec::new(), Vec::new());
     let minilm = nwc_tensor::data_dir().join("minilm/model.safetensors");
     add_model(&minilm, &mut train, &mut held)
         .with_context(|| format!("{}: run `cargo xtask fetch minilm`", minilm.display()))?;
+    if with_gemma {
+        let gemma = nwc_tensor::data_dir().join("gemma/model.safetensors");
+        add_model(&gemma, &mut train, &mut held)
+            .with_context(|| format!("{}: run `cargo xtask fetch gemma`", gemma.display()))?;
+    }
     if with_whisper {
         let whisper = nwc_tensor::data_dir().join("whisper/model.bin");
         add_model(&whisper, &mut train, &mut held)
@@ -101,8 +121,9 @@ pub fn training_chunks(with_whisper: bool) -> Result<(Vec<f32>, Vec<f32>)> {
 fn add_model(path: &std::path::Path, train: &mut Vec<f32>, held: &mut Vec<f32>) -> Result<()> {
     let src = open_weights(path)?;
     for name in src.names() {
-        // Whisper's encoder position encodings are fixed sinusoids, not learned weights.
-        if name.contains("position_encodings") {
+        // Whisper's encoder position encodings are fixed sinusoids, not learned weights; Gemma's
+        // embedding is most of its parameters and would drown the layers.
+        if name.contains("position_encodings") || name == "embed_tokens.weight" {
             continue;
         }
         let t = src.tensor(&name)?;
@@ -114,7 +135,7 @@ fn add_model(path: &std::path::Path, train: &mut Vec<f32>, held: &mut Vec<f32>) 
         }
         let v = t.to_f32()?;
         let ch = chunk(ArrayView2::from_shape((r, c), &v)?, &ChunkConfig::default())?;
-        let dst = if name.contains(HELDOUT) {
+        let dst = if name.contains(HELDOUT) || name.starts_with(GEMMA_HELDOUT) {
             &mut *held
         } else {
             &mut *train
@@ -129,6 +150,9 @@ pub fn run(a: &TrainArgs) -> Result<()> {
         Size::Small => CodecConfig::small(),
         Size::Paper => CodecConfig::default(),
     };
+    if a.refiner {
+        cfg.variant = nwc_codec::Variant::TrellisRefiner;
+    }
     cfg.width = a.width.unwrap_or(cfg.width);
     cfg.blocks = a.blocks.unwrap_or(cfg.blocks);
     let tc = TrainConfig {
@@ -140,7 +164,10 @@ pub fn run(a: &TrainArgs) -> Result<()> {
         seed: a.seed,
         ..TrainConfig::default()
     };
-    let (data, held) = training_chunks(a.whisper)?;
+    let (data, held) = training_chunks(a.whisper, a.gemma)?;
+    if a.refiner {
+        return refine(a, &cfg, &data, &held);
+    }
     println!(
         "training {:?} (width {}, {} blocks) on {} chunks, {} held out; λ = {}, {} steps of {}",
         a.size,
@@ -234,6 +261,76 @@ fn go<B: nwc_codec::burn::tensor::backend::AutodiffBackend>(
     println!(
         "wrote {} ({} bytes, {} steps, sha256 {hash})",
         out.display(),
+        c.bytes().len(),
+        c.train_steps()
+    );
+    Ok(())
+}
+
+/// `--refiner`: trains the trellis refiner on the CPU (the only backend it has been run on).
+fn refine(a: &TrainArgs, cfg: &CodecConfig, data: &[f32], held: &[f32]) -> Result<()> {
+    type B = nwc_codec::burn::backend::Autodiff<nwc_codec::burn::backend::NdArray>;
+    if !matches!(a.backend, BackendKind::Cpu) {
+        bail!("the refiner trains on the CPU backend");
+    }
+    let rc = nwc_codec::RefineConfig {
+        steps: a.steps,
+        batch: a.batch,
+        lr: a.lr,
+        seed: a.seed,
+        log_every: a.log_every,
+        bits: (a.min_bits, a.max_bits),
+    };
+    println!(
+        "training the trellis refiner (width {}, {} blocks) on {} chunks, {} held out; {} steps of {}, rates {}..{} bits",
+        cfg.width,
+        cfg.blocks,
+        data.len() / 16,
+        held.len() / 16,
+        rc.steps,
+        rc.batch,
+        rc.bits.0,
+        rc.bits.1
+    );
+    let resume = a.resume.as_ref().map(Checkpoint::load).transpose()?;
+    if let Some(dir) = a.out.parent() {
+        std::fs::create_dir_all(dir)?;
+    }
+    let t0 = Instant::now();
+    println!(
+        "{:>7} {:>11}  held-out MSE refined/TCQ at {:?} bits {:>8}",
+        "step",
+        "train ratio",
+        nwc_codec::EVAL_BITS,
+        "secs"
+    );
+    let c = nwc_codec::train_refiner::<B>(
+        cfg,
+        &rc,
+        data,
+        held,
+        &Default::default(),
+        resume.as_ref(),
+        |s| {
+            let r: Vec<String> = s.heldout_ratio.iter().map(|r| format!("{r:.4}")).collect();
+            println!(
+                "{:>7} {:>11.4}  {} {:>8.0}",
+                s.step,
+                s.train_ratio,
+                r.join(" "),
+                t0.elapsed().as_secs_f64()
+            );
+        },
+        |c| {
+            if let Err(e) = c.save(&a.out) {
+                eprintln!("cannot save checkpoint: {e}");
+            }
+        },
+    )?;
+    let hash: String = c.hash().iter().map(|b| format!("{b:02x}")).collect();
+    println!(
+        "wrote {} ({} bytes, {} steps, sha256 {hash})",
+        a.out.display(),
         c.bytes().len(),
         c.train_steps()
     );

@@ -4,13 +4,18 @@
 //! Layout (all little-endian):
 //!
 //! ```text
-//! magic "NWCCKPT\0" | u32 version (1)
+//! magic "NWCCKPT\0" | u32 version (1 or 2)
+//! version 2 only: u32 variant (0 autoencoder, 1 trellis refiner); version 1 is an autoencoder
 //! config: u32 chunk_len, latent, width, blocks, levels, n_filters, filters[n_filters]
 //! f32 lambda (the rate–distortion weight it was trained with) | u64 train_steps
 //! u32 n_params; per parameter: u8 ndim, u32 dims[ndim], f16 values
-//! u32 n_steps; f32 steps[n_steps]; f32 medians[latent]
-//! per step, per channel: a table (i32 min_symbol, u8 precision, u16 n_freqs, u16 freqs[n_freqs])
+//! autoencoder only:
+//!   u32 n_steps; f32 steps[n_steps]; f32 medians[latent]
+//!   per step, per channel: a table (i32 min_symbol, u8 precision, u16 n_freqs, u16 freqs[n_freqs])
 //! ```
+//!
+//! Parameters are stored in the module's visit order (autoencoder: g_a, g_s, bottleneck;
+//! refiner: g_s), and each must have the shape the configuration's model expects.
 //!
 //! The checkpoint's identity is the SHA-256 of these bytes; `.nwc` files record it, and a decoder
 //! refuses a file made with another checkpoint.
@@ -22,12 +27,12 @@ use half::f16;
 use nwc_entropy::{FactorizedPrior, Table};
 use sha2::{Digest, Sha256};
 
-use crate::config::CodecConfig;
+use crate::config::{CodecConfig, Variant};
 use crate::error::{CodecError, Result};
-use crate::model::NwcModel;
+use crate::model::{NwcModel, Refiner};
 
 const MAGIC: &[u8; 8] = b"NWCCKPT\0";
-const VERSION: u32 = 1;
+const VERSION: u32 = 2;
 
 /// Latent quantization steps a checkpoint exports tables for: one model, several rates.
 pub const DEFAULT_STEPS: [f32; 12] = [
@@ -169,40 +174,14 @@ impl Checkpoint {
         train_steps: u64,
         steps: &[f32],
     ) -> Result<Self> {
+        if config.variant != Variant::Autoencoder {
+            return Err(CodecError::Config(
+                "an autoencoder checkpoint needs an autoencoder configuration".into(),
+            ));
+        }
         let mut c = Collect(Vec::new());
         model.visit(&mut c);
-        let params: Vec<(Vec<usize>, Vec<f16>)> =
-            c.0.into_iter()
-                .map(|(d, v)| (d, v.into_iter().map(f16::from_f32).collect()))
-                .collect();
-        let mut b = Vec::new();
-        b.extend_from_slice(MAGIC);
-        b.extend(VERSION.to_le_bytes());
-        for v in [
-            config.chunk_len,
-            config.latent,
-            config.width,
-            config.blocks,
-            config.levels,
-            config.filters.len(),
-        ] {
-            b.extend((v as u32).to_le_bytes());
-        }
-        for f in &config.filters {
-            b.extend((*f as u32).to_le_bytes());
-        }
-        b.extend(lambda.to_le_bytes());
-        b.extend(train_steps.to_le_bytes());
-        b.extend((params.len() as u32).to_le_bytes());
-        for (dims, v) in &params {
-            b.push(dims.len() as u8);
-            for d in dims {
-                b.extend((*d as u32).to_le_bytes());
-            }
-            for x in v {
-                b.extend(x.to_le_bytes());
-            }
-        }
+        let (mut b, params) = encode_params(config, lambda, train_steps, c.0);
         // Tables from the stored (f16-rounded) parameters, so a loaded checkpoint reproduces them
         // exactly.
         let prior = FactorizedPrior::new(&prior_params_from(config, &params)?)?;
@@ -228,6 +207,27 @@ impl Checkpoint {
         Self::from_bytes(&b)
     }
 
+    /// Exports a trained trellis refiner (parameters rounded to f16). It carries no tables: the
+    /// trellis-coded variant fits its tables to each tensor.
+    ///
+    /// # Errors
+    /// [`CodecError::Config`] unless `config` is a refiner configuration.
+    pub fn from_refiner<B: Backend>(
+        model: &Refiner<B>,
+        config: &CodecConfig,
+        train_steps: u64,
+    ) -> Result<Self> {
+        if config.variant != Variant::TrellisRefiner {
+            return Err(CodecError::Config(
+                "a refiner checkpoint needs a refiner configuration".into(),
+            ));
+        }
+        let mut c = Collect(Vec::new());
+        model.visit(&mut c);
+        let (b, _) = encode_params(config, 0.0, train_steps, c.0);
+        Self::from_bytes(&b)
+    }
+
     #[allow(clippy::type_complexity)]
     fn parse_params(
         b: &[u8],
@@ -239,9 +239,16 @@ impl Checkpoint {
             ));
         }
         let version = r.u32()?;
-        if version != VERSION {
-            return Err(CodecError::UnsupportedVersion(version));
-        }
+        let variant = match version {
+            1 => Variant::Autoencoder,
+            2 => {
+                let code = r.u32()?;
+                Variant::from_code(code).ok_or_else(|| {
+                    CodecError::CorruptCheckpoint(format!("network variant {code}"))
+                })?
+            }
+            v => return Err(CodecError::UnsupportedVersion(v)),
+        };
         let mut v = [0usize; 6];
         for x in &mut v {
             *x = r.u32()? as usize;
@@ -253,6 +260,7 @@ impl Checkpoint {
             .map(|_| r.u32().map(|f| f as usize))
             .collect::<Result<Vec<_>>>()?;
         let config = CodecConfig {
+            variant,
             chunk_len: v[0],
             latent: v[1],
             width: v[2],
@@ -298,12 +306,13 @@ impl Checkpoint {
             return Err(CodecError::CorruptCheckpoint("non-finite parameter".into()));
         }
         let mut r = Reader { b: bytes, pos };
-        let n_steps = r.count(4)?;
+        let refiner = config.variant == Variant::TrellisRefiner;
+        let n_steps = if refiner { 0 } else { r.count(4)? };
         let steps = (0..n_steps).map(|_| r.f32()).collect::<Result<Vec<_>>>()?;
-        if steps.is_empty() || steps.iter().any(|s| !(s.is_finite() && *s > 0.0)) {
+        if (steps.is_empty() && !refiner) || steps.iter().any(|s| !(s.is_finite() && *s > 0.0)) {
             return Err(CodecError::CorruptCheckpoint(format!("steps {steps:?}")));
         }
-        let medians = (0..config.latent)
+        let medians = (0..if refiner { 0 } else { config.latent })
             .map(|_| r.f32())
             .collect::<Result<Vec<_>>>()?;
         if medians.iter().any(|m| !m.is_finite()) {
@@ -420,7 +429,28 @@ impl Checkpoint {
     /// [`CodecError::CorruptCheckpoint`] if a parameter does not fit (cannot happen for a
     /// checkpoint that passed [`Checkpoint::from_bytes`]).
     pub fn model<B: Backend>(&self, device: &B::Device) -> Result<NwcModel<B>> {
-        let model = NwcModel::<B>::new(&self.config, device);
+        if self.config.variant != Variant::Autoencoder {
+            return Err(CodecError::Config(
+                "the checkpoint holds a trellis refiner, not an autoencoder".into(),
+            ));
+        }
+        self.load_params(NwcModel::<B>::new(&self.config, device), device)
+    }
+
+    /// Instantiates the trellis refiner on `device` with the stored (f16) parameters.
+    ///
+    /// # Errors
+    /// [`CodecError::Config`] when the checkpoint holds an autoencoder.
+    pub fn refiner<B: Backend>(&self, device: &B::Device) -> Result<Refiner<B>> {
+        if self.config.variant != Variant::TrellisRefiner {
+            return Err(CodecError::Config(
+                "the checkpoint holds an autoencoder, not a trellis refiner".into(),
+            ));
+        }
+        self.load_params(Refiner::<B>::new(&self.config, device), device)
+    }
+
+    fn load_params<B: Backend, M: Module<B>>(&self, model: M, device: &B::Device) -> Result<M> {
         let mut load = Load::<B> {
             params: self.params.iter(),
             device: device.clone(),
@@ -437,7 +467,6 @@ impl Checkpoint {
 /// Shapes of every parameter of a model with `config`, in visit order.
 fn expected_shapes(config: &CodecConfig) -> Vec<Vec<usize>> {
     use burn::backend::NdArray;
-    let model = NwcModel::<NdArray>::new(config, &Default::default());
     struct Shapes(Vec<Vec<usize>>);
     impl<B: Backend> ModuleVisitor<B> for Shapes {
         fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<B, D>>) {
@@ -445,8 +474,57 @@ fn expected_shapes(config: &CodecConfig) -> Vec<Vec<usize>> {
         }
     }
     let mut s = Shapes(Vec::new());
-    model.visit(&mut s);
+    match config.variant {
+        Variant::Autoencoder => NwcModel::<NdArray>::new(config, &Default::default()).visit(&mut s),
+        Variant::TrellisRefiner => {
+            Refiner::<NdArray>::new(config, &Default::default()).visit(&mut s);
+        }
+    }
     s.0
+}
+
+/// The bytes up to and including the parameters, and the parameters as stored (f16).
+#[allow(clippy::type_complexity)]
+fn encode_params(
+    config: &CodecConfig,
+    lambda: f32,
+    train_steps: u64,
+    raw: Vec<(Vec<usize>, Vec<f32>)>,
+) -> (Vec<u8>, Vec<(Vec<usize>, Vec<f16>)>) {
+    let params: Vec<(Vec<usize>, Vec<f16>)> = raw
+        .into_iter()
+        .map(|(d, v)| (d, v.into_iter().map(f16::from_f32).collect()))
+        .collect();
+    let mut b = Vec::new();
+    b.extend_from_slice(MAGIC);
+    b.extend(VERSION.to_le_bytes());
+    b.extend(config.variant.code().to_le_bytes());
+    for v in [
+        config.chunk_len,
+        config.latent,
+        config.width,
+        config.blocks,
+        config.levels,
+        config.filters.len(),
+    ] {
+        b.extend((v as u32).to_le_bytes());
+    }
+    for f in &config.filters {
+        b.extend((*f as u32).to_le_bytes());
+    }
+    b.extend(lambda.to_le_bytes());
+    b.extend(train_steps.to_le_bytes());
+    b.extend((params.len() as u32).to_le_bytes());
+    for (dims, v) in &params {
+        b.push(dims.len() as u8);
+        for d in dims {
+            b.extend((*d as u32).to_le_bytes());
+        }
+        for x in v {
+            b.extend(x.to_le_bytes());
+        }
+    }
+    (b, params)
 }
 
 /// The prior's parameters are the last ones visited: matrices, biases, factors, quantiles.

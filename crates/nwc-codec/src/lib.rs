@@ -22,15 +22,21 @@ mod checkpoint;
 mod config;
 mod error;
 mod model;
+mod refine;
 mod train;
 
 pub use burn;
 
-/// The checkpoint the library ships and uses by default: the small configuration trained on
-/// real weights by `cargo xtask train` (see `docs/training.md` for the exact command and log).
+/// The checkpoint the library ships and uses by default: the small trellis refiner
+/// ([`Variant::TrellisRefiner`]) trained on real weights by `cargo xtask train --refiner`
+/// (see `docs/training.md` for the exact command and log).
 pub const DEFAULT_CHECKPOINT: &[u8] = include_bytes!("../assets/default.ckpt");
+/// The paper's autoencoder ([`Variant::Autoencoder`]), small configuration, the default until
+/// the trellis refiner replaced it; kept so files made with it still decode.
+pub const AUTOENCODER_CHECKPOINT: &[u8] = include_bytes!("../assets/autoencoder.ckpt");
 pub use checkpoint::{Checkpoint, DEFAULT_STEPS};
-pub use config::CodecConfig;
+pub use config::{CodecConfig, Variant};
 pub use error::{CodecError, Result};
-pub use model::{EntropyBottleneck, NwcModel, ResBlock, TrainOutput, Transform};
+pub use model::{EntropyBottleneck, NwcModel, Refiner, ResBlock, TrainOutput, Transform};
+pub use refine::{EVAL_BITS, RefineConfig, RefineStats, evaluate_refiner, tcq_step_for_bits, train_refiner};
 pub use train::{LEVEL_WEIGHTS, TrainConfig, TrainStats, evaluate, train};

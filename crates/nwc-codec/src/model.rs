@@ -40,6 +40,17 @@ pub struct Transform<B: Backend> {
 }
 
 impl<B: Backend> Transform<B> {
+    /// Sets the output layer to zero, so the transform starts as the zero function (a residual
+    /// branch that starts as the identity of what it refines).
+    fn zero_output(mut self) -> Self {
+        let w = self.output.weight.val();
+        self.output.weight = Param::from_tensor(w.zeros_like());
+        if let Some(b) = self.output.bias.take() {
+            self.output.bias = Some(Param::from_tensor(b.val().zeros_like()));
+        }
+        self
+    }
+
     pub(crate) fn new(cfg: &CodecConfig, d_in: usize, d_out: usize, device: &B::Device) -> Self {
         Self {
             input: LinearConfig::new(d_in, cfg.width).init(device),
@@ -223,5 +234,43 @@ impl<B: Backend> NwcModel<B> {
     /// Inference synthesis from dequantized latents.
     pub fn synthesize(&self, y_hat: Tensor<B, 2>, levels: Tensor<B, 1, Int>) -> Tensor<B, 2> {
         self.g_s.forward(y_hat, levels)
+    }
+}
+
+/// The learned synthesis of the trellis-coded variant: decoded grid positions `j` (in quantizer
+/// steps) plus a correction from a residual MLP that sees `j·step`, `log2 step` and the quality
+/// level. The correction starts at zero, so an untrained refiner decodes exactly as plain TCQ.
+#[derive(Module, Debug)]
+pub struct Refiner<B: Backend> {
+    /// The correction network: `chunk_len + 1` inputs → `chunk_len` outputs.
+    pub g_s: Transform<B>,
+}
+
+/// Scale of the `log2 step` input feature (steps span about 2⁻⁷…1).
+const LOG_STEP_SCALE: f32 = 1.0 / 4.0;
+
+impl<B: Backend> Refiner<B> {
+    /// A refiner whose correction is zero.
+    pub fn new(cfg: &CodecConfig, device: &B::Device) -> Self {
+        Self {
+            g_s: Transform::new(cfg, cfg.chunk_len + 1, cfg.chunk_len, device).zero_output(),
+        }
+    }
+
+    /// Refined positions in steps `[n, chunk_len]` from grid positions `j` `[n, chunk_len]`,
+    /// each chunk's step `[n]` and quality level `[n]`.
+    pub fn forward(
+        &self,
+        j: Tensor<B, 2>,
+        step: Tensor<B, 1>,
+        levels: Tensor<B, 1, Int>,
+    ) -> Tensor<B, 2> {
+        let [n] = step.dims();
+        let s = step.reshape([n, 1]);
+        let features = Tensor::cat(
+            vec![j.clone() * s.clone(), s.log() * (LOG_STEP_SCALE / std::f32::consts::LN_2)],
+            1,
+        );
+        j + self.g_s.forward(features, levels)
     }
 }

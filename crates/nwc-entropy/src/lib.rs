@@ -30,6 +30,7 @@ mod error;
 mod prior;
 mod rans;
 mod table;
+mod trellis;
 
 pub use context::ContextModel;
 pub use error::{EntropyError, Result};
@@ -38,3 +39,4 @@ pub use prior::{
 };
 pub use rans::{Coder, MAX_CHUNKS_PER_SEGMENT, SEGMENT_HEADER_BYTES};
 pub use table::{DEFAULT_PRECISION, MAX_PRECISION, MAX_SYMBOLS, MIN_PRECISION, Table};
+pub use trellis::{RateModel, reconstruct_chunk, viterbi_chunk};

@@ -15,6 +15,9 @@ pub enum CodecKind {
     Nwc,
     /// Entropy-constrained trellis-coded quantization (8-state trellis, no network).
     Tcq,
+    /// The learned codec's trellis variant: TCQ-coded weights decoded by a learned synthesis
+    /// network (needs its checkpoint).
+    NwcTrellis,
 }
 
 impl CodecKind {
@@ -22,8 +25,8 @@ impl CodecKind {
     /// "Trellis contexts"). 2 for TCQ (one per union codebook), 1 otherwise.
     pub fn contexts(self) -> usize {
         match self {
-            CodecKind::Tcq => 2,
-            _ => 1,
+            CodecKind::Tcq | CodecKind::NwcTrellis => 2,
+            CodecKind::None | CodecKind::Ecsq | CodecKind::Nwc => 1,
         }
     }
 
@@ -34,6 +37,7 @@ impl CodecKind {
             CodecKind::Ecsq => 1,
             CodecKind::Nwc => 2,
             CodecKind::Tcq => 3,
+            CodecKind::NwcTrellis => 4,
         }
     }
 
@@ -44,6 +48,7 @@ impl CodecKind {
             1 => Some(CodecKind::Ecsq),
             2 => Some(CodecKind::Nwc),
             3 => Some(CodecKind::Tcq),
+            4 => Some(CodecKind::NwcTrellis),
             _ => None,
         }
     }

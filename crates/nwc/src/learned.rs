@@ -4,24 +4,39 @@ use std::sync::Mutex;
 
 use nwc_codec::burn::tensor::backend::Backend;
 use nwc_codec::burn::tensor::{Int, Tensor, TensorData};
-use nwc_codec::{Checkpoint, NwcModel};
-use nwc_entropy::Table;
+use nwc_codec::{Checkpoint, NwcModel, Refiner, Variant};
+use nwc_entropy::{ContextModel, Table};
 use nwc_format::CodecKind;
 
 use crate::codec::{Quantized, WeightCodec};
 use crate::error::{NwcError, Result};
+use crate::tcq::TcqCodec;
 
 /// Chunks per network call: bounds the memory of one forward pass.
 const BATCH: usize = 1 << 16;
 
-/// The learned codec: g_a maps each chunk to a latent, latents are rounded around the prior's
-/// medians with a step chosen from the checkpoint's list (which sets the rate), and g_s maps
-/// them back. Entropy tables come from the checkpoint, so records store none.
+/// The network a checkpoint holds.
+enum Net<B: Backend> {
+    Autoencoder(Mutex<NwcModel<B>>),
+    Refiner(Mutex<Refiner<B>>),
+}
+
+/// The learned codec, in the variant its checkpoint holds:
+///
+/// - **Trellis refiner** (the shipped checkpoint): chunks are coded by entropy-constrained TCQ
+///   ([`TcqCodec`]) at a continuous step, with tables fitted to each tensor, and decoded by the
+///   learned synthesis, which corrects the trellis' grid positions given the step and the
+///   quality level. File kind [`CodecKind::NwcTrellis`].
+/// - **Autoencoder** (the paper's): g_a maps each chunk to a latent, latents are rounded around
+///   the prior's medians with a step chosen from the checkpoint's list (which sets the rate), and
+///   g_s maps them back. Entropy tables come from the checkpoint, so records store none. File
+///   kind [`CodecKind::Nwc`].
 pub struct NwcCodec<B: Backend> {
     checkpoint: Checkpoint,
-    model: Mutex<NwcModel<B>>,
+    net: Net<B>,
     device: B::Device,
     step_index: usize,
+    tcq: TcqCodec,
 }
 
 impl<B: Backend> std::fmt::Debug for NwcCodec<B> {
@@ -46,22 +61,52 @@ impl<B: Backend> NwcCodec<B> {
                 cfg.latent, cfg.chunk_len
             )));
         }
-        let model = checkpoint
-            .model::<B>(device)
-            .map_err(|e| NwcError::Config(e.to_string()))?;
+        let config = |e: nwc_codec::CodecError| NwcError::Config(e.to_string());
+        let net = match cfg.variant {
+            Variant::Autoencoder => {
+                Net::Autoencoder(Mutex::new(checkpoint.model::<B>(device).map_err(config)?))
+            }
+            Variant::TrellisRefiner => {
+                Net::Refiner(Mutex::new(checkpoint.refiner::<B>(device).map_err(config)?))
+            }
+        };
         let step_index = checkpoint
             .steps()
             .iter()
             .enumerate()
             .min_by(|a, b| (a.1 - 1.0).abs().total_cmp(&(b.1 - 1.0).abs()))
-            .map(|(i, _)| i)
-            .expect("a checkpoint has steps");
+            .map_or(0, |(i, _)| i);
+        // The refiner's TCQ runs must be whole network chunks.
+        let run = (crate::tcq::DEFAULT_TCQ_RUN / cfg.chunk_len).max(1) * cfg.chunk_len;
+        let tcq = TcqCodec::for_bits(4.0)?.run_len(run.min(64))?;
         Ok(Self {
             checkpoint,
-            model: Mutex::new(model),
+            net,
             device: device.clone(),
             step_index,
+            tcq,
         })
+    }
+
+    /// Whether the checkpoint holds the trellis refiner (continuous rate control, TCQ-coded).
+    pub fn is_trellis(&self) -> bool {
+        matches!(self.net, Net::Refiner(_))
+    }
+
+    /// The trellis variant at fine step `step` for level 0 (the rate control: larger steps give
+    /// fewer bits).
+    ///
+    /// # Errors
+    /// [`NwcError::Config`] for the autoencoder variant (its steps are the checkpoint's list:
+    /// [`NwcCodec::with_step_index`]) or a step that is not finite and positive.
+    pub fn with_step(mut self, step: f32) -> Result<Self> {
+        if !self.is_trellis() {
+            return Err(NwcError::Config(
+                "the autoencoder checkpoint has discrete steps: use with_step_index".into(),
+            ));
+        }
+        self.tcq = self.tcq.with_level0_step(step)?;
+        Ok(self)
     }
 
     /// The checkpoint the library ships, on `device`.
@@ -80,6 +125,11 @@ impl<B: Backend> NwcCodec<B> {
     /// # Errors
     /// [`NwcError::Config`] for an index past the list.
     pub fn with_step_index(mut self, index: usize) -> Result<Self> {
+        if self.is_trellis() {
+            return Err(NwcError::Config(
+                "the trellis checkpoint has a continuous step: use with_step".into(),
+            ));
+        }
         if index >= self.checkpoint.steps().len() {
             return Err(NwcError::Config(format!(
                 "step index {index}, the checkpoint has {} steps",
@@ -90,9 +140,18 @@ impl<B: Backend> NwcCodec<B> {
         Ok(self)
     }
 
-    /// The latent quantization step in use.
+    /// The quantization step in use: the latent step (autoencoder) or the level-0 fine step of
+    /// the trellis.
     pub fn step(&self) -> f32 {
-        self.checkpoint.steps()[self.step_index]
+        match self.net {
+            Net::Autoencoder(_) => self.checkpoint.steps()[self.step_index],
+            Net::Refiner(_) => self.tcq.steps()[0],
+        }
+    }
+
+    /// The device the network runs on.
+    pub fn device(&self) -> &B::Device {
+        &self.device
     }
 
     /// The checkpoint.
@@ -107,6 +166,11 @@ impl<B: Backend> NwcCodec<B> {
     /// # Errors
     /// [`NwcError::Config`] when `sample` is empty or not whole chunks.
     pub fn rates_per_step(&self, sample: &[f32]) -> Result<Vec<f64>> {
+        if self.is_trellis() {
+            return Err(NwcError::Config(
+                "the trellis checkpoint has a continuous step: use nwc::tune_to_rate".into(),
+            ));
+        }
         let c = self.checkpoint.config().latent;
         if sample.is_empty() || !sample.len().is_multiple_of(c) {
             return Err(NwcError::Config(format!(
@@ -157,8 +221,10 @@ impl<B: Backend> NwcCodec<B> {
     }
 
     fn run(&self, input: &[f32], chunk_len: usize, levels: &[u8], analyze: bool) -> Vec<f32> {
-        let model = self
-            .model
+        let Net::Autoencoder(model) = &self.net else {
+            unreachable!("run is only called for the autoencoder");
+        };
+        let model = model
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
         let mut out = Vec::with_capacity(input.len());
@@ -183,6 +249,36 @@ impl<B: Backend> NwcCodec<B> {
         }
         out
     }
+
+    /// The refiner's decode: grid positions (in steps) of `l`-value network chunks, with their
+    /// steps and levels, to normalized values.
+    fn refine(&self, j: &[f32], steps: &[f32], levels: &[u8]) -> Vec<f32> {
+        let Net::Refiner(model) = &self.net else {
+            unreachable!("refine is only called for the refiner");
+        };
+        let model = model
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let l = self.checkpoint.config().chunk_len;
+        let mut out = Vec::with_capacity(j.len());
+        for ((x, s), lv) in j
+            .chunks(BATCH * l)
+            .zip(steps.chunks(BATCH))
+            .zip(levels.chunks(BATCH))
+        {
+            let n = s.len();
+            let jt = Tensor::<B, 2>::from_data(TensorData::new(x.to_vec(), [n, l]), &self.device);
+            let st = Tensor::<B, 1>::from_data(TensorData::new(s.to_vec(), [n]), &self.device);
+            let y = model.forward(jt, st, self.levels_tensor(lv));
+            let v = y
+                .into_data()
+                .convert::<f32>()
+                .to_vec::<f32>()
+                .expect("f32 data");
+            out.extend(v.chunks(l).zip(s).flat_map(|(c, &st)| c.iter().map(move |&q| q * st)));
+        }
+        out
+    }
 }
 
 impl<B: Backend> WeightCodec for NwcCodec<B>
@@ -190,7 +286,24 @@ where
     B::Device: Send + Sync,
 {
     fn kind(&self) -> CodecKind {
-        CodecKind::Nwc
+        match self.net {
+            Net::Autoencoder(_) => CodecKind::Nwc,
+            Net::Refiner(_) => CodecKind::NwcTrellis,
+        }
+    }
+
+    fn preferred_chunk_len(&self) -> Option<usize> {
+        match self.net {
+            Net::Autoencoder(_) => None,
+            Net::Refiner(_) => self.tcq.preferred_chunk_len(),
+        }
+    }
+
+    fn contexts(&self) -> Option<&ContextModel> {
+        match self.net {
+            Net::Autoencoder(_) => None,
+            Net::Refiner(_) => self.tcq.contexts(),
+        }
     }
 
     fn checkpoint_hash(&self) -> [u8; 32] {
@@ -212,6 +325,11 @@ where
         chunk_len: usize,
         chunk_levels: &[u8],
     ) -> Result<Quantized> {
+        if self.is_trellis() {
+            // The analysis side of the trellis variant is the trellis search itself.
+            self.check_trellis_chunks(chunk_len)?;
+            return self.tcq.quantize(name, chunks, chunk_len, chunk_levels);
+        }
         let c = self.checkpoint.config().latent;
         if chunk_len != self.checkpoint.config().chunk_len {
             return Err(NwcError::Config(format!(
@@ -248,10 +366,13 @@ where
 
     fn fit_tables(
         &self,
-        _symbols: &[i32],
-        _chunk_len: usize,
-        _chunk_levels: &[u8],
+        symbols: &[i32],
+        chunk_len: usize,
+        chunk_levels: &[u8],
     ) -> Result<(Vec<Table>, Vec<u16>)> {
+        if self.is_trellis() {
+            return self.tcq.fit_tables(symbols, chunk_len, chunk_levels);
+        }
         // The checkpoint's tables for the latent step in use, one per latent channel.
         let c = self.checkpoint.config().latent;
         let base = (self.step_index * c) as u16;
@@ -273,6 +394,22 @@ where
             name: name.to_string(),
             reason,
         };
+        if self.is_trellis() {
+            self.check_trellis_chunks(chunk_len)
+                .map_err(|e| corrupt(e.to_string()))?;
+            // Grid positions in steps (the TCQ decode at unit steps), then the refiner.
+            crate::tcq::check_levels(name, chunk_levels)?;
+            let steps = crate::tcq::parse_steps(name, params, 4, "NWC trellis")?;
+            let grid = self.tcq.grid(symbols, chunk_len);
+            let l = self.checkpoint.config().chunk_len;
+            let per = chunk_len / l;
+            let sub_levels: Vec<u8> = chunk_levels
+                .iter()
+                .flat_map(|&lv| std::iter::repeat_n(lv, per))
+                .collect();
+            let sub_steps: Vec<f32> = sub_levels.iter().map(|&lv| steps[usize::from(lv)]).collect();
+            return Ok(self.refine(&grid, &sub_steps, &sub_levels));
+        }
         let index = <[u8; 4]>::try_from(params)
             .map(u32::from_le_bytes)
             .map_err(|_| corrupt(format!("NWC parameters of {} bytes", params.len())))?
@@ -295,5 +432,17 @@ where
             .map(|(i, &q)| q as f32 * step + medians[i % c])
             .collect();
         Ok(self.run(&y_hat, chunk_len, chunk_levels, false))
+    }
+}
+
+impl<B: Backend> NwcCodec<B> {
+    fn check_trellis_chunks(&self, chunk_len: usize) -> Result<()> {
+        let l = self.checkpoint.config().chunk_len;
+        if chunk_len == 0 || !chunk_len.is_multiple_of(l) {
+            return Err(NwcError::Config(format!(
+                "chunk length {chunk_len} is not a multiple of the network's {l}"
+            )));
+        }
+        Ok(())
     }
 }

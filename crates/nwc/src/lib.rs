@@ -35,11 +35,13 @@ mod error;
 mod learned;
 pub mod llama;
 mod pipeline;
+mod rate;
 mod tcq;
 
 pub use codec::{EcsqCodec, LEVEL_STEP_RATIOS, Quantized, WeightCodec};
 pub use error::{NwcError, Result};
 pub use learned::NwcCodec;
+pub use rate::{RATE_TOLERANCE, RateControl, compress_file_to_rate, tune_to_rate};
 pub use tcq::{DEFAULT_TCQ_LAMBDA, DEFAULT_TCQ_RUN, TcqCodec};
 pub use pipeline::{
     CompressOptions, CompressReport, Compressor, Decompressor, Importance, NwcFile, ProgressFn,

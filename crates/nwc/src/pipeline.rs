@@ -61,6 +61,9 @@ pub struct CompressOptions {
     pub policy: TensorPolicy,
     /// Importance bands that map per-column importance to quality levels.
     pub bands: LevelBands,
+    /// Whether [`Compressor::compress_tensor`] decodes what it coded to report the error (the
+    /// report's `sq_error` is NaN without). Rate searches turn it off.
+    pub report_error: bool,
 }
 
 impl Default for CompressOptions {
@@ -70,7 +73,19 @@ impl Default for CompressOptions {
             chunks_per_segment: 4096,
             policy: TensorPolicy::default(),
             bands: LevelBands::default(),
+            report_error: true,
         }
+    }
+}
+
+impl CompressOptions {
+    /// The defaults, with the chunk length `codec` asks for.
+    pub fn for_codec(codec: &dyn WeightCodec) -> Self {
+        let mut o = Self::default();
+        if let Some(l) = codec.preferred_chunk_len() {
+            o.chunk.chunk_len = l;
+        }
+        o
     }
 }
 
@@ -196,13 +211,9 @@ fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> NwcError + '_ {
 impl<'c> Compressor<'c> {
     /// A compressor with default options.
     pub fn new(codec: &'c dyn WeightCodec) -> Self {
-        let mut options = CompressOptions::default();
-        if let Some(l) = codec.preferred_chunk_len() {
-            options.chunk.chunk_len = l;
-        }
         Self {
             codec,
-            options,
+            options: CompressOptions::for_codec(codec),
             progress: None,
         }
     }
@@ -282,6 +293,9 @@ impl<'c> Compressor<'c> {
         let q = self
             .codec
             .quantize(t.name(), p.chunked.data(), l, &p.chunk_levels)?;
+        if !self.options.report_error {
+            return self.coded(t, p, q, &[]);
+        }
         // What the decoder will reconstruct, for the report.
         let layout = Layout {
             rows: p.rows,
@@ -358,9 +372,15 @@ impl<'c> Compressor<'c> {
             sq_error: 0.0,
             sq_signal: 0.0,
         };
-        for (a, b) in p.values.iter().zip(out) {
-            report.sq_error += f64::from(a - b) * f64::from(a - b);
+        for a in &p.values {
             report.sq_signal += f64::from(*a) * f64::from(*a);
+        }
+        if out.len() == p.values.len() {
+            for (a, b) in p.values.iter().zip(out) {
+                report.sq_error += f64::from(a - b) * f64::from(a - b);
+            }
+        } else {
+            report.sq_error = f64::NAN;
         }
         let payload = Payload::Coded(CodedPayload {
             method: self.codec.kind(),
@@ -541,12 +561,36 @@ impl<'c> Compressor<'c> {
         output: impl AsRef<Path>,
         importance: &dyn Importance,
     ) -> Result<CompressReport> {
-        let output = output.as_ref();
         let source = nwc_tensor::open_weights(input)?;
-        let file = std::fs::File::create(output).map_err(io_err(output))?;
-        let result = self.compress_model(&*source, std::io::BufWriter::new(file), importance);
+        self.compress_source_to_file(&*source, output, importance)
+    }
+
+    /// Compresses `source` into a `.nwc` file, whole or not at all: it is written to a temporary
+    /// file beside `output` and renamed over it only when complete.
+    ///
+    /// # Errors
+    /// As [`Compressor::compress_model`], plus I/O errors; `output` is then left untouched.
+    pub fn compress_source_to_file(
+        &self,
+        source: &dyn WeightSource,
+        output: impl AsRef<Path>,
+        importance: &dyn Importance,
+    ) -> Result<CompressReport> {
+        let output = output.as_ref();
+        let tmp = {
+            let mut name = output.file_name().unwrap_or_default().to_os_string();
+            name.push(format!(".tmp-{}", std::process::id()));
+            output.with_file_name(name)
+        };
+        let file = std::fs::File::create(&tmp).map_err(io_err(&tmp))?;
+        let result = self
+            .compress_model(source, std::io::BufWriter::new(file), importance)
+            .and_then(|r| {
+                std::fs::rename(&tmp, output).map_err(io_err(output))?;
+                Ok(r)
+            });
         if result.is_err() {
-            let _ = std::fs::remove_file(output);
+            let _ = std::fs::remove_file(&tmp);
         }
         result
     }
@@ -865,8 +909,16 @@ pub fn builtin_decoder(h: &Header) -> Result<Box<dyn WeightCodec>> {
     match h.codec {
         CodecKind::None | CodecKind::Ecsq => Ok(Box::new(crate::codec::EcsqCodec::with_step(1.0)?)),
         CodecKind::Tcq => Ok(Box::new(crate::tcq::TcqCodec::with_step(1.0)?)),
-        CodecKind::Nwc => {
-            let codec = crate::learned::NwcCodec::<nwc_codec::burn::backend::NdArray>::default_on(
+        CodecKind::Nwc | CodecKind::NwcTrellis => {
+            let bytes = if h.codec == CodecKind::Nwc {
+                nwc_codec::AUTOENCODER_CHECKPOINT
+            } else {
+                nwc_codec::DEFAULT_CHECKPOINT
+            };
+            let checkpoint = nwc_codec::Checkpoint::from_bytes(bytes)
+                .map_err(|e| NwcError::Config(format!("shipped checkpoint: {e}")))?;
+            let codec = crate::learned::NwcCodec::<nwc_codec::burn::backend::NdArray>::new(
+                checkpoint,
                 &Default::default(),
             )?;
             if codec.checkpoint_hash() != h.codec_hash {

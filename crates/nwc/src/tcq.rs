@@ -11,7 +11,7 @@
 //! At high rate this is worth about 1 dB of MSE over a scalar quantizer at the same entropy
 //! (Marcellin & Fischer; JPEG 2000 Part 2 uses the same trellis).
 
-use nwc_entropy::{ContextModel, Table};
+use nwc_entropy::{ContextModel, RateModel, Table, reconstruct_chunk, viterbi_chunk};
 use nwc_format::CodecKind;
 use rayon::prelude::*;
 
@@ -20,116 +20,6 @@ use crate::error::{NwcError, Result};
 
 /// The largest union index a value may need before it is refused (not wrapped).
 const MAX_ABS_INDEX: f32 = (1u32 << 29) as f32;
-
-/// Bit costs of union indices for one quality level, per union codebook: what the Viterbi
-/// search charges for a symbol.
-#[derive(Debug, Clone)]
-pub(crate) struct RateModel {
-    /// Per union: `(min_k, cost of k = min_k + i, cost of any other k)`.
-    unions: [(i32, Vec<f32>, f32); 2],
-}
-
-impl RateModel {
-    /// Flat costs: the search minimizes distortion alone.
-    pub(crate) fn flat() -> Self {
-        Self {
-            unions: [(0, Vec::new(), 0.0), (0, Vec::new(), 0.0)],
-        }
-    }
-
-    /// Costs from fitted tables (`tables[u]` for union `u`).
-    pub(crate) fn from_tables(tables: [&nwc_entropy::Table; 2]) -> Self {
-        let one = |t: &nwc_entropy::Table| {
-            let lo = t.min_symbol();
-            let costs = (0..t.n_symbols())
-                .map(|i| t.cost_bits(lo + i as i32) as f32)
-                .collect();
-            let escape = t.cost_bits(lo.saturating_sub(1)) as f32;
-            (lo, costs, escape)
-        };
-        Self {
-            unions: [one(tables[0]), one(tables[1])],
-        }
-    }
-
-    #[inline(always)]
-    fn cost(&self, u: usize, k: i32) -> f32 {
-        let (lo, costs, escape) = &self.unions[u];
-        match usize::try_from(i64::from(k) - i64::from(*lo)) {
-            Ok(i) if i < costs.len() => costs[i],
-            _ => *escape,
-        }
-    }
-}
-
-/// The Viterbi search of one chunk: `x` in units of the fine step δ, `lambda` in squared steps
-/// per bit. Writes the union index of each value to `out`.
-pub(crate) fn viterbi_chunk(
-    model: &ContextModel,
-    x: &[f32],
-    lambda: f32,
-    rate: &RateModel,
-    out: &mut [i32],
-) {
-    const S: usize = 8;
-    debug_assert_eq!(model.n_states(), S);
-    let n = x.len();
-    let mut cost = [f32::INFINITY; S];
-    cost[0] = 0.0;
-    // back[t * S + state] = (previous state, union index)
-    let mut back = vec![(0u8, 0i32); n * S];
-    for (t, &v) in x.iter().enumerate() {
-        let mut next = [f32::INFINITY; S];
-        let mut from = [(0u8, 0i32); S];
-        for q in 0..S as u8 {
-            let c0 = cost[usize::from(q)];
-            if !c0.is_finite() {
-                continue;
-            }
-            let u = model.context(q);
-            for p in 0..2u8 {
-                // Fine indices j ≡ r (mod 4) bracketing v.
-                let r = (2 * i32::from(p) + u as i32) as f32;
-                let lo = r + 4.0 * ((v - r) / 4.0).floor();
-                for j in [lo, lo + 4.0] {
-                    let k = ((j - u as f32) / 2.0) as i32;
-                    let d = (v - j) * (v - j);
-                    let c = c0 + d + lambda * rate.cost(u, k);
-                    let ns = usize::from(model.next_by_parity(q, p));
-                    if c < next[ns] {
-                        next[ns] = c;
-                        from[ns] = (q, k);
-                    }
-                }
-            }
-        }
-        cost = next;
-        back[t * S..(t + 1) * S].copy_from_slice(&from);
-    }
-    // The cheapest end state (ties: the lowest state), then back along the path.
-    let mut q = 0usize;
-    for s in 1..S {
-        if cost[s] < cost[q] {
-            q = s;
-        }
-    }
-    for t in (0..n).rev() {
-        let (prev, k) = back[t * S + q];
-        out[t] = k;
-        q = usize::from(prev);
-    }
-}
-
-/// Union indices back to grid positions `j` (in steps), following the trellis through a chunk.
-#[inline]
-pub(crate) fn reconstruct_chunk(model: &ContextModel, symbols: &[i32], out: &mut [f32]) {
-    let mut q = 0u8;
-    for (&k, o) in symbols.iter().zip(out) {
-        let u = model.context(q) as i64;
-        *o = (2 * i64::from(k) + u) as f32;
-        q = model.next(q, k);
-    }
-}
 
 /// Runs ECTCQ on chunks: a first pass on distortion alone, then `passes` passes with the rate of
 /// tables fitted to the previous pass. `scaled(chunk, level)` yields the chunk in fine steps.
@@ -330,6 +220,29 @@ impl TcqCodec {
     pub fn steps(&self) -> [f32; 4] {
         self.steps
     }
+
+    /// The same codec with fine step `step` at level 0 (the others keep their ratios).
+    ///
+    /// # Errors
+    /// [`NwcError::Config`] unless `step` is finite and positive.
+    pub fn with_level0_step(&self, step: f32) -> Result<Self> {
+        let mut c = Self::with_step(step)?;
+        c.lambda = self.lambda;
+        c.passes = self.passes;
+        c.precision = self.precision;
+        c.run = self.run;
+        Ok(c)
+    }
+
+    /// Grid positions (in fine steps) of union indices, chunk by chunk (`chunk_len` values, the
+    /// trellis restarting with each).
+    pub(crate) fn grid(&self, symbols: &[i32], chunk_len: usize) -> Vec<f32> {
+        let mut out = vec![0.0f32; symbols.len()];
+        out.par_chunks_mut(chunk_len)
+            .zip(symbols.par_chunks(chunk_len))
+            .for_each(|(o, s)| reconstruct_chunk(&self.model, s, o));
+        out
+    }
 }
 
 /// Steps from a record's parameters: one positive finite `f32` per level.
@@ -351,7 +264,7 @@ pub(crate) fn parse_steps(name: &str, params: &[u8], n: usize, what: &str) -> Re
     Ok(steps)
 }
 
-fn check_levels(name: &str, chunk_levels: &[u8]) -> Result<()> {
+pub(crate) fn check_levels(name: &str, chunk_levels: &[u8]) -> Result<()> {
     match chunk_levels.iter().find(|&&l| l >= 4) {
         Some(l) => Err(NwcError::Corrupt {
             name: name.to_string(),
@@ -425,12 +338,10 @@ impl WeightCodec for TcqCodec {
     ) -> Result<Vec<f32>> {
         check_levels(name, chunk_levels)?;
         let steps = parse_steps(name, params, 4, "TCQ")?;
-        let mut out = vec![0.0f32; symbols.len()];
+        let mut out = self.grid(symbols, chunk_len);
         out.par_chunks_mut(chunk_len)
-            .zip(symbols.par_chunks(chunk_len))
             .zip(chunk_levels.par_iter())
-            .for_each(|((o, s), &l)| {
-                reconstruct_chunk(&self.model, s, o);
+            .for_each(|(o, &l)| {
                 let step = steps[usize::from(l)];
                 o.iter_mut().for_each(|v| *v *= step);
             });
@@ -438,52 +349,3 @@ impl WeightCodec for TcqCodec {
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn gaussian(n: usize, seed: u64) -> Vec<f32> {
-        let mut rng = nwc_entropy::SplitMix64(seed);
-        (0..n)
-            .map(|_| {
-                let (a, b) = (rng.next_f64().max(1e-300), rng.next_f64());
-                ((-2.0 * a.ln()).sqrt() * (std::f64::consts::TAU * b).cos()) as f32
-            })
-            .collect()
-    }
-
-    #[test]
-    fn viterbi_path_reconstructs_within_the_union_grid() {
-        let m = ContextModel::tcq8();
-        let x = gaussian(64, 1);
-        let scaled: Vec<f32> = x.iter().map(|v| v * 8.0).collect();
-        let mut k = vec![0; 64];
-        viterbi_chunk(&m, &scaled, 0.0, &RateModel::flat(), &mut k);
-        let mut j = vec![0.0; 64];
-        reconstruct_chunk(&m, &k, &mut j);
-        // Each value lies within 2 fine steps of its reconstruction (the union grid has step 2),
-        // and the trellis does better than the union grid alone on average.
-        let mse: f32 =
-            scaled.iter().zip(&j).map(|(a, b)| (a - b) * (a - b)).sum::<f32>() / 64.0;
-        assert!(scaled.iter().zip(&j).all(|(a, b)| (a - b).abs() <= 2.0));
-        assert!(mse < 4.0 / 12.0, "mse {mse}");
-    }
-
-    #[test]
-    fn granular_gain_over_scalar_rounding() {
-        // At equal fine step, TCQ's MSE on a dense source is about 0.26 step² against 1/3 for
-        // rounding to the union grid: the trellis gain the codec exists for.
-        let m = ContextModel::tcq8();
-        let x: Vec<f32> = gaussian(16 * 4096, 2).iter().map(|v| v * 20.0).collect();
-        let mut k = vec![0; x.len()];
-        let mut j = vec![0.0; x.len()];
-        for (c, (kc, jc)) in x.chunks(256).zip(k.chunks_mut(256).zip(j.chunks_mut(256))) {
-            viterbi_chunk(&m, c, 0.0, &RateModel::flat(), kc);
-            reconstruct_chunk(&m, kc, jc);
-        }
-        let mse = x.iter().zip(&j).map(|(a, b)| f64::from(a - b).powi(2)).sum::<f64>()
-            / x.len() as f64;
-        let gain_db = 10.0 * ((4.0 / 12.0) / mse).log10();
-        assert!(gain_db > 0.9, "granular gain {gain_db:.3} dB");
-    }
-}

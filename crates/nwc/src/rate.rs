@@ -1,0 +1,189 @@
+//! Exact rate targeting: the step of a codec's continuous rate control is searched on the actual
+//! model until the file it writes measures the asked bits per parameter.
+//!
+//! One step for every tensor (the quality levels keep their ratios) is the allocation that
+//! equalizes the rate–distortion slope across tensors, so the search is over one number: the
+//! log₂ of the level-0 step. The measured rate is that of the whole file (header, index, side
+//! information and the tensors stored losslessly included), and encoding is deterministic, so the
+//! file written at the found step measures exactly what the search measured.
+
+use std::io::Write;
+use std::path::Path;
+
+use nwc_tensor::WeightSource;
+
+use crate::error::{NwcError, Result};
+use crate::pipeline::{CompressOptions, CompressReport, Compressor, Importance};
+use crate::{EcsqCodec, NwcCodec, TcqCodec, WeightCodec};
+
+/// Relative tolerance the search stops at (the guarantee is ±1 %).
+pub const RATE_TOLERANCE: f64 = 0.004;
+
+/// A codec with a continuous rate control.
+pub trait RateControl: WeightCodec + Sized {
+    /// log₂ of the level-0 step (larger: fewer bits).
+    fn log2_step(&self) -> f32;
+
+    /// The same codec at another step.
+    ///
+    /// # Errors
+    /// [`NwcError::Config`] when the codec has no continuous control or the step is unusable.
+    fn with_log2_step(&self, log2_step: f32) -> Result<Self>;
+}
+
+impl RateControl for EcsqCodec {
+    fn log2_step(&self) -> f32 {
+        self.steps()[0].log2()
+    }
+
+    fn with_log2_step(&self, log2_step: f32) -> Result<Self> {
+        EcsqCodec::with_step(log2_step.exp2())
+    }
+}
+
+impl RateControl for TcqCodec {
+    fn log2_step(&self) -> f32 {
+        self.steps()[0].log2()
+    }
+
+    fn with_log2_step(&self, log2_step: f32) -> Result<Self> {
+        self.with_level0_step(log2_step.exp2())
+    }
+}
+
+impl<B: nwc_codec::burn::tensor::backend::Backend> RateControl for NwcCodec<B>
+where
+    B::Device: Send + Sync,
+{
+    fn log2_step(&self) -> f32 {
+        self.step().log2()
+    }
+
+    fn with_log2_step(&self, log2_step: f32) -> Result<Self> {
+        NwcCodec::new(self.checkpoint().clone(), self.device())?.with_step(log2_step.exp2())
+    }
+}
+
+/// Counts bytes and drops them.
+struct Count(u64);
+
+impl Write for Count {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0 += buf.len() as u64;
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+/// Measured bits per parameter of `source` coded by `codec` (nothing written, no error report).
+fn measure<C: RateControl>(
+    codec: &C,
+    options: &CompressOptions,
+    source: &dyn WeightSource,
+    importance: &dyn Importance,
+) -> Result<f64> {
+    let mut options = options.clone();
+    options.report_error = false;
+    let report = Compressor::new(codec)
+        .with_options(options)?
+        .compress_model(source, Count(0), importance)?;
+    Ok(report.bits_per_param())
+}
+
+/// Searches the step at which `source`, compressed with `options`, measures `bits` bits per
+/// parameter within [`RATE_TOLERANCE`]; returns the codec at that step and its measured rate.
+///
+/// # Errors
+/// [`NwcError::Config`] for a target outside 0.5..=16 bits or one the codec cannot reach (the
+/// lossless tensors alone may exceed it); the compressor's errors.
+pub fn tune_to_rate<C: RateControl>(
+    codec: &C,
+    options: &CompressOptions,
+    source: &dyn WeightSource,
+    importance: &dyn Importance,
+    bits: f64,
+) -> Result<(C, f64)> {
+    if !(0.5..=16.0).contains(&bits) {
+        return Err(NwcError::Config(format!(
+            "target of {bits} bits/param outside 0.5..=16"
+        )));
+    }
+    // High-rate theory: one more bit per value halves the step. Bracket, then regula falsi in
+    // (log₂ step, bits), which is close to a line.
+    let mut s0 = f64::from(codec.log2_step());
+    let mut c0 = codec.with_log2_step(s0 as f32)?;
+    let mut r0 = measure(&c0, options, source, importance)?;
+    let mut best = (c0.with_log2_step(s0 as f32)?, r0);
+    if ((r0 - bits) / bits).abs() <= RATE_TOLERANCE {
+        return Ok(best);
+    }
+    let mut s1 = s0 + (r0 - bits);
+    let mut c1 = codec.with_log2_step(s1 as f32)?;
+    let mut r1 = measure(&c1, options, source, importance)?;
+    // Widen until the target is bracketed (the rate falls as the step grows).
+    let mut widen = 0;
+    while (r0 - bits) * (r1 - bits) > 0.0 {
+        widen += 1;
+        if widen > 8 {
+            return Err(NwcError::Config(format!(
+                "{bits} bits/param is out of reach: measured {r0:.4} and {r1:.4} at steps 2^{s0:.2} and 2^{s1:.2}"
+            )));
+        }
+        (s0, r0, c0) = (s1, r1, c1);
+        s1 = s0 + 2.0 * (r0 - bits).signum() * (r0 - bits).abs().max(1.0);
+        c1 = codec.with_log2_step(s1 as f32)?;
+        r1 = measure(&c1, options, source, importance)?;
+    }
+    for (s, r, c) in [(s0, r0, c0), (s1, r1, c1)] {
+        if (r - bits).abs() < (best.1 - bits).abs() {
+            best = (c, r);
+        }
+        let _ = s;
+    }
+    let (mut lo, mut hi) = if r0 > bits { ((s0, r0), (s1, r1)) } else { ((s1, r1), (s0, r0)) };
+    // lo: smaller step, rate above the target; hi: larger step, rate below.
+    for _ in 0..24 {
+        if ((best.1 - bits) / bits).abs() <= RATE_TOLERANCE {
+            break;
+        }
+        let t = ((lo.1 - bits) / (lo.1 - hi.1)).clamp(0.1, 0.9);
+        let s = lo.0 + t * (hi.0 - lo.0);
+        let c = codec.with_log2_step(s as f32)?;
+        let r = measure(&c, options, source, importance)?;
+        tracing::debug!(log2_step = s, bits = r, "rate search");
+        if r > bits {
+            lo = (s, r);
+        } else {
+            hi = (s, r);
+        }
+        if (r - bits).abs() < (best.1 - bits).abs() {
+            best = (c, r);
+        }
+    }
+    tracing::info!(target_bits = bits, measured = best.1, "rate search done");
+    Ok(best)
+}
+
+/// Compresses a safetensors or GGUF file into a `.nwc` file of `bits` bits per parameter
+/// (within ±1 %, measured on the file written), searching `codec`'s step first.
+///
+/// # Errors
+/// As [`tune_to_rate`] and [`Compressor::compress_file`].
+pub fn compress_file_to_rate<C: RateControl>(
+    codec: &C,
+    options: &CompressOptions,
+    input: impl AsRef<Path>,
+    output: impl AsRef<Path>,
+    importance: &dyn Importance,
+    bits: f64,
+) -> Result<(C, CompressReport)> {
+    let source = nwc_tensor::open_weights(input.as_ref())?;
+    let (tuned, _) = tune_to_rate(codec, options, &*source, importance, bits)?;
+    let report = Compressor::new(&tuned)
+        .with_options(options.clone())?
+        .compress_source_to_file(&*source, output, importance)?;
+    Ok((tuned, report))
+}
