@@ -220,6 +220,11 @@ fn main() -> Result<()> {
         CodecChoice::Ecsq => Box::new(EcsqCodec::for_bits(a.bits as f32)?),
         CodecChoice::Nwc => {
             let codec = NwcCodec::<NdArray>::default_on(&device)?;
+            if codec.is_trellis() {
+                // The shipped trellis codec has a continuous step; this sets the nominal rate of
+                // the coded matrices (the file also counts norms, config and tokenizer).
+                Box::new(codec.with_step(nwc::codec_net::tcq_step_for_bits(a.bits as f32))?)
+            } else {
             // Pick the latent step from a sample of this model's own normalized chunks.
             let mut sample = Vec::new();
             for t in w.tensors.values().filter(|t| t.matrix_dims().is_some()) {
@@ -234,6 +239,7 @@ fn main() -> Result<()> {
             }
             let index = codec.step_index_for_rate(&sample, a.bits)?;
             Box::new(codec.with_step_index(index)?)
+            }
         }
     };
     let pb = bar(w.tensors.len() as u64, "tensors");

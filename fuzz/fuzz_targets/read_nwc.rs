@@ -7,13 +7,24 @@
 
 use libfuzzer_sys::fuzz_target;
 use nwc::format::{FileReader, ReadOptions, StreamReader};
-use nwc::{Decompressor, EcsqCodec};
+use nwc::{Decompressor, EcsqCodec, TcqCodec, WeightCodec, builtin_decoder};
 
 fuzz_target!(|data: &[u8]| {
     let Some((&flags, bytes)) = data.split_first() else { return };
     let opts = ReadOptions { verify_checksums: flags & 1 == 1, max_elements: 1 << 20 };
-    let codec = EcsqCodec::with_step(1.0).unwrap();
-    let d = Decompressor::new(&codec);
+    // The decoder the header names (ECSQ, TCQ with its trellis contexts, or a shipped learned
+    // codec), else ECSQ and TCQ both, so damaged records reach every decoding path.
+    let ecsq = EcsqCodec::with_step(1.0).unwrap();
+    let tcq = TcqCodec::with_step(1.0).unwrap();
+    let named = FileReader::new(bytes, opts)
+        .ok()
+        .and_then(|r| builtin_decoder(r.header()).ok());
+    let codec: &dyn WeightCodec = match &named {
+        Some(c) => c.as_ref(),
+        None if flags & 2 == 2 => &tcq,
+        None => &ecsq,
+    };
+    let d = Decompressor::new(codec);
     if let Ok(r) = FileReader::new(bytes, opts) {
         let _ = d.check_header(r.header());
         for i in 0..r.index().len() {

@@ -16,7 +16,7 @@ use nwc::llama::{Baseline, Calibration, Mode, compress_llama, decode_llama, quan
 use nwc::llm::{
     Hessians, Llama, LlamaWeights, Perplexity, cache_file_name, calibration_fingerprint, perplexity,
 };
-use nwc::{CompressOptions, Compressor, NwcCodec, NwcFile, WeightCodec};
+use nwc::{CompressOptions, Compressor, EcsqCodec, NwcCodec, NwcFile, WeightCodec};
 
 #[derive(Args, Debug, Clone)]
 pub struct LlmBenchArgs {
@@ -46,9 +46,13 @@ pub struct LlmBenchArgs {
     /// Bit widths of RTN and GPTQ (groups of 128).
     #[arg(long, default_value = "2,3,4,5,6,8", value_delimiter = ',')]
     pub baseline_bits: Vec<u32>,
-    /// Latent step indices of the NWC checkpoint to run (each gives one rate).
-    #[arg(long, default_value = "3,7,8,10", value_delimiter = ',')]
-    pub nwc_steps: Vec<usize>,
+    /// Nominal rates (bits per value at quality level 0) at which NWC and ECSQ run, each mode;
+    /// the measured rates are what the table reports.
+    #[arg(long, default_value = "3,4,5,6", value_delimiter = ',')]
+    pub nwc_bits: Vec<f32>,
+    /// Skip the ECSQ rows.
+    #[arg(long)]
+    pub no_ecsq: bool,
     /// Where llm.md and llm.svg go.
     #[arg(long, default_value = "docs")]
     pub out: PathBuf,
@@ -213,21 +217,32 @@ pub fn run(a: &LlmBenchArgs) -> Result<()> {
     std::fs::create_dir_all(&tmp_dir)?;
     let file = tmp_dir.join(format!("model-{}.nwc", std::process::id()));
     for mode in Mode::ALL {
-        for &step in &a.nwc_steps {
-            let t = Instant::now();
-            let codec = NwcCodec::<NdArray>::default_on(&device)?.with_step_index(step)?;
-            let label = format!("step {}", codec.step());
-            let bits = compress_to(&codec, &w, &cal, mode, &file)?;
-            let decoded = decode_llama(&NwcFile::open(&file)?, &codec, Some(w.tokenizer.clone()))?;
-            let p = ppl_of(&decoded, &eval_ids, a, &device)?;
-            push(
-                &mut rows,
-                &format!("NWC {}", mode.label()),
-                label,
-                bits,
-                p.ppl,
-                t,
-            );
+        for &b in &a.nwc_bits {
+            let mut codecs: Vec<(&str, Box<dyn WeightCodec>)> = vec![(
+                "NWC",
+                Box::new(
+                    NwcCodec::<NdArray>::default_on(&device)?
+                        .with_step(nwc::codec_net::tcq_step_for_bits(b))?,
+                ),
+            )];
+            if !a.no_ecsq {
+                codecs.push(("ECSQ", Box::new(EcsqCodec::for_bits(b)?)));
+            }
+            for (name, codec) in codecs {
+                let t = Instant::now();
+                let bits = compress_to(codec.as_ref(), &w, &cal, mode, &file)?;
+                let decoded =
+                    decode_llama(&NwcFile::open(&file)?, codec.as_ref(), Some(w.tokenizer.clone()))?;
+                let p = ppl_of(&decoded, &eval_ids, a, &device)?;
+                push(
+                    &mut rows,
+                    &format!("{name} {}", mode.label()),
+                    format!("{b} b nominal"),
+                    bits,
+                    p.ppl,
+                    t,
+                );
+            }
         }
     }
     std::fs::remove_file(&file)?;
@@ -270,6 +285,8 @@ fn write_report(
             .collect()
     };
     let nwc = series("NWC levels+LDLQ");
+    let ecsq = series("ECSQ levels+LDLQ");
+    let e4 = crate::plot::at(&ecsq, 4.0);
     let (n4, g4, r4) = (
         crate::plot::at(&nwc, 4.0),
         crate::plot::at(&series("GPTQ g128"), 4.0),
@@ -292,7 +309,7 @@ fn write_report(
         "- Model: `{}`, {n_params} parameters. Every matrix is compressed (the tied embedding too, calibrated as the output projection); norms stay in f32 and are counted.\n\
          - Evaluation: perplexity on `{}`, {} non-overlapping windows of {} tokens ({} scored tokens). Calibration: `{}`, {} windows of {} tokens, disjoint from the evaluation text.\n\
          - Rates are measured: NWC = `.nwc` file bytes × 8 / parameters (header, scales, levels, tables, index included; the model is decoded from that file before it is evaluated). RTN/GPTQ = serialized codes + f16 scale + f16 minimum per group of 128, plus the norms.\n\
-         - NWC codec: the checkpoint the library embeds (`nwc_codec::DEFAULT_CHECKPOINT`); each point is one latent step.\n",
+         - NWC codec: the checkpoint the library embeds (`nwc_codec::DEFAULT_CHECKPOINT`, the trellis refiner); ECSQ runs at the same nominal rates, with the same levels, LDLQ and calibration.\n",
         path.file_name()
             .map(|f| f.to_string_lossy())
             .unwrap_or_default(),
@@ -323,9 +340,10 @@ fn write_report(
     let f = |v: Option<f64>| v.map_or("n/a".into(), |x| format!("{x:.3}"));
     let _ = writeln!(
         md,
-        "\nAt exactly 4.00 bits/param (log-perplexity interpolated between measured points): FP {:.3}, NWC levels+LDLQ {}, GPTQ {}, RTN {}.",
+        "\nAt exactly 4.00 bits/param (log-perplexity interpolated between measured points): FP {:.3}, NWC levels+LDLQ {}, ECSQ levels+LDLQ {}, GPTQ {}, RTN {}.",
         fp.ppl,
         f(n4),
+        f(e4),
         f(g4),
         f(r4)
     );
@@ -337,16 +355,18 @@ fn write_report(
             ("GPTQ g128", "#1f77b4", series("GPTQ g128")),
             ("NWC data-free", "#ff9896", series("NWC data-free")),
             ("NWC levels", "#ff7f0e", series("NWC levels")),
+            ("ECSQ levels+LDLQ", "#2ca02c", ecsq),
             ("NWC levels+LDLQ", "#d62728", nwc),
         ],
         "perplexity",
     );
     crate::plot::write_outputs(&a.out, "llm", &md, &svg)?;
     println!(
-        "llm@4bit: ppl_ratio={} vs_gptq={} vs_rtn={}",
+        "llm@4bit: ppl_ratio={} vs_gptq={} vs_rtn={} vs_ecsq={}",
         ratio(n4, Some(fp.ppl)),
         ratio(n4, g4),
-        ratio(n4, r4)
+        ratio(n4, r4),
+        ratio(n4, e4)
     );
     Ok(())
 }

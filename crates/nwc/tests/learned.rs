@@ -1,5 +1,5 @@
-//! The learned codec through the whole pipeline on the CPU backend: shapes, determinism, rate
-//! control, and refusal of files made with another checkpoint.
+//! The learned codec through the whole pipeline on the CPU backend, in both variants: shapes,
+//! determinism, rate control, and refusal of files made with another checkpoint.
 
 use nwc::codec_net::burn::backend::NdArray;
 use nwc::codec_net::{Checkpoint, CodecConfig, DEFAULT_STEPS, NwcModel};
@@ -19,9 +19,66 @@ fn shipped() -> NwcCodec<NdArray> {
     NwcCodec::<NdArray>::default_on(&Default::default()).unwrap()
 }
 
+fn autoencoder() -> NwcCodec<NdArray> {
+    let c = Checkpoint::from_bytes(nwc::codec_net::AUTOENCODER_CHECKPOINT).unwrap();
+    NwcCodec::<NdArray>::new(c, &Default::default()).unwrap()
+}
+
 #[test]
-fn shipped_checkpoint_encodes_and_decodes() {
+fn shipped_trellis_checkpoint_encodes_and_decodes() {
     let codec = shipped();
+    assert!(codec.is_trellis());
+    assert_eq!(codec.kind(), CodecKind::NwcTrellis);
+    let t = weight(56, 96); // 56 rows: not a multiple of 64
+    let c = Compressor::new(&codec);
+    assert_eq!(c.options().chunk.chunk_len, 64);
+    let (rec, rep) = c.compress_tensor(&t, None).unwrap();
+    assert!(rep.coded);
+    let back = Decompressor::new(&codec).decompress_record(&rec).unwrap();
+    assert_eq!(back.shape(), &[56, 96]);
+    assert!(rep.nmse() < 0.01, "nmse {}", rep.nmse());
+    // What the decoder returns is what the report measured.
+    let (a, b) = (t.to_f32().unwrap(), back.to_f32().unwrap());
+    let err: f64 = a.iter().zip(&b).map(|(x, y)| f64::from(x - y).powi(2)).sum();
+    let sig: f64 = a.iter().map(|x| f64::from(*x).powi(2)).sum();
+    assert!((err / sig - rep.nmse()).abs() < 1e-9);
+    // Deterministic: the same input gives the same bytes.
+    let (rec2, _) = c.compress_tensor(&t, None).unwrap();
+    assert_eq!(rec, rec2);
+    // The refiner does not change the symbols: plain TCQ at the same step codes the same bits.
+    let tcq = nwc::TcqCodec::with_step(codec.step()).unwrap();
+    let (rec3, _) = Compressor::new(&tcq).compress_tensor(&t, None).unwrap();
+    let (Payload::Coded(p1), Payload::Coded(p3)) = (&rec.payload, &rec3.payload) else {
+        panic!("coded")
+    };
+    assert_eq!(p1.segments, p3.segments);
+    assert!(shipped().with_step_index(1).is_err());
+    assert!(shipped().with_step(0.0).is_err());
+}
+
+#[test]
+fn trellis_steps_set_the_rate() {
+    let t = weight(64, 128);
+    let mut last = f64::INFINITY;
+    for b in [2.0, 4.0, 6.0] {
+        let codec = shipped()
+            .with_step(nwc::codec_net::tcq_step_for_bits(b))
+            .unwrap();
+        let (_, rep) = nwc::round_trip_tensor(
+            &codec,
+            &t,
+            &nwc::CompressOptions::for_codec(&codec),
+        )
+        .unwrap();
+        assert!(rep.bits_per_param() < last, "{b}: {} bits", rep.bits_per_param());
+        last = rep.bits_per_param();
+    }
+}
+
+#[test]
+fn autoencoder_checkpoint_encodes_and_decodes() {
+    let codec = autoencoder();
+    assert!(!codec.is_trellis());
     assert_eq!(codec.kind(), CodecKind::Nwc);
     let t = weight(56, 96); // 56 rows: not a multiple of 16
     let c = Compressor::new(&codec);
@@ -47,7 +104,7 @@ fn larger_steps_give_fewer_bits() {
     let t = weight(64, 128);
     let mut last = f64::INFINITY;
     for i in [1, 4, 7] {
-        let codec = shipped().with_step_index(i).unwrap();
+        let codec = autoencoder().with_step_index(i).unwrap();
         let (_, rep) = nwc::round_trip_tensor(&codec, &t, &Default::default()).unwrap();
         assert!(
             rep.bits_per_param() < last,
@@ -56,7 +113,8 @@ fn larger_steps_give_fewer_bits() {
         );
         last = rep.bits_per_param();
     }
-    assert!(shipped().with_step_index(99).is_err());
+    assert!(autoencoder().with_step_index(99).is_err());
+    assert!(autoencoder().with_step(0.1).is_err());
 }
 
 #[test]
@@ -77,7 +135,12 @@ fn another_checkpoint_is_refused() {
         Err(NwcError::CodecMismatch(_))
     ));
     assert!(Decompressor::new(&codec).check_header(&header).is_ok());
-    // The built-in decoder knows the shipped checkpoint and no other.
+    // The built-in decoder knows the shipped checkpoints and no other.
     assert!(nwc::builtin_decoder(&header).is_ok());
+    assert!(nwc::builtin_decoder(&Compressor::new(&autoencoder()).header()).is_ok());
     assert!(nwc::builtin_decoder(&Header::new(CodecKind::Nwc, other.checkpoint_hash())).is_err());
+    assert!(
+        nwc::builtin_decoder(&Header::new(CodecKind::NwcTrellis, other.checkpoint_hash()))
+            .is_err()
+    );
 }
