@@ -3,7 +3,7 @@
 
 use nwc::format::Writer;
 use nwc::tensor::{DType, Tensor};
-use nwc::{CompressOptions, Compressor, EcsqCodec, TensorPolicy};
+use nwc::{CompressOptions, Compressor, EcsqCodec, TcqCodec, TensorPolicy, WeightCodec};
 
 fn main() {
     let dir = std::env::args().nth(1).unwrap_or_else(|| "corpus/read_nwc".into());
@@ -13,9 +13,22 @@ fn main() {
         policy: TensorPolicy { min_elements: 1, ..TensorPolicy::default() },
         ..CompressOptions::default()
     };
-    for (i, (rows, cols, step)) in [(16, 2, 0.5f32), (20, 3, 0.05), (40, 5, 0.01), (3, 7, 1e-4)].into_iter().enumerate() {
-        let codec = EcsqCodec::with_step(step).unwrap();
-        let c = Compressor::new(&codec).with_options(opts.clone()).unwrap();
+    let cases = [(16, 2, 0.5f32), (20, 3, 0.05), (40, 5, 0.01), (3, 7, 1e-4)];
+    for (i, (rows, cols, step, tcq)) in cases
+        .iter()
+        .map(|&(r, c, s)| (r, c, s, false))
+        .chain(cases.iter().map(|&(r, c, s)| (r, c, s, true)))
+        .enumerate()
+    {
+        // ECSQ, and TCQ with its trellis contexts (4-value runs, so the small seeds hold several).
+        let codec: Box<dyn WeightCodec> = if tcq {
+            Box::new(TcqCodec::with_step(step).unwrap().run_len(4).unwrap())
+        } else {
+            Box::new(EcsqCodec::with_step(step).unwrap())
+        };
+        let mut opts = opts.clone();
+        opts.chunk.chunk_len = if tcq { 4 } else { opts.chunk.chunk_len };
+        let c = Compressor::new(codec.as_ref()).with_options(opts).unwrap();
         let v: Vec<f32> = (0..rows * cols).map(|k| ((k * 37 % 23) as f32 - 11.0) * 0.1).collect();
         let t = Tensor::from_f32("w", DType::BF16, vec![rows, cols], &v).unwrap();
         let imp: Vec<f32> = (0..cols).map(|k| k as f32).collect();
@@ -26,7 +39,7 @@ fn main() {
         w.write(&rec).unwrap();
         w.write(&raw_rec).unwrap();
         let bytes = w.finish().unwrap().0;
-        for flag in [0u8, 1] {
+        for flag in [0u8, 1, 2, 3] {
             let mut f = vec![flag];
             f.extend(&bytes);
             std::fs::write(format!("{dir}/seed-{i}-{flag}.bin"), f).unwrap();
