@@ -225,20 +225,20 @@ fn main() -> Result<()> {
                 // the coded matrices (the file also counts norms, config and tokenizer).
                 Box::new(codec.with_step(nwc::codec_net::tcq_step_for_bits(a.bits as f32))?)
             } else {
-            // Pick the latent step from a sample of this model's own normalized chunks.
-            let mut sample = Vec::new();
-            for t in w.tensors.values().filter(|t| t.matrix_dims().is_some()) {
-                let (r, c) = t.matrix_dims().expect("matrix");
-                let v = t.to_f32()?;
-                let m = ndarray::ArrayView2::from_shape((r, c), &v)?;
-                let ch = chunk(m, &ChunkConfig::default())?;
-                let every = (ch.n_chunks() / 512).max(1);
-                for k in (0..ch.n_chunks()).step_by(every) {
-                    sample.extend_from_slice(&ch.data()[k * 16..(k + 1) * 16]);
+                // Pick the latent step from a sample of this model's own normalized chunks.
+                let mut sample = Vec::new();
+                for t in w.tensors.values().filter(|t| t.matrix_dims().is_some()) {
+                    let (r, c) = t.matrix_dims().expect("matrix");
+                    let v = t.to_f32()?;
+                    let m = ndarray::ArrayView2::from_shape((r, c), &v)?;
+                    let ch = chunk(m, &ChunkConfig::default())?;
+                    let every = (ch.n_chunks() / 512).max(1);
+                    for k in (0..ch.n_chunks()).step_by(every) {
+                        sample.extend_from_slice(&ch.data()[k * 16..(k + 1) * 16]);
+                    }
                 }
-            }
-            let index = codec.step_index_for_rate(&sample, a.bits)?;
-            Box::new(codec.with_step_index(index)?)
+                let index = codec.step_index_for_rate(&sample, a.bits)?;
+                Box::new(codec.with_step_index(index)?)
             }
         }
     };

@@ -10,8 +10,13 @@ use nwc::format::{FileReader, ReadOptions, StreamReader};
 use nwc::{Decompressor, EcsqCodec, TcqCodec, WeightCodec, builtin_decoder};
 
 fuzz_target!(|data: &[u8]| {
-    let Some((&flags, bytes)) = data.split_first() else { return };
-    let opts = ReadOptions { verify_checksums: flags & 1 == 1, max_elements: 1 << 20 };
+    let Some((&flags, bytes)) = data.split_first() else {
+        return;
+    };
+    let opts = ReadOptions {
+        verify_checksums: flags & 1 == 1,
+        max_elements: 1 << 20,
+    };
     // The decoder the header names (ECSQ, TCQ with its trellis contexts, or a shipped learned
     // codec), else ECSQ and TCQ both, so damaged records reach every decoding path.
     let ecsq = EcsqCodec::with_step(1.0).unwrap();

@@ -6,11 +6,16 @@ use nwc::tensor::{DType, Tensor};
 use nwc::{CompressOptions, Compressor, EcsqCodec, TcqCodec, TensorPolicy, WeightCodec};
 
 fn main() {
-    let dir = std::env::args().nth(1).unwrap_or_else(|| "corpus/read_nwc".into());
+    let dir = std::env::args()
+        .nth(1)
+        .unwrap_or_else(|| "corpus/read_nwc".into());
     std::fs::create_dir_all(&dir).unwrap();
     let opts = CompressOptions {
         chunks_per_segment: 2,
-        policy: TensorPolicy { min_elements: 1, ..TensorPolicy::default() },
+        policy: TensorPolicy {
+            min_elements: 1,
+            ..TensorPolicy::default()
+        },
         ..CompressOptions::default()
     };
     let cases = [(16, 2, 0.5f32), (20, 3, 0.05), (40, 5, 0.01), (3, 7, 1e-4)];
@@ -29,7 +34,9 @@ fn main() {
         let mut opts = opts.clone();
         opts.chunk.chunk_len = if tcq { 4 } else { opts.chunk.chunk_len };
         let c = Compressor::new(codec.as_ref()).with_options(opts).unwrap();
-        let v: Vec<f32> = (0..rows * cols).map(|k| ((k * 37 % 23) as f32 - 11.0) * 0.1).collect();
+        let v: Vec<f32> = (0..rows * cols)
+            .map(|k| ((k * 37 % 23) as f32 - 11.0) * 0.1)
+            .collect();
         let t = Tensor::from_f32("w", DType::BF16, vec![rows, cols], &v).unwrap();
         let imp: Vec<f32> = (0..cols).map(|k| k as f32).collect();
         let (rec, _) = c.compress_tensor(&t, Some(&imp)).unwrap();

@@ -231,8 +231,11 @@ pub fn run(a: &LlmBenchArgs) -> Result<()> {
             for (name, codec) in codecs {
                 let t = Instant::now();
                 let bits = compress_to(codec.as_ref(), &w, &cal, mode, &file)?;
-                let decoded =
-                    decode_llama(&NwcFile::open(&file)?, codec.as_ref(), Some(w.tokenizer.clone()))?;
+                let decoded = decode_llama(
+                    &NwcFile::open(&file)?,
+                    codec.as_ref(),
+                    Some(w.tokenizer.clone()),
+                )?;
                 let p = ppl_of(&decoded, &eval_ids, a, &device)?;
                 push(
                     &mut rows,

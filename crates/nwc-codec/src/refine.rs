@@ -91,7 +91,13 @@ fn code(model: &ContextModel, x: &[f32], steps: &[f32], chunk_len: usize) -> (Ve
 }
 
 /// `u` and `j` as `[n, l]` tensors.
-fn tensors<B: Backend>(u: Vec<f32>, j: Vec<f32>, n: usize, l: usize, device: &B::Device) -> [Tensor<B, 2>; 2] {
+fn tensors<B: Backend>(
+    u: Vec<f32>,
+    j: Vec<f32>,
+    n: usize,
+    l: usize,
+    device: &B::Device,
+) -> [Tensor<B, 2>; 2] {
     [
         Tensor::from_data(TensorData::new(u, [n, l]), device),
         Tensor::from_data(TensorData::new(j, [n, l]), device),
@@ -125,7 +131,11 @@ pub fn evaluate_refiner<B: Backend>(
             let st = Tensor::<B, 1>::from_data(TensorData::new(steps, [n]), device);
             let lv = Tensor::<B, 1, Int>::from_data(TensorData::new(vec![0i64; n], [n]), device);
             let refined = refiner.forward(jt, st, lv);
-            let e = (refined - ut).powi_scalar(2).sum().into_scalar().elem::<f64>();
+            let e = (refined - ut)
+                .powi_scalar(2)
+                .sum()
+                .into_scalar()
+                .elem::<f64>();
             e / plain
         })
         .collect()
@@ -150,7 +160,9 @@ pub fn train_refiner<B: AutodiffBackend>(
     cfg.validate()?;
     let l = cfg.chunk_len;
     if cfg.variant != Variant::TrellisRefiner {
-        return Err(CodecError::Config("refiner training needs a refiner configuration".into()));
+        return Err(CodecError::Config(
+            "refiner training needs a refiner configuration".into(),
+        ));
     }
     if data.len() / l < rc.batch || rc.batch == 0 || rc.log_every == 0 || rc.steps == 0 {
         return Err(CodecError::Config(format!(

@@ -154,13 +154,20 @@ fn refiner_starts_as_identity_and_round_trips_its_checkpoint() {
     let st = Tensor::<B, 1>::from_floats([0.1, 0.01, 0.5, 0.02], &d);
     let lv = Tensor::<B, 1, Int>::from_ints([0, 1, 2, 3], &d);
     let out = r.forward(jt.clone(), st.clone(), lv.clone());
-    assert_eq!(out.into_data().to_vec::<f32>().unwrap(), j, "untrained refiner is the identity");
+    assert_eq!(
+        out.into_data().to_vec::<f32>().unwrap(),
+        j,
+        "untrained refiner is the identity"
+    );
     let c = Checkpoint::from_refiner(&r, &cfg, 7).unwrap();
     assert_eq!(c.config(), &cfg);
     assert!(c.tables().is_empty() && c.steps().is_empty());
     let back = Checkpoint::from_bytes(c.bytes()).unwrap();
     assert_eq!(back.hash(), c.hash());
-    assert!(back.model::<B>(&d).is_err(), "a refiner is not an autoencoder");
+    assert!(
+        back.model::<B>(&d).is_err(),
+        "a refiner is not an autoencoder"
+    );
     let r2 = back.refiner::<B>(&d).unwrap();
     assert_eq!(
         r2.forward(jt, st, lv).into_data().to_vec::<f32>().unwrap(),
@@ -204,9 +211,16 @@ fn refiner_training_beats_plain_trellis_at_low_rate() {
         ..RefineConfig::default()
     };
     let mut stats = Vec::new();
-    let c = train_refiner::<AD>(&cfg, &rc, &data, &held, &Default::default(), None, |s| {
-        stats.push(s.clone())
-    }, |_| {})
+    let c = train_refiner::<AD>(
+        &cfg,
+        &rc,
+        &data,
+        &held,
+        &Default::default(),
+        None,
+        |s| stats.push(s.clone()),
+        |_| {},
+    )
     .unwrap();
     assert_eq!(c.train_steps(), 150);
     let at2 = stats.last().unwrap().heldout_ratio[0];

@@ -114,7 +114,13 @@ impl<'a> Coder<'a> {
     pub fn encode_segment(&self, symbols: &[i32], classes: &[u8]) -> Result<Vec<u8>> {
         self.check_segment_shape(symbols.len(), classes)?;
         let rows = self.rows();
-        Ok(encode_segment(&rows, self.contexts, symbols, classes, self.chunk_len))
+        Ok(encode_segment(
+            &rows,
+            self.contexts,
+            symbols,
+            classes,
+            self.chunk_len,
+        ))
     }
 
     /// Decodes one segment of `classes.len()` chunks into `out`.
@@ -132,7 +138,15 @@ impl<'a> Coder<'a> {
     ) -> Result<()> {
         self.check_segment_shape(out.len(), classes)?;
         let rows = self.rows();
-        decode(&rows, self.contexts, bytes, classes, self.chunk_len, out, segment_index)
+        decode(
+            &rows,
+            self.contexts,
+            bytes,
+            classes,
+            self.chunk_len,
+            out,
+            segment_index,
+        )
     }
 
     fn check_segment_shape(&self, n_symbols: usize, classes: &[u8]) -> Result<()> {
@@ -540,7 +554,10 @@ mod tests {
         ];
         let map: Vec<u16> = (0..4 * 8).map(|i| (i / 8) as u16).collect();
         let model = ContextModel::tcq8();
-        let coder = Coder::new(&t, &map, 8).unwrap().with_contexts(Some(&model)).unwrap();
+        let coder = Coder::new(&t, &map, 8)
+            .unwrap()
+            .with_contexts(Some(&model))
+            .unwrap();
         let mut rng = crate::SplitMix64(3);
         let symbols: Vec<i32> = (0..8 * 300)
             .map(|_| (rng.next_u64() % 5) as i32 - 2)
@@ -558,7 +575,12 @@ mod tests {
         assert!(plain.decode_all(&refs, &classes, 7, &mut other).is_err() || other != symbols);
         // A map that is not a whole number of context rows is refused.
         let odd: Vec<u16> = vec![0; 3 * 8];
-        assert!(Coder::new(&t, &odd, 8).unwrap().with_contexts(Some(&model)).is_err());
+        assert!(
+            Coder::new(&t, &odd, 8)
+                .unwrap()
+                .with_contexts(Some(&model))
+                .is_err()
+        );
         // A class beyond the rows is an error, not a panic.
         let mut o = vec![0; 8];
         assert!(coder.encode_segment(&symbols[..8], &[2]).is_err());

@@ -121,7 +121,6 @@ pub fn reconstruct_chunk(model: &ContextModel, symbols: &[i32], out: &mut [f32])
     }
 }
 
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -147,8 +146,12 @@ mod tests {
         reconstruct_chunk(&m, &k, &mut j);
         // Each value lies within 2 fine steps of its reconstruction (the union grid has step 2),
         // and the trellis does better than the union grid alone on average.
-        let mse: f32 =
-            scaled.iter().zip(&j).map(|(a, b)| (a - b) * (a - b)).sum::<f32>() / 64.0;
+        let mse: f32 = scaled
+            .iter()
+            .zip(&j)
+            .map(|(a, b)| (a - b) * (a - b))
+            .sum::<f32>()
+            / 64.0;
         assert!(scaled.iter().zip(&j).all(|(a, b)| (a - b).abs() <= 2.0));
         assert!(mse < 4.0 / 12.0, "mse {mse}");
     }
@@ -165,7 +168,11 @@ mod tests {
             viterbi_chunk(&m, c, 0.0, &RateModel::flat(), kc);
             reconstruct_chunk(&m, kc, jc);
         }
-        let mse = x.iter().zip(&j).map(|(a, b)| f64::from(a - b).powi(2)).sum::<f64>()
+        let mse = x
+            .iter()
+            .zip(&j)
+            .map(|(a, b)| f64::from(a - b).powi(2))
+            .sum::<f64>()
             / x.len() as f64;
         let gain_db = 10.0 * ((4.0 / 12.0) / mse).log10();
         assert!(gain_db > 0.9, "granular gain {gain_db:.3} dB");

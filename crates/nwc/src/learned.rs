@@ -275,7 +275,11 @@ impl<B: Backend> NwcCodec<B> {
                 .convert::<f32>()
                 .to_vec::<f32>()
                 .expect("f32 data");
-            out.extend(v.chunks(l).zip(s).flat_map(|(c, &st)| c.iter().map(move |&q| q * st)));
+            out.extend(
+                v.chunks(l)
+                    .zip(s)
+                    .flat_map(|(c, &st)| c.iter().map(move |&q| q * st)),
+            );
         }
         out
     }
@@ -407,7 +411,10 @@ where
                 .iter()
                 .flat_map(|&lv| std::iter::repeat_n(lv, per))
                 .collect();
-            let sub_steps: Vec<f32> = sub_levels.iter().map(|&lv| steps[usize::from(lv)]).collect();
+            let sub_steps: Vec<f32> = sub_levels
+                .iter()
+                .map(|&lv| steps[usize::from(lv)])
+                .collect();
             return Ok(self.refine(&grid, &sub_steps, &sub_levels));
         }
         let index = <[u8; 4]>::try_from(params)

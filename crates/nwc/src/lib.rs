@@ -41,12 +41,12 @@ mod tcq;
 pub use codec::{EcsqCodec, LEVEL_STEP_RATIOS, Quantized, WeightCodec};
 pub use error::{NwcError, Result};
 pub use learned::NwcCodec;
-pub use rate::{RATE_TOLERANCE, RateControl, compress_file_to_rate, tune_to_rate};
-pub use tcq::{DEFAULT_TCQ_LAMBDA, DEFAULT_TCQ_RUN, TcqCodec};
 pub use pipeline::{
     CompressOptions, CompressReport, Compressor, Decompressor, Importance, NwcFile, ProgressFn,
     TensorPolicy, TensorReport, Uniform, builtin_decoder, round_trip_tensor,
 };
+pub use rate::{RATE_TOLERANCE, RateControl, compress_file_to_rate, tune_to_rate};
+pub use tcq::{DEFAULT_TCQ_LAMBDA, DEFAULT_TCQ_RUN, TcqCodec};
 
 /// The learned codec network crate (burn), including `burn` itself.
 pub use nwc_codec as codec_net;

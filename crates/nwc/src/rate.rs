@@ -143,7 +143,11 @@ pub fn tune_to_rate<C: RateControl>(
         }
         let _ = s;
     }
-    let (mut lo, mut hi) = if r0 > bits { ((s0, r0), (s1, r1)) } else { ((s1, r1), (s0, r0)) };
+    let (mut lo, mut hi) = if r0 > bits {
+        ((s0, r0), (s1, r1))
+    } else {
+        ((s1, r1), (s0, r0))
+    };
     // lo: smaller step, rate above the target; hi: larger step, rate below.
     for _ in 0..24 {
         if ((best.1 - bits) / bits).abs() <= RATE_TOLERANCE {

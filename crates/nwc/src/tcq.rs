@@ -37,9 +37,12 @@ pub(crate) fn quantize_chunks(
 ) -> Result<(Vec<i32>, Vec<nwc_entropy::Table>, Vec<u16>)> {
     if let Some(&bad) = chunks
         .iter()
-        .zip(chunks.chunks(chunk_len).zip(chunk_levels).flat_map(|(c, &l)| {
-            std::iter::repeat_n(inv_steps[usize::from(l)], c.len())
-        }))
+        .zip(
+            chunks
+                .chunks(chunk_len)
+                .zip(chunk_levels)
+                .flat_map(|(c, &l)| std::iter::repeat_n(inv_steps[usize::from(l)], c.len())),
+        )
         .map(|(&x, inv)| x * inv)
         .find(|v| !(v.abs() <= MAX_ABS_INDEX))
         .as_ref()
@@ -67,7 +70,14 @@ pub(crate) fn quantize_chunks(
                 buf.extend(c.iter().map(|&x| x * inv));
                 viterbi_chunk(model, buf, lam, &rates[usize::from(l)], out);
             });
-        let (tables, map) = fit_tables(model, &symbols, chunk_len, chunk_levels, n_levels, precision)?;
+        let (tables, map) = fit_tables(
+            model,
+            &symbols,
+            chunk_len,
+            chunk_levels,
+            n_levels,
+            precision,
+        )?;
         if pass < passes {
             for (l, r) in rates.iter_mut().enumerate() {
                 let row = |u: usize| &tables[usize::from(map[(2 * l + u) * chunk_len])];
@@ -113,7 +123,10 @@ pub(crate) fn fit_tables(
                     .zip(chunk_levels)
                     .filter(move |(_, l)| **l == level)
                     .flat_map(move |((c, us), _)| {
-                        c.iter().zip(us).filter(move |(_, x)| **x == u).map(|(s, _)| *s)
+                        c.iter()
+                            .zip(us)
+                            .filter(move |(_, x)| **x == u)
+                            .map(|(s, _)| *s)
                     })
             };
             let Some(table) = histogram_table(row_symbols, precision)? else {
@@ -210,7 +223,9 @@ impl TcqCodec {
     /// [`NwcError::Config`] outside 1..=64.
     pub fn run_len(mut self, run: usize) -> Result<Self> {
         if !(1..=64).contains(&run) {
-            return Err(NwcError::Config(format!("TCQ run of {run} values, expected 1..=64")));
+            return Err(NwcError::Config(format!(
+                "TCQ run of {run} values, expected 1..=64"
+            )));
         }
         self.run = run;
         Ok(self)
@@ -252,7 +267,10 @@ pub(crate) fn parse_steps(name: &str, params: &[u8], n: usize, what: &str) -> Re
         reason,
     };
     if params.len() != 4 * n {
-        return Err(corrupt(format!("{what} parameters of {} bytes", params.len())));
+        return Err(corrupt(format!(
+            "{what} parameters of {} bytes",
+            params.len()
+        )));
     }
     let steps: Vec<f32> = params
         .chunks_exact(4)
@@ -325,7 +343,14 @@ impl WeightCodec for TcqCodec {
         chunk_len: usize,
         chunk_levels: &[u8],
     ) -> Result<(Vec<Table>, Vec<u16>)> {
-        fit_tables(&self.model, symbols, chunk_len, chunk_levels, 4, self.precision)
+        fit_tables(
+            &self.model,
+            symbols,
+            chunk_len,
+            chunk_levels,
+            4,
+            self.precision,
+        )
     }
 
     fn dequantize(
@@ -348,4 +373,3 @@ impl WeightCodec for TcqCodec {
         Ok(out)
     }
 }
-

@@ -39,7 +39,11 @@ fn shipped_trellis_checkpoint_encodes_and_decodes() {
     assert!(rep.nmse() < 0.01, "nmse {}", rep.nmse());
     // What the decoder returns is what the report measured.
     let (a, b) = (t.to_f32().unwrap(), back.to_f32().unwrap());
-    let err: f64 = a.iter().zip(&b).map(|(x, y)| f64::from(x - y).powi(2)).sum();
+    let err: f64 = a
+        .iter()
+        .zip(&b)
+        .map(|(x, y)| f64::from(x - y).powi(2))
+        .sum();
     let sig: f64 = a.iter().map(|x| f64::from(*x).powi(2)).sum();
     assert!((err / sig - rep.nmse()).abs() < 1e-9);
     // Deterministic: the same input gives the same bytes.
@@ -64,13 +68,13 @@ fn trellis_steps_set_the_rate() {
         let codec = shipped()
             .with_step(nwc::codec_net::tcq_step_for_bits(b))
             .unwrap();
-        let (_, rep) = nwc::round_trip_tensor(
-            &codec,
-            &t,
-            &nwc::CompressOptions::for_codec(&codec),
-        )
-        .unwrap();
-        assert!(rep.bits_per_param() > last, "{b}: {} bits", rep.bits_per_param());
+        let (_, rep) =
+            nwc::round_trip_tensor(&codec, &t, &nwc::CompressOptions::for_codec(&codec)).unwrap();
+        assert!(
+            rep.bits_per_param() > last,
+            "{b}: {} bits",
+            rep.bits_per_param()
+        );
         last = rep.bits_per_param();
     }
 }
@@ -140,7 +144,6 @@ fn another_checkpoint_is_refused() {
     assert!(nwc::builtin_decoder(&Compressor::new(&autoencoder()).header()).is_ok());
     assert!(nwc::builtin_decoder(&Header::new(CodecKind::Nwc, other.checkpoint_hash())).is_err());
     assert!(
-        nwc::builtin_decoder(&Header::new(CodecKind::NwcTrellis, other.checkpoint_hash()))
-            .is_err()
+        nwc::builtin_decoder(&Header::new(CodecKind::NwcTrellis, other.checkpoint_hash())).is_err()
     );
 }

@@ -8,8 +8,8 @@
 use nwc::codec_net::burn::backend::NdArray;
 use nwc::tensor::{DType, Tensor, WeightSource, open_weights};
 use nwc::{
-    CompressOptions, Compressor, Decompressor, EcsqCodec, NwcCodec, NwcFile, RateControl,
-    TcqCodec, Uniform, WeightCodec, compress_file_to_rate, tune_to_rate,
+    CompressOptions, Compressor, Decompressor, EcsqCodec, NwcCodec, NwcFile, RateControl, TcqCodec,
+    Uniform, WeightCodec, compress_file_to_rate, tune_to_rate,
 };
 
 /// The tensors of one model whose names start with `prefix`.
@@ -32,7 +32,10 @@ fn subset(rel: &str, prefix: &str) -> Option<Subset> {
     let p = nwc::tensor::data_dir().join(rel);
     if !p.exists() {
         if std::env::var_os("NWC_SKIP_REAL_DATA").is_some() {
-            eprintln!("skipping: {} is missing and NWC_SKIP_REAL_DATA is set", p.display());
+            eprintln!(
+                "skipping: {} is missing and NWC_SKIP_REAL_DATA is set",
+                p.display()
+            );
             return None;
         }
         panic!(
@@ -65,10 +68,17 @@ fn hits<C: RateControl>(codec: &C, src: &Subset, bits: f64) -> f64 {
         .compress_source_to_file(src, &path, &Uniform)
         .unwrap();
     let file_bits = NwcFile::open(&path).unwrap().bits_per_param().unwrap();
-    assert!((file_bits - measured).abs() < 1e-12, "search {measured}, file {file_bits}");
+    assert!(
+        (file_bits - measured).abs() < 1e-12,
+        "search {measured}, file {file_bits}"
+    );
     assert!((report.bits_per_param() - file_bits).abs() < 1e-12);
     let rel = (file_bits - bits) / bits;
-    assert!(rel.abs() <= 0.01, "{:?} at {bits}: {file_bits:.4} bits/param", tuned.kind());
+    assert!(
+        rel.abs() <= 0.01,
+        "{:?} at {bits}: {file_bits:.4} bits/param",
+        tuned.kind()
+    );
     file_bits
 }
 
@@ -135,8 +145,15 @@ fn rate_targeting_writes_whole_files_only() {
     let ecsq = EcsqCodec::for_bits(4.0).unwrap();
     let missing = dir.path().join("missing.safetensors");
     assert!(
-        compress_file_to_rate(&ecsq, &CompressOptions::default(), &missing, &out, &Uniform, 4.0)
-            .is_err()
+        compress_file_to_rate(
+            &ecsq,
+            &CompressOptions::default(),
+            &missing,
+            &out,
+            &Uniform,
+            4.0
+        )
+        .is_err()
     );
     assert!(!out.exists());
     // An output directory that does not exist: an error, no stray temporary file.
@@ -182,14 +199,24 @@ fn tcq_beats_ecsq_on_held_out_gemma_at_equal_rate() {
     eprintln!("gemma o_proj at 4 bits: TCQ {tcq:.4}, ECSQ {ecsq:.4}");
     let nmse = |codec: &dyn WeightCodec| {
         let t = src.tensor(&src.names()[0]).unwrap();
-        Compressor::new(codec).compress_tensor(&t, None).unwrap().1.nmse()
+        Compressor::new(codec)
+            .compress_tensor(&t, None)
+            .unwrap()
+            .1
+            .nmse()
     };
     let tcq_codec = TcqCodec::for_bits(4.0).unwrap();
     let o = CompressOptions::for_codec(&tcq_codec);
     let (t, _) = tune_to_rate(&tcq_codec, &o, &src, &Uniform, 4.0).unwrap();
     let ecsq_codec = EcsqCodec::for_bits(4.0).unwrap();
-    let (e, _) =
-        tune_to_rate(&ecsq_codec, &CompressOptions::default(), &src, &Uniform, 4.0).unwrap();
+    let (e, _) = tune_to_rate(
+        &ecsq_codec,
+        &CompressOptions::default(),
+        &src,
+        &Uniform,
+        4.0,
+    )
+    .unwrap();
     let (tn, en) = (nmse(&t), nmse(&e));
     assert!(tn < 0.88 * en, "TCQ {tn} vs ECSQ {en}");
 }
