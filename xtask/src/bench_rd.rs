@@ -348,13 +348,18 @@ pub fn run(a: &BenchArgs) -> Result<()> {
         {
             worst_all = Some((x, r, set));
         }
-        for (name, colour, pts, dash) in [
-            ("NWC", "#d62728", &c.nwc, ""),
-            ("TCQ", "#2ca02c", &c.tcq, ""),
-            ("ECSQ", "#1f77b4", &c.ecsq, ""),
-            ("RTN g128", "#7f7f7f", &c.rtn, ""),
+        // Dark shades for the first model, light for the second.
+        let first = series.is_empty();
+        for (name, colour, pts) in [
+            ("NWC", if first { "#d62728" } else { "#ff9896" }, &c.nwc),
+            ("TCQ", if first { "#2ca02c" } else { "#98df8a" }, &c.tcq),
+            ("ECSQ", if first { "#1f77b4" } else { "#aec7e8" }, &c.ecsq),
+            (
+                "RTN g128",
+                if first { "#4d4d4d" } else { "#bdbdbd" },
+                &c.rtn,
+            ),
         ] {
-            let _ = dash;
             if !pts.is_empty() {
                 series.push((format!("{name} {set}"), colour, xy(pts)));
             }

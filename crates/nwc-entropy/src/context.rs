@@ -65,6 +65,31 @@ impl ContextModel {
         Self::new(next, context).expect("a valid trellis")
     }
 
+    /// A shift-register trellis of `2^bits` states (`bits` in 2..=8): in state `q`, parity `p` of
+    /// the union index leads to `((q << 1) | (p ^ parity(q & mask))) mod 2^bits`, and the context
+    /// (union codebook) of `q` is its low bit. The two branches into any state come from states
+    /// with the same low bit, as trellis-coded quantization needs. [`ContextModel::tcq8`] is
+    /// `shift_register(3, 0b110)`.
+    ///
+    /// # Errors
+    /// [`EntropyError::InvalidLayout`] for `bits` outside 2..=8.
+    pub fn shift_register(bits: u32, mask: u8) -> Result<Self> {
+        if !(2..=8).contains(&bits) {
+            return Err(EntropyError::InvalidLayout(format!(
+                "a {bits}-bit shift-register trellis (2..=8)"
+            )));
+        }
+        let n = 1usize << bits;
+        let next = (0..n)
+            .map(|q| {
+                let f = ((q as u32 & u32::from(mask)).count_ones() & 1) as usize;
+                [((q << 1) | f) & (n - 1), ((q << 1) | (1 ^ f)) & (n - 1)].map(|s| s as u8)
+            })
+            .collect();
+        let context = (0..n).map(|q| (q & 1) as u8).collect();
+        Self::new(next, context)
+    }
+
     /// Number of states.
     pub fn n_states(&self) -> usize {
         self.next.len()
@@ -117,6 +142,20 @@ mod tests {
         // Negative symbols follow their two's-complement parity.
         assert_eq!(m.next(0, -1), m.next(0, 1));
         assert_eq!(m.next(0, i32::MIN), m.next(0, 0));
+    }
+
+    #[test]
+    fn tcq8_is_the_shift_register_with_mask_6() {
+        assert_eq!(
+            ContextModel::shift_register(3, 0b110).unwrap(),
+            ContextModel::tcq8()
+        );
+        assert!(ContextModel::shift_register(1, 0).is_err());
+        assert!(ContextModel::shift_register(9, 0).is_err());
+        assert_eq!(
+            ContextModel::shift_register(8, 0x5a).unwrap().n_states(),
+            256
+        );
     }
 
     #[test]

@@ -53,7 +53,10 @@ impl RateModel {
 }
 
 /// The Viterbi search of one chunk: `x` in units of the fine step δ, `lambda` in squared steps
-/// per bit. Writes the union index of each value to `out`.
+/// per bit. Writes the union index of each value to `out` (which must be as long as `x`).
+///
+/// `model` must be a trellis: contexts 0 and 1 (the union codebooks) and a successor for each
+/// parity, as [`ContextModel::tcq8`] and [`ContextModel::shift_register`] are.
 pub fn viterbi_chunk(
     model: &ContextModel,
     x: &[f32],
@@ -61,22 +64,39 @@ pub fn viterbi_chunk(
     rate: &RateModel,
     out: &mut [i32],
 ) {
-    const S: usize = 8;
-    debug_assert_eq!(model.n_states(), S);
-    let n = x.len();
+    match model.n_states() {
+        0..=8 => viterbi::<8>(model, x, lambda, rate, out),
+        9..=16 => viterbi::<16>(model, x, lambda, rate, out),
+        17..=32 => viterbi::<32>(model, x, lambda, rate, out),
+        33..=64 => viterbi::<64>(model, x, lambda, rate, out),
+        65..=128 => viterbi::<128>(model, x, lambda, rate, out),
+        _ => viterbi::<256>(model, x, lambda, rate, out),
+    }
+}
+
+/// [`viterbi_chunk`] with state arrays of `S ≥ n_states` entries.
+fn viterbi<const S: usize>(
+    model: &ContextModel,
+    x: &[f32],
+    lambda: f32,
+    rate: &RateModel,
+    out: &mut [i32],
+) {
+    let n_states = model.n_states();
+    let n = x.len().min(out.len());
     let mut cost = [f32::INFINITY; S];
     cost[0] = 0.0;
     // back[t * S + state] = (previous state, union index)
     let mut back = vec![(0u8, 0i32); n * S];
-    for (t, &v) in x.iter().enumerate() {
+    for (t, &v) in x.iter().take(n).enumerate() {
         let mut next = [f32::INFINITY; S];
         let mut from = [(0u8, 0i32); S];
-        for q in 0..S as u8 {
-            let c0 = cost[usize::from(q)];
+        for (qi, &c0) in cost.iter().enumerate().take(n_states) {
+            let q = qi as u8;
             if !c0.is_finite() {
                 continue;
             }
-            let u = model.context(q);
+            let u = model.context(q) & 1;
             for p in 0..2u8 {
                 // Fine indices j ≡ r (mod 4) bracketing v.
                 let r = (2 * i32::from(p) + u as i32) as f32;
@@ -98,7 +118,7 @@ pub fn viterbi_chunk(
     }
     // The cheapest end state (ties: the lowest state), then back along the path.
     let mut q = 0usize;
-    for s in 1..S {
+    for s in 1..n_states {
         if cost[s] < cost[q] {
             q = s;
         }
@@ -115,7 +135,7 @@ pub fn viterbi_chunk(
 pub fn reconstruct_chunk(model: &ContextModel, symbols: &[i32], out: &mut [f32]) {
     let mut q = 0u8;
     for (&k, o) in symbols.iter().zip(out) {
-        let u = model.context(q) as i64;
+        let u = (model.context(q) & 1) as i64;
         *o = (2 * i64::from(k) + u) as f32;
         q = model.next(q, k);
     }
@@ -176,5 +196,56 @@ mod tests {
             / x.len() as f64;
         let gain_db = 10.0 * ((4.0 / 12.0) / mse).log10();
         assert!(gain_db > 0.9, "granular gain {gain_db:.3} dB");
+    }
+}
+
+/// Granular gain of every shift-register trellis mask at 2^3..2^8 states, on a dense Gaussian
+/// source at λ = 0 (`cargo test -p nwc-entropy --release -- --ignored --nocapture trellis_masks`).
+#[cfg(test)]
+mod search {
+    use super::*;
+
+    #[test]
+    #[ignore = "a measurement, not a check: prints the best mask per trellis size"]
+    fn trellis_masks() {
+        let mut rng = crate::SplitMix64(2);
+        let x: Vec<f32> = (0..64 * 2048)
+            .map(|_| {
+                let (a, b) = (rng.next_f64().max(1e-300), rng.next_f64());
+                ((-2.0 * a.ln()).sqrt() * (std::f64::consts::TAU * b).cos() * 20.0) as f32
+            })
+            .collect();
+        for bits in 3..=8u32 {
+            let mut best = (f64::INFINITY, 0u8);
+            let masks: Vec<u8> = (0..(1u32 << bits))
+                .map(|m| m as u8)
+                .filter(|m| m & 1 == 0)
+                .collect();
+            for &mask in &masks {
+                let m = ContextModel::shift_register(bits, mask).unwrap();
+                let (mut k, mut j) = (vec![0; 64], vec![0.0; 64]);
+                let mut e = 0.0f64;
+                for c in x.chunks(64).take(if bits > 6 { 512 } else { 2048 }) {
+                    viterbi_chunk(&m, c, 0.0, &RateModel::flat(), &mut k);
+                    reconstruct_chunk(&m, &k, &mut j);
+                    e += c
+                        .iter()
+                        .zip(&j)
+                        .map(|(a, b)| f64::from(a - b).powi(2))
+                        .sum::<f64>();
+                }
+                let n = x.chunks(64).take(if bits > 6 { 512 } else { 2048 }).count() * 64;
+                let mse = e / n as f64;
+                if mse < best.0 {
+                    best = (mse, mask);
+                }
+            }
+            println!(
+                "{:>3} states: best mask {:#010b}, gain {:.3} dB over the union grid",
+                1 << bits,
+                best.1,
+                10.0 * ((4.0 / 12.0) / best.0).log10()
+            );
+        }
     }
 }

@@ -30,6 +30,13 @@ impl CodecKind {
         }
     }
 
+    /// Whether the table map stores one table per position of a chunk (`true`), or one per row,
+    /// the same for every position (`false`: the trellis methods, whose symbols are not tied to a
+    /// position). In memory a [`CodedPayload::table_map`] always has an entry per position.
+    pub fn per_position_tables(self) -> bool {
+        !matches!(self, CodecKind::Tcq | CodecKind::NwcTrellis)
+    }
+
     /// The format code.
     pub fn code(self) -> u8 {
         match self {
@@ -267,8 +274,20 @@ fn encode_coded(b: &mut Vec<u8>, r: &Record, n: u64, c: &CodedPayload) -> Result
             b.extend(f.to_le_bytes());
         }
     }
-    for t in &c.table_map {
-        b.extend(t.to_le_bytes());
+    if c.method.per_position_tables() {
+        for t in &c.table_map {
+            b.extend(t.to_le_bytes());
+        }
+    } else {
+        for row in c.table_map.chunks_exact(usize::from(c.chunk_len)) {
+            if row.iter().any(|&t| t != row[0]) {
+                return Err(invalid(format!(
+                    "{name}: a {:?} table-map row names more than one table",
+                    c.method
+                )));
+            }
+            b.extend(row[0].to_le_bytes());
+        }
     }
     b.extend(c.chunks_per_segment.to_le_bytes());
     b.extend((c.segments.len() as u32).to_le_bytes());
@@ -471,12 +490,23 @@ fn decode_coded(
             freqs,
         });
     }
-    let map_len = u64::from(n_levels) * method.contexts() as u64 * u64::from(chunk_len);
-    let raw = r.take(map_len * 2, "table map")?;
-    let table_map: Vec<u16> = raw
+    let rows = u64::from(n_levels) * method.contexts() as u64;
+    let per_row = if method.per_position_tables() {
+        u64::from(chunk_len)
+    } else {
+        1
+    };
+    let raw = r.take(rows * per_row * 2, "table map")?;
+    let stored = raw
         .chunks_exact(2)
-        .map(|c| u16::from_le_bytes([c[0], c[1]]))
-        .collect();
+        .map(|c| u16::from_le_bytes([c[0], c[1]]));
+    let table_map: Vec<u16> = if method.per_position_tables() {
+        stored.collect()
+    } else {
+        stored
+            .flat_map(|t| std::iter::repeat_n(t, usize::from(chunk_len)))
+            .collect()
+    };
     if n_tables > 0 && table_map.iter().any(|&t| t >= n_tables) {
         return bad("table map refers to a missing table".into());
     }

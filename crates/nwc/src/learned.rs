@@ -17,8 +17,8 @@ const BATCH: usize = 1 << 16;
 
 /// The network a checkpoint holds.
 enum Net<B: Backend> {
-    Autoencoder(Mutex<NwcModel<B>>),
-    Refiner(Mutex<Refiner<B>>),
+    Autoencoder(Box<Mutex<NwcModel<B>>>),
+    Refiner(Box<Mutex<Refiner<B>>>),
 }
 
 /// The learned codec, in the variant its checkpoint holds:
@@ -63,12 +63,12 @@ impl<B: Backend> NwcCodec<B> {
         }
         let config = |e: nwc_codec::CodecError| NwcError::Config(e.to_string());
         let net = match cfg.variant {
-            Variant::Autoencoder => {
-                Net::Autoencoder(Mutex::new(checkpoint.model::<B>(device).map_err(config)?))
-            }
-            Variant::TrellisRefiner => {
-                Net::Refiner(Mutex::new(checkpoint.refiner::<B>(device).map_err(config)?))
-            }
+            Variant::Autoencoder => Net::Autoencoder(Box::new(Mutex::new(
+                checkpoint.model::<B>(device).map_err(config)?,
+            ))),
+            Variant::TrellisRefiner => Net::Refiner(Box::new(Mutex::new(
+                checkpoint.refiner::<B>(device).map_err(config)?,
+            ))),
         };
         let step_index = checkpoint
             .steps()

@@ -21,20 +21,33 @@ use crate::error::{NwcError, Result};
 /// The largest union index a value may need before it is refused (not wrapped).
 const MAX_ABS_INDEX: f32 = (1u32 << 29) as f32;
 
+/// How the trellis search runs.
+struct Search<'a> {
+    model: &'a ContextModel,
+    /// 1 / fine step, per quality level.
+    inv_steps: &'a [f32],
+    lambda: f32,
+    passes: usize,
+    precision: u32,
+}
+
 /// Runs ECTCQ on chunks: a first pass on distortion alone, then `passes` passes with the rate of
-/// tables fitted to the previous pass. `scaled(chunk, level)` yields the chunk in fine steps.
-/// Returns the symbols and the final tables / table map (rows `2·level + union`).
-pub(crate) fn quantize_chunks(
-    model: &ContextModel,
+/// tables fitted to the previous pass. Returns the symbols and the final tables / table map
+/// (rows `2·level + union`).
+fn quantize_chunks(
+    search: &Search<'_>,
     name: &str,
     chunks: &[f32],
     chunk_len: usize,
     chunk_levels: &[u8],
-    inv_steps: &[f32],
-    lambda: f32,
-    passes: usize,
-    precision: u32,
 ) -> Result<(Vec<i32>, Vec<nwc_entropy::Table>, Vec<u16>)> {
+    let Search {
+        model,
+        inv_steps,
+        lambda,
+        passes,
+        precision,
+    } = *search;
     if let Some(&bad) = chunks
         .iter()
         .zip(
@@ -44,7 +57,7 @@ pub(crate) fn quantize_chunks(
                 .flat_map(|(c, &l)| std::iter::repeat_n(inv_steps[usize::from(l)], c.len())),
         )
         .map(|(&x, inv)| x * inv)
-        .find(|v| !(v.abs() <= MAX_ABS_INDEX))
+        .find(|v| v.is_nan() || v.abs() > MAX_ABS_INDEX)
         .as_ref()
     {
         return Err(NwcError::Unrepresentable {
@@ -318,17 +331,15 @@ impl WeightCodec for TcqCodec {
     ) -> Result<Quantized> {
         check_levels(name, chunk_levels)?;
         let inv = self.steps.map(|s| 1.0 / s);
-        let (symbols, tables, table_map) = quantize_chunks(
-            &self.model,
-            name,
-            chunks,
-            chunk_len,
-            chunk_levels,
-            &inv,
-            self.lambda,
-            self.passes,
-            self.precision,
-        )?;
+        let search = Search {
+            model: &self.model,
+            inv_steps: &inv,
+            lambda: self.lambda,
+            passes: self.passes,
+            precision: self.precision,
+        };
+        let (symbols, tables, table_map) =
+            quantize_chunks(&search, name, chunks, chunk_len, chunk_levels)?;
         Ok(Quantized {
             symbols,
             params: self.steps.iter().flat_map(|s| s.to_le_bytes()).collect(),

@@ -67,7 +67,28 @@ fn hits<C: RateControl>(codec: &C, src: &Subset, bits: f64) -> f64 {
         .unwrap()
         .compress_source_to_file(src, &path, &Uniform)
         .unwrap();
-    let file_bits = NwcFile::open(&path).unwrap().bits_per_param().unwrap();
+    let file = NwcFile::open(&path).unwrap();
+    let file_bits = file.bits_per_param().unwrap();
+    // The file decodes, tensor by tensor, to what the report measured.
+    let (mut e2, mut s2) = (0.0, 0.0);
+    for (name, rep) in src.names().iter().zip(&report.tensors) {
+        let back = file.tensor(&tuned, name).unwrap().to_f32().unwrap();
+        let orig = src.tensor(name).unwrap().to_f32().unwrap();
+        assert_eq!(back.len(), orig.len());
+        let e: f64 = orig
+            .iter()
+            .zip(&back)
+            .map(|(a, b)| f64::from(a - b).powi(2))
+            .sum();
+        assert!(
+            (e - rep.sq_error).abs() <= 1e-9 * (1.0 + e),
+            "{name}: {e} vs {}",
+            rep.sq_error
+        );
+        e2 += e;
+        s2 += orig.iter().map(|a| f64::from(*a).powi(2)).sum::<f64>();
+    }
+    assert!(e2 / s2 < 0.2);
     assert!(
         (file_bits - measured).abs() < 1e-12,
         "search {measured}, file {file_bits}"
@@ -219,4 +240,28 @@ fn tcq_beats_ecsq_on_held_out_gemma_at_equal_rate() {
     .unwrap();
     let (tn, en) = (nmse(&t), nmse(&e));
     assert!(tn < 0.88 * en, "TCQ {tn} vs ECSQ {en}");
+}
+
+#[test]
+fn trellis_encoding_is_the_same_on_one_and_two_threads() {
+    let Some(src) = minilm_layer() else { return };
+    let t = src
+        .tensor("encoder.layer.5.attention.self.query.weight")
+        .unwrap();
+    let nwc = NwcCodec::<NdArray>::default_on(&Default::default()).unwrap();
+    let tcq = TcqCodec::for_bits(3.0).unwrap();
+    let codecs: [&dyn WeightCodec; 2] = [&tcq, &nwc];
+    for codec in codecs {
+        let run = |threads: usize| {
+            rayon::ThreadPoolBuilder::new()
+                .num_threads(threads)
+                .build()
+                .unwrap()
+                .install(|| Compressor::new(codec).compress_tensor(&t, None).unwrap())
+        };
+        let (a, ra) = run(1);
+        let (b, rb) = run(2);
+        assert_eq!(a, b, "{:?}", codec.kind());
+        assert_eq!(ra.sq_error.to_bits(), rb.sq_error.to_bits());
+    }
 }
