@@ -490,13 +490,13 @@ fn decode_coded(
             freqs,
         });
     }
-    let rows = u64::from(n_levels) * method.contexts() as u64;
+    let map_rows = u64::from(n_levels) * method.contexts() as u64;
     let per_row = if method.per_position_tables() {
         u64::from(chunk_len)
     } else {
         1
     };
-    let raw = r.take(rows * per_row * 2, "table map")?;
+    let raw = r.take(map_rows * per_row * 2, "table map")?;
     let stored = raw
         .chunks_exact(2)
         .map(|c| u16::from_le_bytes([c[0], c[1]]));

@@ -252,3 +252,43 @@ proptest! {
         let _ = read_all(&data, opts);
     }
 }
+
+#[test]
+fn trellis_records_store_one_table_per_row_and_round_trip() {
+    // 70 rows in chunks of 64: two chunks per column, the table map compressed to one index per
+    // (level, union) row on disk and expanded again in memory.
+    let mut rec = coded("t.weight", 70, 5);
+    if let Payload::Coded(c) = &mut rec.payload {
+        c.method = CodecKind::Tcq;
+        c.chunk_len = 64;
+        c.tables.push(c.tables[0].clone());
+        c.table_map = (0..4 * 2)
+            .flat_map(|row| vec![(row % 2) as u16; 64])
+            .collect();
+        let n_seg = (5 * 2u64).div_ceil(3);
+        c.segments = (0..n_seg).map(|i| vec![i as u8; 32]).collect();
+    }
+    let mut w = Writer::new(Vec::new(), Header::new(CodecKind::Tcq, [0; 32])).unwrap();
+    let len = w.write(&rec).unwrap();
+    let bytes = w.finish().unwrap().0;
+    let back = FileReader::new(&bytes, ReadOptions::default())
+        .unwrap()
+        .record(0)
+        .unwrap();
+    assert_eq!(back, rec);
+    // One u16 per row instead of 64: the map costs 16 bytes, not 1 KiB.
+    let mut ecsq_like = rec.clone();
+    if let Payload::Coded(c) = &mut ecsq_like.payload {
+        c.method = CodecKind::Ecsq;
+        c.table_map.truncate(4 * 64);
+    }
+    let mut w2 = Writer::new(Vec::new(), Header::new(CodecKind::Ecsq, [0; 32])).unwrap();
+    assert_eq!(w2.write(&ecsq_like).unwrap(), len + 4 * 64 * 2 - 8 * 2);
+    // A trellis row that names two tables cannot be stored.
+    let mut mixed = rec.clone();
+    if let Payload::Coded(c) = &mut mixed.payload {
+        c.table_map[3] = 1;
+    }
+    let mut w3 = Writer::new(Vec::new(), Header::new(CodecKind::Tcq, [0; 32])).unwrap();
+    assert!(w3.write(&mixed).is_err());
+}

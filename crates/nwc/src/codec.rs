@@ -175,14 +175,16 @@ impl EcsqCodec {
 /// The largest symbol magnitude ECSQ produces; beyond it the weight is refused, not wrapped.
 const MAX_ABS_SYMBOL: f32 = (1u32 << 30) as f32;
 
-fn parse_steps(name: &str, params: &[u8], n_levels: usize) -> Result<Vec<f32>> {
+/// Steps from a record's parameters: one positive finite `f32` per level (`what` names the
+/// method in errors).
+pub(crate) fn parse_steps(name: &str, params: &[u8], n: usize, what: &str) -> Result<Vec<f32>> {
     let corrupt = |reason: String| NwcError::Corrupt {
         name: name.to_string(),
         reason,
     };
-    if params.len() != 4 * n_levels {
+    if params.len() != 4 * n {
         return Err(corrupt(format!(
-            "ECSQ parameters of {} bytes",
+            "{what} parameters of {} bytes",
             params.len()
         )));
     }
@@ -191,7 +193,7 @@ fn parse_steps(name: &str, params: &[u8], n_levels: usize) -> Result<Vec<f32>> {
         .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
         .collect();
     if steps.iter().any(|s| !(s.is_finite() && *s > 0.0)) {
-        return Err(corrupt(format!("ECSQ steps {steps:?}")));
+        return Err(corrupt(format!("{what} steps {steps:?}")));
     }
     Ok(steps)
 }
@@ -281,7 +283,7 @@ impl WeightCodec for EcsqCodec {
         chunk_levels: &[u8],
         params: &[u8],
     ) -> Result<Vec<f32>> {
-        let steps = parse_steps(name, params, 4)?;
+        let steps = parse_steps(name, params, 4, "ECSQ")?;
         Ok(symbols
             .par_chunks(chunk_len)
             .zip(chunk_levels.par_iter())

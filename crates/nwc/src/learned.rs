@@ -403,7 +403,7 @@ where
                 .map_err(|e| corrupt(e.to_string()))?;
             // Grid positions in steps (the TCQ decode at unit steps), then the refiner.
             crate::tcq::check_levels(name, chunk_levels)?;
-            let steps = crate::tcq::parse_steps(name, params, 4, "NWC trellis")?;
+            let steps = crate::codec::parse_steps(name, params, 4, "NWC trellis")?;
             let grid = self.tcq.grid(symbols, chunk_len);
             let l = self.checkpoint.config().chunk_len;
             let per = chunk_len / l;

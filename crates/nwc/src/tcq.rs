@@ -15,7 +15,7 @@ use nwc_entropy::{ContextModel, RateModel, Table, reconstruct_chunk, viterbi_chu
 use nwc_format::CodecKind;
 use rayon::prelude::*;
 
-use crate::codec::{Quantized, WeightCodec, histogram_table};
+use crate::codec::{Quantized, WeightCodec, histogram_table, parse_steps};
 use crate::error::{NwcError, Result};
 
 /// The largest union index a value may need before it is refused (not wrapped).
@@ -271,28 +271,6 @@ impl TcqCodec {
             .for_each(|(o, s)| reconstruct_chunk(&self.model, s, o));
         out
     }
-}
-
-/// Steps from a record's parameters: one positive finite `f32` per level.
-pub(crate) fn parse_steps(name: &str, params: &[u8], n: usize, what: &str) -> Result<Vec<f32>> {
-    let corrupt = |reason: String| NwcError::Corrupt {
-        name: name.to_string(),
-        reason,
-    };
-    if params.len() != 4 * n {
-        return Err(corrupt(format!(
-            "{what} parameters of {} bytes",
-            params.len()
-        )));
-    }
-    let steps: Vec<f32> = params
-        .chunks_exact(4)
-        .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
-        .collect();
-    if steps.iter().any(|s| !(s.is_finite() && *s > 0.0)) {
-        return Err(corrupt(format!("{what} steps {steps:?}")));
-    }
-    Ok(steps)
 }
 
 pub(crate) fn check_levels(name: &str, chunk_levels: &[u8]) -> Result<()> {
