@@ -44,11 +44,11 @@ pub struct LlmBenchArgs {
     )]
     pub calib_text: Vec<String>,
     /// Bit widths of RTN and GPTQ (groups of 128).
-    #[arg(long, default_value = "2,3,4,5,6,8", value_delimiter = ',')]
+    #[arg(long, default_value = "3,4,5", value_delimiter = ',')]
     pub baseline_bits: Vec<u32>,
     /// Nominal rates (bits per value at quality level 0) at which NWC and ECSQ run, each mode;
     /// the measured rates are what the table reports.
-    #[arg(long, default_value = "3,4,5,6", value_delimiter = ',')]
+    #[arg(long, default_value = "3.5,4.5", value_delimiter = ',')]
     pub nwc_bits: Vec<f32>,
     /// Skip the ECSQ rows.
     #[arg(long)]
@@ -299,12 +299,8 @@ fn write_report(
     let _ = writeln!(md, "# Perplexity against measured rate on a real Llama\n");
     let _ = writeln!(
         md,
-        "Made by `cargo xtask bench-llm{}` in {:.0} min on this machine (2 CPU cores, NdArray backend).\n",
-        if a.model.is_some() {
-            " --model …"
-        } else {
-            ""
-        },
+        "Made by `cargo xtask {}` in {:.0} min on this machine (2 CPU cores, NdArray backend).\n",
+        std::env::args().skip(1).collect::<Vec<_>>().join(" "),
         t0.elapsed().as_secs_f64() / 60.0
     );
     let _ = writeln!(
