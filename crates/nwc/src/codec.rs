@@ -144,12 +144,7 @@ impl EcsqCodec {
     /// # Errors
     /// [`NwcError::Config`] for a target outside `0.5..=16`.
     pub fn for_bits(bits: f32) -> Result<Self> {
-        if !(0.5..=16.0).contains(&bits) {
-            return Err(NwcError::Config(format!(
-                "target of {bits} bits outside 0.5..=16"
-            )));
-        }
-        Self::with_step((2.047 - bits).exp2())
+        Self::with_step(high_rate_step(bits)?)
     }
 
     /// Sets the table precision (8..=16 bits).
@@ -170,6 +165,20 @@ impl EcsqCodec {
     pub fn steps(&self) -> [f32; 4] {
         self.steps
     }
+}
+
+/// The uniform step of about `bits` bits per value on unit-RMS weights: the high-rate estimate for
+/// a Gaussian, `H ≈ h(X) − log₂ step` with `h = 2.047` bits.
+///
+/// # Errors
+/// [`NwcError::Config`] for a target outside `0.5..=16`.
+pub(crate) fn high_rate_step(bits: f32) -> Result<f32> {
+    if !(0.5..=16.0).contains(&bits) {
+        return Err(NwcError::Config(format!(
+            "target of {bits} bits outside 0.5..=16"
+        )));
+    }
+    Ok((2.047 - bits).exp2())
 }
 
 /// The largest symbol magnitude ECSQ produces; beyond it the weight is refused, not wrapped.

@@ -210,12 +210,8 @@ impl TcqCodec {
     /// # Errors
     /// [`NwcError::Config`] for a target outside `0.5..=16`.
     pub fn for_bits(bits: f32) -> Result<Self> {
-        if !(0.5..=16.0).contains(&bits) {
-            return Err(NwcError::Config(format!(
-                "target of {bits} bits outside 0.5..=16"
-            )));
-        }
-        Self::with_step((2.047 - bits).exp2() / 2.0)
+        // The union codebooks have twice the fine step: they carry the rate.
+        Self::with_step(crate::codec::high_rate_step(bits)? / 2.0)
     }
 
     /// Sets the search's rate–distortion trade-off (squared fine steps per bit, ≥ 0).
