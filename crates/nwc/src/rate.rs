@@ -113,59 +113,68 @@ pub fn tune_to_rate<C: RateControl>(
     }
     // High-rate theory: one more bit per value halves the step. Bracket, then regula falsi in
     // (log₂ step, bits), which is close to a line.
-    let mut s0 = f64::from(codec.log2_step());
-    let mut c0 = codec.with_log2_step(s0 as f32)?;
-    let mut r0 = measure(&c0, options, source, importance)?;
-    let mut best = (c0.with_log2_step(s0 as f32)?, r0);
-    if ((r0 - bits) / bits).abs() <= RATE_TOLERANCE {
-        return Ok(best);
-    }
-    let mut s1 = s0 + (r0 - bits);
-    let mut c1 = codec.with_log2_step(s1 as f32)?;
-    let mut r1 = measure(&c1, options, source, importance)?;
-    // Widen until the target is bracketed (the rate falls as the step grows).
-    let mut widen = 0;
-    while (r0 - bits) * (r1 - bits) > 0.0 {
-        widen += 1;
-        if widen > 8 {
-            return Err(NwcError::Config(format!(
-                "{bits} bits/param is out of reach: measured {r0:.4} and {r1:.4} at steps 2^{s0:.2} and 2^{s1:.2}"
-            )));
-        }
-        (s0, r0, c0) = (s1, r1, c1);
-        s1 = s0 + 2.0 * (r0 - bits).signum() * (r0 - bits).abs().max(1.0);
-        c1 = codec.with_log2_step(s1 as f32)?;
-        r1 = measure(&c1, options, source, importance)?;
-    }
-    for (s, r, c) in [(s0, r0, c0), (s1, r1, c1)] {
-        if (r - bits).abs() < (best.1 - bits).abs() {
-            best = (c, r);
-        }
-        let _ = s;
-    }
-    let (mut lo, mut hi) = if r0 > bits {
-        ((s0, r0), (s1, r1))
-    } else {
-        ((s1, r1), (s0, r0))
-    };
-    // lo: smaller step, rate above the target; hi: larger step, rate below.
-    for _ in 0..24 {
-        if ((best.1 - bits) / bits).abs() <= RATE_TOLERANCE {
-            break;
-        }
-        let t = ((lo.1 - bits) / (lo.1 - hi.1)).clamp(0.1, 0.9);
-        let s = lo.0 + t * (hi.0 - lo.0);
+    let eval = |s: f64| -> Result<(C, f64)> {
         let c = codec.with_log2_step(s as f32)?;
         let r = measure(&c, options, source, importance)?;
         tracing::debug!(log2_step = s, bits = r, "rate search");
-        if r > bits {
-            lo = (s, r);
+        Ok((c, r))
+    };
+    let off = |r: f64| ((r - bits) / bits).abs();
+    let mut s0 = f64::from(codec.log2_step());
+    let (c, mut r0) = eval(s0)?;
+    let mut best = (c, r0);
+    let keep = |best: &mut (C, f64), c: C, r: f64| {
+        if off(r) < off(best.1) {
+            *best = (c, r);
+        }
+    };
+    if off(r0) > RATE_TOLERANCE {
+        let mut s1 = s0 + (r0 - bits);
+        let (c, mut r1) = eval(s1)?;
+        keep(&mut best, c, r1);
+        // Widen until the target is bracketed (the rate falls as the step grows).
+        let mut widen = 0;
+        while (r0 - bits) * (r1 - bits) > 0.0 {
+            widen += 1;
+            if widen > 8 {
+                return Err(NwcError::Config(format!(
+                    "{bits} bits/param is out of reach: measured {r0:.4} and {r1:.4} at steps 2^{s0:.2} and 2^{s1:.2}"
+                )));
+            }
+            (s0, r0) = (s1, r1);
+            s1 = s0 + 2.0 * (r0 - bits).signum() * (r0 - bits).abs().max(1.0);
+            let (c, r) = eval(s1)?;
+            r1 = r;
+            keep(&mut best, c, r1);
+        }
+        // lo: the smaller step, rate above the target; hi: the larger step, rate below.
+        let (mut lo, mut hi) = if r0 > bits {
+            ((s0, r0), (s1, r1))
         } else {
-            hi = (s, r);
+            ((s1, r1), (s0, r0))
+        };
+        for _ in 0..24 {
+            if off(best.1) <= RATE_TOLERANCE {
+                break;
+            }
+            let t = ((lo.1 - bits) / (lo.1 - hi.1)).clamp(0.1, 0.9);
+            let s = lo.0 + t * (hi.0 - lo.0);
+            let (c, r) = eval(s)?;
+            if r > bits {
+                lo = (s, r);
+            } else {
+                hi = (s, r);
+            }
+            keep(&mut best, c, r);
         }
-        if (r - bits).abs() < (best.1 - bits).abs() {
-            best = (c, r);
-        }
+    }
+    // The rate moves in whole bytes and the steps are f32: a target between two neighbouring
+    // files can be unreachable within 1 %, which is an error, not a silently worse file.
+    if off(best.1) > 0.01 {
+        return Err(NwcError::Config(format!(
+            "{bits} bits/param not reached within 1 %: the closest file measures {:.4}",
+            best.1
+        )));
     }
     tracing::info!(target_bits = bits, measured = best.1, "rate search done");
     Ok(best)
