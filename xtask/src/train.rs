@@ -165,8 +165,12 @@ pub fn run(a: &TrainArgs) -> Result<()> {
         ..TrainConfig::default()
     };
     let (data, held) = training_chunks(a.whisper, a.gemma)?;
+    let resume = a.resume.as_ref().map(Checkpoint::load).transpose()?;
+    if let Some(dir) = a.out.parent() {
+        std::fs::create_dir_all(dir)?;
+    }
     if a.refiner {
-        return refine(a, &cfg, &data, &held);
+        return refine(a, &cfg, &data, &held, resume.as_ref());
     }
     println!(
         "training {:?} (width {}, {} blocks) on {} chunks, {} held out; λ = {}, {} steps of {}",
@@ -179,10 +183,6 @@ pub fn run(a: &TrainArgs) -> Result<()> {
         tc.steps,
         tc.batch
     );
-    let resume = a.resume.as_ref().map(Checkpoint::load).transpose()?;
-    if let Some(dir) = a.out.parent() {
-        std::fs::create_dir_all(dir)?;
-    }
     match a.backend {
         BackendKind::Cpu => go::<
             nwc_codec::burn::backend::Autodiff<nwc_codec::burn::backend::NdArray>,
@@ -257,18 +257,18 @@ fn go<B: nwc_codec::burn::tensor::backend::AutodiffBackend>(
             }
         },
     )?;
-    let hash: String = c.hash().iter().map(|b| format!("{b:02x}")).collect();
-    println!(
-        "wrote {} ({} bytes, {} steps, sha256 {hash})",
-        out.display(),
-        c.bytes().len(),
-        c.train_steps()
-    );
+    wrote(out, &c);
     Ok(())
 }
 
 /// `--refiner`: trains the trellis refiner on the CPU (the only backend it has been run on).
-fn refine(a: &TrainArgs, cfg: &CodecConfig, data: &[f32], held: &[f32]) -> Result<()> {
+fn refine(
+    a: &TrainArgs,
+    cfg: &CodecConfig,
+    data: &[f32],
+    held: &[f32],
+    resume: Option<&Checkpoint>,
+) -> Result<()> {
     type B = nwc_codec::burn::backend::Autodiff<nwc_codec::burn::backend::NdArray>;
     if !matches!(a.backend, BackendKind::Cpu) {
         bail!("the refiner trains on the CPU backend");
@@ -292,10 +292,6 @@ fn refine(a: &TrainArgs, cfg: &CodecConfig, data: &[f32], held: &[f32]) -> Resul
         rc.bits.0,
         rc.bits.1
     );
-    let resume = a.resume.as_ref().map(Checkpoint::load).transpose()?;
-    if let Some(dir) = a.out.parent() {
-        std::fs::create_dir_all(dir)?;
-    }
     let t0 = Instant::now();
     println!(
         "{:>7} {:>11}  held-out MSE refined/TCQ at {:?} bits {:>8}",
@@ -310,7 +306,7 @@ fn refine(a: &TrainArgs, cfg: &CodecConfig, data: &[f32], held: &[f32]) -> Resul
         data,
         held,
         &Default::default(),
-        resume.as_ref(),
+        resume,
         |s| {
             let r: Vec<String> = s.heldout_ratio.iter().map(|r| format!("{r:.4}")).collect();
             println!(
@@ -327,12 +323,17 @@ fn refine(a: &TrainArgs, cfg: &CodecConfig, data: &[f32], held: &[f32]) -> Resul
             }
         },
     )?;
+    wrote(&a.out, &c);
+    Ok(())
+}
+
+/// The line that closes a training run: where the checkpoint went and its identity.
+fn wrote(out: &std::path::Path, c: &Checkpoint) {
     let hash: String = c.hash().iter().map(|b| format!("{b:02x}")).collect();
     println!(
         "wrote {} ({} bytes, {} steps, sha256 {hash})",
-        a.out.display(),
+        out.display(),
         c.bytes().len(),
         c.train_steps()
     );
-    Ok(())
 }

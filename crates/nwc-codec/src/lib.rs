@@ -38,7 +38,8 @@ pub use checkpoint::{Checkpoint, DEFAULT_STEPS};
 pub use config::{CodecConfig, Variant};
 pub use error::{CodecError, Result};
 pub use model::{EntropyBottleneck, NwcModel, Refiner, ResBlock, TrainOutput, Transform};
-pub use refine::{
-    EVAL_BITS, RefineConfig, RefineStats, evaluate_refiner, tcq_step_for_bits, train_refiner,
-};
+/// The trellis fine step for a nominal rate (what the refiner trains at; re-exported from
+/// `nwc-entropy`).
+pub use nwc_entropy::tcq_step_for_bits;
+pub use refine::{EVAL_BITS, RefineConfig, RefineStats, evaluate_refiner, train_refiner};
 pub use train::{LEVEL_WEIGHTS, TrainConfig, TrainStats, evaluate, train};

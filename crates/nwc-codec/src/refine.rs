@@ -7,21 +7,15 @@ use burn::module::AutodiffModule;
 use burn::optim::{AdamConfig, GradientsParams, Optimizer};
 use burn::tensor::backend::{AutodiffBackend, Backend};
 use burn::tensor::{ElementConversion as _, Int, Tensor, TensorData};
-use nwc_entropy::{ContextModel, RateModel, SplitMix64, reconstruct_chunk, viterbi_chunk};
+use nwc_entropy::{
+    ContextModel, LEVEL_STEP_RATIOS, RateModel, SplitMix64, reconstruct_chunk, tcq_step_for_bits,
+    viterbi_chunk,
+};
 
 use crate::checkpoint::Checkpoint;
 use crate::config::{CodecConfig, Variant};
 use crate::error::{CodecError, Result};
 use crate::model::Refiner;
-
-/// Relative quantizer step per quality level (the pipeline's `LEVEL_STEP_RATIOS`).
-const LEVEL_STEP_RATIOS: [f32; 4] = [1.0, 0.594, 0.171, 0.121];
-
-/// The trellis fine step for about `bits` bits per value on unit-RMS weights (the high-rate
-/// estimate the TCQ codec uses).
-pub fn tcq_step_for_bits(bits: f32) -> f32 {
-    (2.047 - bits).exp2() / 2.0
-}
 
 /// Refiner training hyper-parameters.
 #[derive(Debug, Clone, PartialEq)]

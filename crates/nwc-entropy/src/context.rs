@@ -20,10 +20,6 @@ pub struct ContextModel {
     n_contexts: usize,
 }
 
-/// Branch flips of the 8-state trellis: in state `q`, parity bit `p` of the union index leads to
-/// state `((q << 1) | (p ^ FLIP[q])) & 7`.
-const TCQ8_FLIP: [u8; 8] = [0, 0, 1, 1, 1, 1, 0, 0];
-
 impl ContextModel {
     /// A model from its transition table (`next[q][parity]`) and the context of each state.
     ///
@@ -53,16 +49,10 @@ impl ContextModel {
 
     /// The 8-state trellis of JPEG 2000 Part 2's trellis-coded quantization (Ungerboeck's
     /// 8-state code on the subsets D0…D3 of a scalar grid): even states draw from the union
-    /// codebook D0 ∪ D2 (context 0), odd states from D1 ∪ D3 (context 1).
+    /// codebook D0 ∪ D2 (context 0), odd states from D1 ∪ D3 (context 1). It is the shift-register
+    /// trellis with mask `0b110`: its branch flips are `[0, 0, 1, 1, 1, 1, 0, 0]`.
     pub fn tcq8() -> Self {
-        let next = (0..8u8)
-            .map(|q| {
-                let f = TCQ8_FLIP[usize::from(q)];
-                [((q << 1) | f) & 7, ((q << 1) | (1 ^ f)) & 7]
-            })
-            .collect();
-        let context = (0..8u8).map(|q| q & 1).collect();
-        Self::new(next, context).expect("a valid trellis")
+        Self::shift_register(3, 0b110).expect("3 bits is a valid trellis size")
     }
 
     /// A shift-register trellis of `2^bits` states (`bits` in 2..=8): in state `q`, parity `p` of
@@ -145,11 +135,17 @@ mod tests {
     }
 
     #[test]
-    fn tcq8_is_the_shift_register_with_mask_6() {
-        assert_eq!(
-            ContextModel::shift_register(3, 0b110).unwrap(),
-            ContextModel::tcq8()
-        );
+    fn tcq8_is_the_jpeg2000_trellis() {
+        // JPEG 2000 Part 2's table: in state q, parity p leads to ((q << 1) | (p ^ FLIP[q])) & 7.
+        const FLIP: [u8; 8] = [0, 0, 1, 1, 1, 1, 0, 0];
+        let m = ContextModel::tcq8();
+        for q in 0..8u8 {
+            for p in 0..2u8 {
+                let expected = ((q << 1) | (p ^ FLIP[usize::from(q)])) & 7;
+                assert_eq!(m.next_by_parity(q, p), expected, "state {q}, parity {p}");
+            }
+            assert_eq!(m.context(q), usize::from(q & 1));
+        }
         assert!(ContextModel::shift_register(1, 0).is_err());
         assert!(ContextModel::shift_register(9, 0).is_err());
         assert_eq!(

@@ -1,5 +1,6 @@
 //! The codec interface every weight codec implements, and the ECSQ baseline codec.
 
+pub use nwc_entropy::LEVEL_STEP_RATIOS;
 use nwc_entropy::{ContextModel, DEFAULT_PRECISION, MAX_SYMBOLS, Table};
 use nwc_format::CodecKind;
 use rayon::prelude::*;
@@ -50,8 +51,8 @@ pub trait WeightCodec: Send + Sync {
 
     /// The finite-state context model the entropy coder follows within each chunk, for codecs
     /// whose symbol distribution depends on the symbols before it (trellis-coded quantization).
-    /// With one, the table map has `n_levels` rows of which each chunk class owns
-    /// `n_contexts` consecutive ones.
+    /// With one, the table map has `n_levels × n_contexts` rows: a chunk of level `l` owns the
+    /// `n_contexts` consecutive rows from `l · n_contexts`.
     fn contexts(&self) -> Option<&ContextModel> {
         None
     }
@@ -96,11 +97,6 @@ pub trait WeightCodec: Send + Sync {
     ) -> Result<Vec<f32>>;
 }
 
-/// Relative quantizer step per quality level. A level's distortion weight in the paper's
-/// importance-aware loss is λ·{0.294, 0.833, 10, 20}; the MSE-optimal uniform step scales as
-/// 1/√weight, giving these ratios.
-pub const LEVEL_STEP_RATIOS: [f32; 4] = [1.0, 0.594, 0.171, 0.121];
-
 /// Entropy-coded scalar quantization (ECSQ): `q = round(y / step[level])`, coded with tables
 /// fitted to each tensor's own symbol histogram (stored in the record).
 ///
@@ -126,11 +122,7 @@ impl EcsqCodec {
     /// # Errors
     /// [`NwcError::Config`] unless every step is finite and positive.
     pub fn with_level_steps(steps: [f32; 4]) -> Result<Self> {
-        if steps.iter().any(|s| !(s.is_finite() && *s > 0.0)) {
-            return Err(NwcError::Config(format!(
-                "ECSQ steps {steps:?} must be finite and > 0"
-            )));
-        }
+        check_steps(&steps, "ECSQ")?;
         Ok(Self {
             steps,
             precision: DEFAULT_PRECISION,
@@ -144,7 +136,8 @@ impl EcsqCodec {
     /// # Errors
     /// [`NwcError::Config`] for a target outside `0.5..=16`.
     pub fn for_bits(bits: f32) -> Result<Self> {
-        Self::with_step(high_rate_step(bits)?)
+        check_target_bits(bits)?;
+        Self::with_step(nwc_entropy::scalar_step_for_bits(bits))
     }
 
     /// Sets the table precision (8..=16 bits).
@@ -167,18 +160,30 @@ impl EcsqCodec {
     }
 }
 
-/// The uniform step of about `bits` bits per value on unit-RMS weights: the high-rate estimate for
-/// a Gaussian, `H ≈ h(X) − log₂ step` with `h = 2.047` bits.
+/// Refuses a preset's target rate outside `0.5..=16` bits.
 ///
 /// # Errors
-/// [`NwcError::Config`] for a target outside `0.5..=16`.
-pub(crate) fn high_rate_step(bits: f32) -> Result<f32> {
+/// [`NwcError::Config`] for a target outside that range.
+pub(crate) fn check_target_bits(bits: f32) -> Result<()> {
     if !(0.5..=16.0).contains(&bits) {
         return Err(NwcError::Config(format!(
             "target of {bits} bits outside 0.5..=16"
         )));
     }
-    Ok((2.047 - bits).exp2())
+    Ok(())
+}
+
+/// Refuses quantizer steps that are not all finite and positive (`what` names the codec).
+///
+/// # Errors
+/// [`NwcError::Config`] naming the steps.
+pub(crate) fn check_steps(steps: &[f32; 4], what: &str) -> Result<()> {
+    if steps.iter().any(|s| !(s.is_finite() && *s > 0.0)) {
+        return Err(NwcError::Config(format!(
+            "{what} steps {steps:?} must be finite and > 0"
+        )));
+    }
+    Ok(())
 }
 
 /// The largest symbol magnitude ECSQ produces; beyond it the weight is refused, not wrapped.
@@ -259,29 +264,14 @@ impl WeightCodec for EcsqCodec {
         chunk_len: usize,
         chunk_levels: &[u8],
     ) -> Result<(Vec<Table>, Vec<u16>)> {
-        // One histogram table per level that occurs; absent levels point at table 0.
-        let mut tables = Vec::new();
-        let mut table_map = vec![0u16; 4 * chunk_len];
-        for level in 0..4u8 {
-            let level_symbols = || {
-                symbols
-                    .chunks_exact(chunk_len)
-                    .zip(chunk_levels)
-                    .filter(move |(_, l)| **l == level)
-                    .flat_map(|(c, _)| c.iter().copied())
-            };
-            let Some(table) = histogram_table(level_symbols, self.precision)? else {
-                continue;
-            };
-            let index = tables.len() as u16;
-            tables.push(table);
-            table_map[usize::from(level) * chunk_len..][..chunk_len].fill(index);
-        }
-        if tables.is_empty() {
-            // An empty tensor still needs a valid (unused) table.
-            tables.push(Table::from_counts(0, &[1], 0, self.precision)?);
-        }
-        Ok((tables, table_map))
+        // One histogram table per level that occurs.
+        let pairs = || {
+            symbols
+                .chunks_exact(chunk_len)
+                .zip(chunk_levels)
+                .flat_map(|(c, &l)| c.iter().map(move |&s| (usize::from(l), s)))
+        };
+        row_tables(pairs, 4, chunk_len, self.precision)
     }
 
     fn dequantize(
@@ -304,35 +294,59 @@ impl WeightCodec for EcsqCodec {
     }
 }
 
-/// The table of a histogram of `symbols` (called twice: once for the range, once to count), or
-/// `None` when there are none. At most [`MAX_SYMBOLS`] values centred on zero get their own
-/// frequency; the rest escape.
-pub(crate) fn histogram_table<I: Iterator<Item = i32>>(
-    symbols: impl Fn() -> I,
+/// One histogram table per table-map row that occurs, and the map (`n_rows × chunk_len` entries,
+/// every position of a row naming its table; rows without symbols name table 0, and an empty
+/// tensor still gets one valid, unused table). `pairs()` yields every symbol with its row, and is
+/// called twice: once for the ranges, once to count. Pairs with a row past `n_rows` are ignored.
+/// At most [`MAX_SYMBOLS`] values per row, centred on zero, get their own frequency; the rest
+/// escape.
+pub(crate) fn row_tables<I: Iterator<Item = (usize, i32)>>(
+    pairs: impl Fn() -> I,
+    n_rows: usize,
+    chunk_len: usize,
     precision: u32,
-) -> Result<Option<Table>> {
-    let mut lo = i32::MAX;
-    let mut hi = i32::MIN;
-    for s in symbols() {
-        lo = lo.min(s);
-        hi = hi.max(s);
-    }
-    if lo > hi {
-        return Ok(None);
-    }
-    let half = (MAX_SYMBOLS / 2) as i32;
-    let lo = lo.max(-half);
-    let hi = hi.min(half - 1).max(lo);
-    let mut counts = vec![0u64; (hi - lo + 1) as usize];
-    let mut escapes = 0u64;
-    for s in symbols() {
-        match usize::try_from(i64::from(s) - i64::from(lo)) {
-            Ok(i) if i < counts.len() => counts[i] += 1,
-            _ => escapes += 1,
+) -> Result<(Vec<Table>, Vec<u16>)> {
+    let mut range = vec![(i32::MAX, i32::MIN); n_rows];
+    for (row, s) in pairs() {
+        if let Some((lo, hi)) = range.get_mut(row) {
+            *lo = (*lo).min(s);
+            *hi = (*hi).max(s);
         }
     }
-    let precision = precision.max(bits_for(counts.len() + 1));
-    Ok(Some(Table::from_counts(lo, &counts, escapes, precision)?))
+    let half = (MAX_SYMBOLS / 2) as i32;
+    // Per row: the first in-range symbol, its counts and escapes (None: no symbols).
+    let mut hist: Vec<Option<(i32, Vec<u64>, u64)>> = range
+        .iter()
+        .map(|&(lo, hi)| {
+            (lo <= hi).then(|| {
+                let lo = lo.max(-half);
+                let hi = hi.min(half - 1).max(lo);
+                (lo, vec![0u64; (hi - lo + 1) as usize], 0)
+            })
+        })
+        .collect();
+    for (row, s) in pairs() {
+        if let Some(Some((lo, counts, escapes))) = hist.get_mut(row) {
+            match usize::try_from(i64::from(s) - i64::from(*lo)) {
+                Ok(i) if i < counts.len() => counts[i] += 1,
+                _ => *escapes += 1,
+            }
+        }
+    }
+    let mut tables = Vec::new();
+    let mut table_map = vec![0u16; n_rows * chunk_len];
+    for (row, h) in hist.into_iter().enumerate() {
+        let Some((lo, counts, escapes)) = h else {
+            continue;
+        };
+        let p = precision.max(bits_for(counts.len() + 1));
+        table_map[row * chunk_len..][..chunk_len].fill(tables.len() as u16);
+        tables.push(Table::from_counts(lo, &counts, escapes, p)?);
+    }
+    if tables.is_empty() {
+        tables.push(Table::from_counts(0, &[1], 0, precision)?);
+    }
+    Ok((tables, table_map))
 }
 
 /// The smallest precision whose `2^p` slots hold `n` symbols.

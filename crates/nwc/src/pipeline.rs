@@ -294,7 +294,7 @@ impl<'c> Compressor<'c> {
             .codec
             .quantize(t.name(), p.chunked.data(), l, &p.chunk_levels)?;
         if !self.options.report_error {
-            return self.coded(t, p, q, &[]);
+            return self.coded(t, p, q, None);
         }
         // What the decoder will reconstruct, for the report.
         let layout = Layout {
@@ -315,7 +315,7 @@ impl<'c> Compressor<'c> {
             &q.params,
         )?
         .to_f32()?;
-        self.coded(t, p, q, &out)
+        self.coded(t, p, q, Some(&out))
     }
 
     /// Normalizes and chunks a matrix the policy codes, and assigns its quality levels.
@@ -347,13 +347,13 @@ impl<'c> Compressor<'c> {
     }
 
     /// Entropy-codes a prepared matrix's symbols into a record, and reports the error of `out`
-    /// (what the decoder returns) against the original values.
+    /// (what the decoder returns) against the original values; NaN without `out`.
     fn coded(
         &self,
         t: &Tensor,
         p: Prepared,
         q: Quantized,
-        out: &[f32],
+        out: Option<&[f32]>,
     ) -> Result<(Record, TensorReport)> {
         let l = p.chunked.chunk_len();
         let tables: &[Table] = if q.tables.is_empty() {
@@ -375,12 +375,13 @@ impl<'c> Compressor<'c> {
         for a in &p.values {
             report.sq_signal += f64::from(*a) * f64::from(*a);
         }
-        if out.len() == p.values.len() {
-            for (a, b) in p.values.iter().zip(out) {
-                report.sq_error += f64::from(a - b) * f64::from(a - b);
+        match out {
+            Some(out) => {
+                for (a, b) in p.values.iter().zip(out) {
+                    report.sq_error += f64::from(a - b) * f64::from(a - b);
+                }
             }
-        } else {
-            report.sq_error = f64::NAN;
+            None => report.sq_error = f64::NAN,
         }
         let payload = Payload::Coded(CodedPayload {
             method: self.codec.kind(),
@@ -504,7 +505,7 @@ impl<'c> Compressor<'c> {
             tables,
             table_map,
         };
-        self.coded(t, p, q, &out)
+        self.coded(t, p, q, Some(&out))
     }
 
     /// Compresses every tensor of `source` into a `.nwc` stream, one tensor in memory at a time.

@@ -15,7 +15,9 @@ use nwc_entropy::{ContextModel, RateModel, Table, reconstruct_chunk, viterbi_chu
 use nwc_format::CodecKind;
 use rayon::prelude::*;
 
-use crate::codec::{Quantized, WeightCodec, histogram_table, parse_steps};
+use crate::codec::{
+    Quantized, WeightCodec, check_steps, check_target_bits, parse_steps, row_tables,
+};
 use crate::error::{NwcError, Result};
 
 /// The largest union index a value may need before it is refused (not wrapped).
@@ -48,24 +50,21 @@ fn quantize_chunks(
         passes,
         precision,
     } = *search;
-    if let Some(&bad) = chunks
-        .iter()
-        .zip(
-            chunks
-                .chunks(chunk_len)
-                .zip(chunk_levels)
-                .flat_map(|(c, &l)| std::iter::repeat_n(inv_steps[usize::from(l)], c.len())),
-        )
-        .map(|(&x, inv)| x * inv)
-        .find(|v| v.is_nan() || v.abs() > MAX_ABS_INDEX)
-        .as_ref()
-    {
-        return Err(NwcError::Unrepresentable {
-            name: name.to_string(),
-            reason: format!(
-                "a value {bad} trellis steps from zero (is the weight finite and the step sane?)"
-            ),
-        });
+    // The values in fine steps, once: every pass searches the same numbers.
+    let mut scaled = chunks.to_vec();
+    for (c, &l) in scaled.chunks_mut(chunk_len).zip(chunk_levels) {
+        let inv = inv_steps[usize::from(l)];
+        for v in c.iter_mut() {
+            *v *= inv;
+            if v.is_nan() || v.abs() > MAX_ABS_INDEX {
+                return Err(NwcError::Unrepresentable {
+                    name: name.to_string(),
+                    reason: format!(
+                        "a value {v} trellis steps from zero (is the weight finite and the step sane?)"
+                    ),
+                });
+            }
+        }
     }
     let n_levels = inv_steps.len();
     let mut rates: Vec<RateModel> = vec![RateModel::flat(); n_levels];
@@ -75,13 +74,10 @@ fn quantize_chunks(
         let lam = if pass == 0 { 0.0 } else { lambda };
         symbols
             .par_chunks_mut(chunk_len)
-            .zip(chunks.par_chunks(chunk_len))
+            .zip(scaled.par_chunks(chunk_len))
             .zip(chunk_levels.par_iter())
-            .for_each_init(Vec::new, |buf, ((out, c), &l)| {
-                let inv = inv_steps[usize::from(l)];
-                buf.clear();
-                buf.extend(c.iter().map(|&x| x * inv));
-                viterbi_chunk(model, buf, lam, &rates[usize::from(l)], out);
+            .for_each(|((out, c), &l)| {
+                viterbi_chunk(model, c, lam, &rates[usize::from(l)], out);
             });
         let (tables, map) = fit_tables(
             model,
@@ -103,8 +99,8 @@ fn quantize_chunks(
     Ok((symbols, tables, map))
 }
 
-/// One histogram table per (level, union) that occurs; the table map has `2·n_levels` rows.
-/// Absent rows point at table 0.
+/// One histogram table per (level, union) that occurs; the table map has `2·n_levels` rows,
+/// row `2·level + union`. The union of each symbol comes from walking the trellis.
 pub(crate) fn fit_tables(
     model: &ContextModel,
     symbols: &[i32],
@@ -113,48 +109,20 @@ pub(crate) fn fit_tables(
     n_levels: usize,
     precision: u32,
 ) -> Result<(Vec<nwc_entropy::Table>, Vec<u16>)> {
-    // The union of every symbol, by running the trellis.
-    let unions: Vec<u8> = symbols
-        .par_chunks(chunk_len)
-        .flat_map_iter(|c| {
-            let mut q = 0u8;
-            c.iter().map(move |&k| {
-                let u = model.context(q) as u8;
-                q = model.next(q, k);
-                u
+    let pairs = || {
+        symbols
+            .chunks_exact(chunk_len)
+            .zip(chunk_levels)
+            .flat_map(move |(c, &l)| {
+                let mut q = 0u8;
+                c.iter().map(move |&k| {
+                    let row = 2 * usize::from(l) + model.context(q);
+                    q = model.next(q, k);
+                    (row, k)
+                })
             })
-        })
-        .collect();
-    let mut tables = Vec::new();
-    let mut table_map = vec![0u16; 2 * n_levels * chunk_len];
-    for level in 0..n_levels as u8 {
-        for u in 0..2u8 {
-            let row_symbols = || {
-                symbols
-                    .chunks_exact(chunk_len)
-                    .zip(unions.chunks_exact(chunk_len))
-                    .zip(chunk_levels)
-                    .filter(move |(_, l)| **l == level)
-                    .flat_map(move |((c, us), _)| {
-                        c.iter()
-                            .zip(us)
-                            .filter(move |(_, x)| **x == u)
-                            .map(|(s, _)| *s)
-                    })
-            };
-            let Some(table) = histogram_table(row_symbols, precision)? else {
-                continue;
-            };
-            let index = tables.len() as u16;
-            tables.push(table);
-            table_map[(2 * usize::from(level) + usize::from(u)) * chunk_len..][..chunk_len]
-                .fill(index);
-        }
-    }
-    if tables.is_empty() {
-        tables.push(nwc_entropy::Table::from_counts(0, &[1], 0, precision)?);
-    }
-    Ok((tables, table_map))
+    };
+    row_tables(pairs, 2 * n_levels, chunk_len, precision)
 }
 
 /// Rate–distortion trade-off of the search, in squared fine steps per bit (measured best on
@@ -188,30 +156,25 @@ impl TcqCodec {
     /// # Errors
     /// [`NwcError::Config`] unless `step` is finite and positive.
     pub fn with_step(step: f32) -> Result<Self> {
-        let steps = crate::LEVEL_STEP_RATIOS.map(|r| r * step);
-        if steps.iter().any(|s| !(s.is_finite() && *s > 0.0)) {
-            return Err(NwcError::Config(format!(
-                "TCQ steps {steps:?} must be finite and > 0"
-            )));
-        }
-        Ok(Self {
+        Self {
             run: DEFAULT_TCQ_RUN,
-            steps,
+            steps: crate::LEVEL_STEP_RATIOS,
             lambda: DEFAULT_TCQ_LAMBDA,
             passes: 2,
             precision: nwc_entropy::DEFAULT_PRECISION,
             model: ContextModel::tcq8(),
-        })
+        }
+        .with_level0_step(step)
     }
 
     /// The preset for roughly `bits` bits per value on unit-RMS weights at level 0 (the
-    /// high-rate estimate; [`crate::Compressor::compress_tensor_at`] hits a rate exactly).
+    /// high-rate estimate; [`crate::tune_to_rate`] hits a file rate exactly).
     ///
     /// # Errors
     /// [`NwcError::Config`] for a target outside `0.5..=16`.
     pub fn for_bits(bits: f32) -> Result<Self> {
-        // The union codebooks have twice the fine step: they carry the rate.
-        Self::with_step(crate::codec::high_rate_step(bits)? / 2.0)
+        check_target_bits(bits)?;
+        Self::with_step(nwc_entropy::tcq_step_for_bits(bits))
     }
 
     /// Sets the search's rate–distortion trade-off (squared fine steps per bit, ≥ 0).
@@ -250,12 +213,12 @@ impl TcqCodec {
     /// # Errors
     /// [`NwcError::Config`] unless `step` is finite and positive.
     pub fn with_level0_step(&self, step: f32) -> Result<Self> {
-        let mut c = Self::with_step(step)?;
-        c.lambda = self.lambda;
-        c.passes = self.passes;
-        c.precision = self.precision;
-        c.run = self.run;
-        Ok(c)
+        let steps = crate::LEVEL_STEP_RATIOS.map(|r| r * step);
+        check_steps(&steps, "TCQ")?;
+        Ok(Self {
+            steps,
+            ..self.clone()
+        })
     }
 
     /// Grid positions (in fine steps) of union indices, chunk by chunk (`chunk_len` values, the

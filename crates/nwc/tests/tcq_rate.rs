@@ -5,6 +5,8 @@
 //! The weights come from `cargo xtask fetch`; without them these tests fail and say so, unless
 //! `NWC_SKIP_REAL_DATA=1`.
 
+mod common;
+
 use nwc::codec_net::burn::backend::NdArray;
 use nwc::tensor::{DType, Tensor, WeightSource, open_weights};
 use nwc::{
@@ -29,20 +31,7 @@ impl WeightSource for Subset {
 }
 
 fn subset(rel: &str, prefix: &str) -> Option<Subset> {
-    let p = nwc::tensor::data_dir().join(rel);
-    if !p.exists() {
-        if std::env::var_os("NWC_SKIP_REAL_DATA").is_some() {
-            eprintln!(
-                "skipping: {} is missing and NWC_SKIP_REAL_DATA is set",
-                p.display()
-            );
-            return None;
-        }
-        panic!(
-            "{} is missing: run `cargo xtask fetch` (or set NWC_SKIP_REAL_DATA=1 to skip)",
-            p.display()
-        );
-    }
+    let p = common::data(rel)?;
     let src = open_weights(&p).unwrap();
     let names = src
         .names()
