@@ -1,6 +1,7 @@
 //! `cargo xtask`: project automation. Thin by design: real work lives in the library crates.
 
 mod bench_llm;
+mod bench_perf;
 mod bench_rd;
 mod fetch;
 mod plot;
@@ -39,6 +40,11 @@ enum Command {
     /// Writes docs/llm.md and docs/llm.svg; the last line is `llm@4bit: ppl_ratio=<NWC/FP>
     /// vs_gptq=<NWC/GPTQ> vs_rtn=<NWC/RTN>` at 4.00 bits/param (log-ppl interpolated).
     BenchLlm(bench_llm::LlmBenchArgs),
+    /// Throughput on the CPU, each figure beside a baseline from the same run: entropy decoding
+    /// (vs `constriction`), whole-model decode and encode of MiniLM with ECSQ, TCQ and NWC, and
+    /// SmolLM2 compression with and without LDLQ. Writes docs/perf.md; the last line is
+    /// `perf: entropy_decode_msym_s=<…> nwc_decode_mparams_s=<…> ecsq_decode_mparams_s=<…>`.
+    BenchPerf(bench_perf::PerfArgs),
     /// Train the small byte-level Llama that `compress_llama` uses by default (Canterbury texts,
     /// Alice in Wonderland held out) and write it as a Hugging Face directory
     /// (examples/assets/tiny-llama).
@@ -58,6 +64,7 @@ fn main() -> anyhow::Result<()> {
         Command::Fetch { items } => fetch::run(&items),
         Command::Train(args) => train::run(&args),
         Command::BenchRd(args) => bench_rd::run(&args),
+        Command::BenchPerf(args) => bench_perf::run(&args),
         Command::BenchLlm(args) => bench_llm::run(&args),
         Command::TrainLlama(args) => train_llama::run(&args),
     }

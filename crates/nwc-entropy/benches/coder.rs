@@ -204,6 +204,14 @@ fn print_throughput(latents: &[f32]) {
         black_box(k);
     });
 
+    for prec in [12u32, 14] {
+        let t = [Table::from_counts(c.min, &c.counts, 0, prec).unwrap()];
+        let sg = encode(&t, &c.symbols);
+        let pp: Vec<&[u8]> = sg.iter().map(Vec::as_slice).collect();
+        let a = best_of(5, || one.install(|| decode(&t, &pp, &mut out)));
+        let b = best_of(5, || decode(&t, &pp, &mut out));
+        println!("precision {prec}: 1 thread {:.1} M/s, all {:.1} M/s", n as f64 / a / 1e6, n as f64 / b / 1e6);
+    }
     let ms = |t: f64| n as f64 / t / 1e6;
     println!("\n== throughput, 4-bit real MiniLM latents, {n} symbols, best of 3-5 runs ==");
     println!("{:<48} {:>12} {:>14}", "coder", "M sym/s", "vs baseline");

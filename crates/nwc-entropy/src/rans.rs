@@ -298,19 +298,97 @@ fn encode_segment(
     out
 }
 
-/// Reads 32-bit words forwards, failing when the stream is exhausted.
-struct Words<'b> {
-    bytes: &'b [u8],
+/// A table as the decoder reads it: its lookup arrays borrowed, its constants copied out, so one
+/// symbol costs two loads from the table (slot → index, index → frequency and start).
+#[derive(Clone, Copy)]
+struct Dec<'t> {
+    lut: &'t [u16],
+    info: &'t [u32],
+    mask: u64,
+    precision: u32,
+    escape: usize,
+    min_symbol: i32,
+}
+
+impl<'t> Dec<'t> {
+    fn new(t: &'t Table) -> Self {
+        Self {
+            lut: t.lut(),
+            info: t.info_all(),
+            mask: (1u64 << t.precision()) - 1,
+            precision: t.precision(),
+            escape: t.escape_index(),
+            min_symbol: t.min_symbol(),
+        }
+    }
+}
+
+/// The 32-bit words of a segment after its header, read forwards. Reading past the end yields 0
+/// and is noticed afterwards (`pos > len`): the hot loop has no exit for it.
+struct Words {
+    words: Vec<u32>,
+    len: usize,
     pos: usize,
 }
 
-impl Words<'_> {
-    #[inline(always)]
-    fn next(&mut self) -> Option<u64> {
-        let b = self.bytes.get(self.pos..self.pos + 4)?;
-        self.pos += 4;
-        Some(u64::from(u32::from_le_bytes([b[0], b[1], b[2], b[3]])))
+impl Words {
+    fn new(bytes: &[u8]) -> Self {
+        let words: Vec<u32> = bytes
+            .chunks_exact(4)
+            .map(|b| u32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+            .collect();
+        Self {
+            len: words.len(),
+            words,
+            pos: 0,
+        }
     }
+
+    fn overran(&self) -> bool {
+        self.pos > self.len
+    }
+}
+
+/// Brings a state below `L` back into `[L, 2^63)` with the next word, without a branch.
+#[inline(always)]
+fn renorm(s: u64, words: &[u32], pos: usize) -> (u64, usize) {
+    let w = u64::from(words.get(pos).copied().unwrap_or(0));
+    let need = s < L;
+    (if need { (s << 32) | w } else { s }, pos + usize::from(need))
+}
+
+/// Decodes one symbol of stream state `s` (all by value, so states and the position stay in
+/// registers).
+#[inline(always)]
+fn decode_one(d: &Dec<'_>, s: &mut u64, words: &[u32], pos: &mut usize) -> i32 {
+    let slot = *s & d.mask;
+    let index = usize::from(d.lut[slot as usize]);
+    let info = u64::from(d.info[index]);
+    let x = (info >> 16) * (*s >> d.precision) + slot - (info & 0xffff);
+    let (x, p) = renorm(x, words, *pos);
+    if index == d.escape {
+        let (v, x, p) = decode_raw(x, words, p);
+        *s = x;
+        *pos = p;
+        v
+    } else {
+        *s = x;
+        *pos = p;
+        d.min_symbol + index as i32
+    }
+}
+
+/// The 32 raw bits after an escape, in two 16-bit steps.
+#[cold]
+#[inline(never)]
+fn decode_raw(mut s: u64, words: &[u32], mut pos: usize) -> (i32, u64, usize) {
+    let mut raw = 0u32;
+    for _ in 0..2 {
+        let v = (s & 0xffff) as u32;
+        (s, pos) = renorm(s >> 16, words, pos);
+        raw = (raw << 16) | v;
+    }
+    (unzigzag(raw), s, pos)
 }
 
 /// The table-map row of the next symbol of a chunk: the class's row, or with a context model,
@@ -357,15 +435,19 @@ fn decode(
     out: &mut [i32],
     segment: usize,
 ) -> Result<()> {
+    let rows: Vec<Vec<Dec<'_>>> = rows
+        .iter()
+        .map(|r| r.iter().map(|t| Dec::new(t)).collect())
+        .collect();
     // Two monomorphic loops: the context-free one keeps its speed.
     match contexts {
-        None => decode_segment::<false>(rows, None, bytes, classes, chunk_len, out, segment),
-        Some(m) => decode_segment::<true>(rows, Some(m), bytes, classes, chunk_len, out, segment),
+        None => decode_segment::<false>(&rows, None, bytes, classes, chunk_len, out, segment),
+        Some(m) => decode_segment::<true>(&rows, Some(m), bytes, classes, chunk_len, out, segment),
     }
 }
 
 fn decode_segment<const CTX: bool>(
-    rows: &[Vec<&Table>],
+    rows: &[Vec<Dec<'_>>],
     contexts: Option<&ContextModel>,
     bytes: &[u8],
     classes: &[u8],
@@ -389,44 +471,64 @@ fn decode_segment<const CTX: bool>(
             });
         }
     }
-    let mut words = Words {
-        bytes: &bytes[SEGMENT_HEADER_BYTES..],
-        pos: 0,
-    };
+    let mut words = Words::new(&bytes[SEGMENT_HEADER_BYTES..]);
+    let mut pos = 0usize;
     let truncated = |decoded| EntropyError::CorruptTruncated { segment, decoded };
-    let mut j = 0usize;
-    for (k, &class) in classes.iter().enumerate() {
-        let mut pick = Picker::new(if CTX { contexts } else { None }, class);
-        let chunk_out = &mut out[k * chunk_len..(k + 1) * chunk_len];
-        for (i, o) in chunk_out.iter_mut().enumerate() {
-            let table = rows[pick.row()][i];
-            let s = &mut x[j % WAYS];
-            let p = table.precision();
-            let slot = *s & ((1u64 << p) - 1);
-            let index = usize::from(table.lut()[slot as usize]);
-            let info = u64::from(table.info(index));
-            *s = (info >> 16) * (*s >> p) + slot - (info & 0xffff);
-            if *s < L {
-                *s = (*s << 32) | words.next().ok_or_else(|| truncated(j))?;
-            }
-            if index == table.escape_index() {
-                let mut raw = 0u32;
-                for _ in 0..2 {
-                    let v = (*s & 0xffff) as u32;
-                    *s >>= 16;
-                    if *s < L {
-                        *s = (*s << 32) | words.next().ok_or_else(|| truncated(j))?;
-                    }
-                    raw = (raw << 16) | v;
+    let contexts = if CTX { contexts } else { None };
+    if chunk_len.is_multiple_of(WAYS) {
+        // Symbol i of every chunk belongs to stream i mod 4: four independent states in
+        // registers, decoded in turn, so their dependency chains overlap.
+        let [mut x0, mut x1, mut x2, mut x3] = x;
+        for (k, (&class, chunk_out)) in classes
+            .iter()
+            .zip(out.chunks_exact_mut(chunk_len))
+            .enumerate()
+        {
+            let mut pick = Picker::new(contexts, class);
+            let row = &rows[pick.row()];
+            for (q, o) in chunk_out.chunks_exact_mut(WAYS).enumerate() {
+                let i = q * WAYS;
+                // A macro, not a closure: every state and the word position stay in registers.
+                macro_rules! one {
+                    ($n:expr, $s:ident) => {{
+                        let d = if CTX { &rows[pick.row()][i + $n] } else { &row[i + $n] };
+                        let v = decode_one(d, &mut $s, &words.words, &mut pos);
+                        if CTX {
+                            pick.advance(v);
+                        }
+                        o[$n] = v;
+                    }};
                 }
-                *o = unzigzag(raw);
-            } else {
-                *o = table.min_symbol() + index as i32;
+                one!(0, x0);
+                one!(1, x1);
+                one!(2, x2);
+                one!(3, x3);
             }
-            if CTX {
-                pick.advance(*o);
+            words.pos = pos;
+            if words.overran() {
+                return Err(truncated(k * chunk_len));
             }
-            j += 1;
+        }
+        x = [x0, x1, x2, x3];
+    } else {
+        let mut j = 0usize;
+        for (k, (&class, chunk_out)) in classes
+            .iter()
+            .zip(out.chunks_exact_mut(chunk_len))
+            .enumerate()
+        {
+            let mut pick = Picker::new(contexts, class);
+            for (i, o) in chunk_out.iter_mut().enumerate() {
+                *o = decode_one(&rows[pick.row()][i], &mut x[j % WAYS], &words.words, &mut pos);
+                if CTX {
+                    pick.advance(*o);
+                }
+                j += 1;
+            }
+            words.pos = pos;
+            if words.overran() {
+                return Err(truncated(k * chunk_len));
+            }
         }
     }
     if x.iter().any(|&s| s != L) {
@@ -435,12 +537,12 @@ fn decode_segment<const CTX: bool>(
             reason: "final states differ from the initial state".into(),
         });
     }
-    if words.pos != words.bytes.len() {
+    if words.pos != words.len {
         return Err(EntropyError::CorruptSegment {
             segment,
             reason: format!(
                 "{} trailing bytes after the last symbol",
-                words.bytes.len() - words.pos
+                4 * (words.len - words.pos)
             ),
         });
     }

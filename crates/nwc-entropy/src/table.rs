@@ -214,6 +214,11 @@ impl Table {
     }
 
     #[inline]
+    pub(crate) fn info_all(&self) -> &[u32] {
+        &self.info
+    }
+
+    #[inline]
     pub(crate) fn lut(&self) -> &[u16] {
         &self.lut
     }

@@ -2,6 +2,8 @@
 
 use std::sync::Mutex;
 
+use rayon::prelude::*;
+
 use nwc_codec::burn::tensor::backend::Backend;
 use nwc_codec::burn::tensor::{Int, Tensor, TensorData};
 use nwc_codec::{Checkpoint, NwcModel, Refiner, Variant};
@@ -12,13 +14,44 @@ use crate::codec::{Quantized, WeightCodec};
 use crate::error::{NwcError, Result};
 use crate::tcq::TcqCodec;
 
-/// Chunks per network call: bounds the memory of one forward pass.
-const BATCH: usize = 1 << 16;
+/// Chunks per network call. Batches are independent (every op is per row), so they run in
+/// parallel on the rayon pool; at this size one batch's activations stay in a core's cache.
+/// Fixed, not derived from the thread count, so output never depends on it.
+const BATCH: usize = 4096;
+
+/// Copies of a network, one per concurrent caller: burn modules are `Send` but not `Sync`, so a
+/// thread takes a copy out, runs it and puts it back (copies share their weights' storage).
+struct Pool<M> {
+    template: Mutex<M>,
+    free: Mutex<Vec<M>>,
+}
+
+impl<M: Clone> Pool<M> {
+    fn new(m: M) -> Self {
+        Self {
+            template: Mutex::new(m),
+            free: Mutex::new(Vec::new()),
+        }
+    }
+
+    fn with<R>(&self, f: impl FnOnce(&M) -> R) -> R {
+        let free = lock(&self.free).pop();
+        let m = free.unwrap_or_else(|| lock(&self.template).clone());
+        let r = f(&m);
+        lock(&self.free).push(m);
+        r
+    }
+}
+
+/// A lock that survives a panic elsewhere (the data is only ever read or pushed whole).
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
 
 /// The network a checkpoint holds.
 enum Net<B: Backend> {
-    Autoencoder(Box<Mutex<NwcModel<B>>>),
-    Refiner(Box<Mutex<Refiner<B>>>),
+    Autoencoder(Box<Pool<NwcModel<B>>>),
+    Refiner(Box<Pool<Refiner<B>>>),
 }
 
 /// The learned codec, in the variant its checkpoint holds:
@@ -63,10 +96,10 @@ impl<B: Backend> NwcCodec<B> {
         }
         let config = |e: nwc_codec::CodecError| NwcError::Config(e.to_string());
         let net = match cfg.variant {
-            Variant::Autoencoder => Net::Autoencoder(Box::new(Mutex::new(
+            Variant::Autoencoder => Net::Autoencoder(Box::new(Pool::new(
                 checkpoint.model::<B>(device).map_err(config)?,
             ))),
-            Variant::TrellisRefiner => Net::Refiner(Box::new(Mutex::new(
+            Variant::TrellisRefiner => Net::Refiner(Box::new(Pool::new(
                 checkpoint.refiner::<B>(device).map_err(config)?,
             ))),
         };
@@ -221,67 +254,65 @@ impl<B: Backend> NwcCodec<B> {
     }
 
     fn run(&self, input: &[f32], chunk_len: usize, levels: &[u8], analyze: bool) -> Vec<f32> {
-        let Net::Autoencoder(model) = &self.net else {
+        let Net::Autoencoder(pool) = &self.net else {
             unreachable!("run is only called for the autoencoder");
         };
-        let model = model
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        let mut out = Vec::with_capacity(input.len());
-        for (x, l) in input.chunks(BATCH * chunk_len).zip(levels.chunks(BATCH)) {
-            let n = l.len();
-            let t = Tensor::<B, 2>::from_data(
-                TensorData::new(x.to_vec(), [n, chunk_len]),
-                &self.device,
-            );
-            let lv = self.levels_tensor(l);
-            let y = if analyze {
-                model.analyze(t, lv)
-            } else {
-                model.synthesize(t, lv)
-            };
-            out.extend(
-                y.into_data()
-                    .convert::<f32>()
-                    .to_vec::<f32>()
-                    .expect("f32 data"),
-            );
-        }
-        out
+        let batches: Vec<Vec<f32>> = input
+            .par_chunks(BATCH * chunk_len)
+            .zip(levels.par_chunks(BATCH))
+            .map(|(x, l)| {
+                pool.with(|model| {
+                    let t = Tensor::<B, 2>::from_data(
+                        TensorData::new(x.to_vec(), [l.len(), chunk_len]),
+                        &self.device,
+                    );
+                    let lv = self.levels_tensor(l);
+                    let y = if analyze {
+                        model.analyze(t, lv)
+                    } else {
+                        model.synthesize(t, lv)
+                    };
+                    y.into_data()
+                        .convert::<f32>()
+                        .to_vec::<f32>()
+                        .expect("f32 data")
+                })
+            })
+            .collect();
+        batches.concat()
     }
 
     /// The refiner's decode: grid positions (in steps) of `l`-value network chunks, with their
     /// steps and levels, to normalized values.
     fn refine(&self, j: &[f32], steps: &[f32], levels: &[u8]) -> Vec<f32> {
-        let Net::Refiner(model) = &self.net else {
+        let Net::Refiner(pool) = &self.net else {
             unreachable!("refine is only called for the refiner");
         };
-        let model = model
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
         let l = self.checkpoint.config().chunk_len;
-        let mut out = Vec::with_capacity(j.len());
-        for ((x, s), lv) in j
-            .chunks(BATCH * l)
-            .zip(steps.chunks(BATCH))
-            .zip(levels.chunks(BATCH))
-        {
-            let n = s.len();
-            let jt = Tensor::<B, 2>::from_data(TensorData::new(x.to_vec(), [n, l]), &self.device);
-            let st = Tensor::<B, 1>::from_data(TensorData::new(s.to_vec(), [n]), &self.device);
-            let y = model.forward(jt, st, self.levels_tensor(lv));
-            let v = y
-                .into_data()
-                .convert::<f32>()
-                .to_vec::<f32>()
-                .expect("f32 data");
-            out.extend(
+        let batches: Vec<Vec<f32>> = j
+            .par_chunks(BATCH * l)
+            .zip(steps.par_chunks(BATCH))
+            .zip(levels.par_chunks(BATCH))
+            .map(|((x, s), lv)| {
+                let n = s.len();
+                let v = pool.with(|model| {
+                    let jt =
+                        Tensor::<B, 2>::from_data(TensorData::new(x.to_vec(), [n, l]), &self.device);
+                    let st = Tensor::<B, 1>::from_data(TensorData::new(s.to_vec(), [n]), &self.device);
+                    model
+                        .forward(jt, st, self.levels_tensor(lv))
+                        .into_data()
+                        .convert::<f32>()
+                        .to_vec::<f32>()
+                        .expect("f32 data")
+                });
                 v.chunks(l)
                     .zip(s)
-                    .flat_map(|(c, &st)| c.iter().map(move |&q| q * st)),
-            );
-        }
-        out
+                    .flat_map(|(c, &st)| c.iter().map(move |&q| q * st))
+                    .collect()
+            })
+            .collect();
+        batches.concat()
     }
 }
 

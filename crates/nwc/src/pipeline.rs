@@ -857,6 +857,23 @@ impl NwcFile {
         Ok(())
     }
 
+    /// Decodes every tensor, records in parallel on the rayon pool (each record's segments are
+    /// parallel too), returned in file order. Holds the whole decoded model in memory; use
+    /// [`NwcFile::for_each_tensor`] to hold one tensor at a time.
+    ///
+    /// # Errors
+    /// As [`NwcFile::for_each_tensor`]; the first error in file order.
+    pub fn decode_all(&self, codec: &dyn WeightCodec) -> Result<Vec<Tensor>> {
+        use rayon::prelude::*;
+        let r = self.reader()?;
+        let d = Decompressor::new(codec);
+        d.check_header(r.header())?;
+        (0..r.index().len())
+            .into_par_iter()
+            .map(|i| d.decompress_record(&r.record(i)?))
+            .collect()
+    }
+
     /// Decodes one tensor by name.
     ///
     /// # Errors
