@@ -4,19 +4,13 @@
 //! Prints, before criterion's own measurements:
 //! 1. bits written vs the ideal −log₂ p under the unquantized empirical distribution, per rate
 //!    and table precision (goal ≤ 0.5 % overhead);
-//! 2. encode/decode throughput in M symbols/s, with `constriction`'s ANS coders on the same
-//!    symbols in the same run as the baseline (goal ≥ 300 M symbols/s decoding on 2 cores).
+//! 2. criterion's own encode/decode timings. Throughput against `constriction` in the same run
+//!    is `cargo xtask bench-perf` (`docs/perf.md`).
 //!
 //! Run: `cargo xtask fetch minilm && cargo bench -p nwc-entropy --bench coder`.
 
 use std::hint::black_box;
-use std::time::Instant;
 
-use constriction::stream::Decode;
-use constriction::stream::model::{
-    DefaultContiguousCategoricalEntropyModel, SmallContiguousCategoricalEntropyModel,
-};
-use constriction::stream::stack::{DefaultAnsCoder, SmallAnsCoder};
 use criterion::{Criterion, Throughput, criterion_group};
 use ndarray::ArrayView2;
 use nwc_entropy::{Coder, Table};
@@ -99,17 +93,6 @@ fn decode(tables: &[Table], segments: &[&[u8]], out: &mut [i32]) {
         .unwrap();
 }
 
-/// Best-of-`n` wall time of `f` in seconds.
-fn best_of(n: usize, mut f: impl FnMut()) -> f64 {
-    (0..n)
-        .map(|_| {
-            let t = Instant::now();
-            f();
-            t.elapsed().as_secs_f64()
-        })
-        .fold(f64::INFINITY, f64::min)
-}
-
 fn print_overhead(latents: &[f32]) {
     println!(
         "\n== bits written vs ideal (real MiniLM latents, {} symbols) ==",
@@ -147,108 +130,9 @@ fn print_overhead(latents: &[f32]) {
     }
 }
 
-fn print_throughput(latents: &[f32]) {
-    let c = case(latents, 4.0);
-    let n = c.symbols.len();
-    let table = Table::from_counts(c.min, &c.counts, 0, nwc_entropy::DEFAULT_PRECISION).unwrap();
-    let tables = [table];
-    let segs = encode(&tables, &c.symbols);
-    let parts: Vec<&[u8]> = segs.iter().map(Vec::as_slice).collect();
-    let mut out = vec![0i32; n];
-    let one = rayon::ThreadPoolBuilder::new()
-        .num_threads(1)
-        .build()
-        .unwrap();
-    let threads = rayon::current_num_threads();
-
-    let ours_dec_1 = best_of(5, || one.install(|| decode(&tables, &parts, &mut out)));
-    assert_eq!(out, c.symbols);
-    let ours_dec_n = best_of(5, || decode(&tables, &parts, &mut out));
-    let ours_enc_1 = best_of(3, || drop(one.install(|| encode(&tables, &c.symbols))));
-    let ours_enc_n = best_of(3, || drop(encode(&tables, &c.symbols)));
-
-    // constriction on the same symbols (indices into the same range), one stream, one thread.
-    let probs: Vec<f64> = c.counts.iter().map(|&k| k.max(1) as f64).collect();
-    let idx: Vec<usize> = c.symbols.iter().map(|&s| (s - c.min) as usize).collect();
-    let default_model =
-        DefaultContiguousCategoricalEntropyModel::from_floating_point_probabilities_perfect(&probs)
-            .unwrap();
-    let mut enc = DefaultAnsCoder::new();
-    let c_enc_default = best_of(3, || {
-        enc = DefaultAnsCoder::new();
-        enc.encode_iid_symbols_reverse(&idx, &default_model)
-            .unwrap();
-    });
-    let compressed = enc.clone().into_compressed().unwrap();
-    let c_dec_default = best_of(5, || {
-        let mut d = DefaultAnsCoder::from_compressed(compressed.clone()).unwrap();
-        let mut k = 0usize;
-        for s in d.decode_iid_symbols(n, &default_model) {
-            k += s.unwrap();
-        }
-        black_box(k);
-    });
-    let small_model =
-        SmallContiguousCategoricalEntropyModel::from_floating_point_probabilities_perfect(&probs)
-            .unwrap();
-    let lookup = small_model.to_lookup_decoder_model();
-    let mut senc = SmallAnsCoder::new();
-    senc.encode_iid_symbols_reverse(&idx, &small_model).unwrap();
-    let scompressed = senc.into_compressed().unwrap();
-    let c_dec_lookup = best_of(5, || {
-        let mut d = SmallAnsCoder::from_compressed(scompressed.clone()).unwrap();
-        let mut k = 0usize;
-        for s in d.decode_iid_symbols(n, &lookup) {
-            k += s.unwrap();
-        }
-        black_box(k);
-    });
-
-    for prec in [12u32, 14] {
-        let t = [Table::from_counts(c.min, &c.counts, 0, prec).unwrap()];
-        let sg = encode(&t, &c.symbols);
-        let pp: Vec<&[u8]> = sg.iter().map(Vec::as_slice).collect();
-        let a = best_of(5, || one.install(|| decode(&t, &pp, &mut out)));
-        let b = best_of(5, || decode(&t, &pp, &mut out));
-        println!("precision {prec}: 1 thread {:.1} M/s, all {:.1} M/s", n as f64 / a / 1e6, n as f64 / b / 1e6);
-    }
-    let ms = |t: f64| n as f64 / t / 1e6;
-    println!("\n== throughput, 4-bit real MiniLM latents, {n} symbols, best of 3-5 runs ==");
-    println!("{:<48} {:>12} {:>14}", "coder", "M sym/s", "vs baseline");
-    let base = ms(c_dec_default);
-    let rows = [
-        (
-            "decode  constriction DefaultAnsCoder (baseline)",
-            c_dec_default,
-        ),
-        ("decode  constriction SmallAnsCoder + lookup", c_dec_lookup),
-        ("decode  nwc rANS ×4, 1 thread", ours_dec_1),
-        ("decode  nwc rANS ×4, all threads", ours_dec_n),
-    ];
-    for (name, t) in rows {
-        println!("{name:<48} {:>12.1} {:>13.2}×", ms(t), ms(t) / base);
-    }
-    let ebase = ms(c_enc_default);
-    for (name, t) in [
-        (
-            "encode  constriction DefaultAnsCoder (baseline)",
-            c_enc_default,
-        ),
-        ("encode  nwc rANS ×4, 1 thread", ours_enc_1),
-        ("encode  nwc rANS ×4, all threads", ours_enc_n),
-    ] {
-        println!("{name:<48} {:>12.1} {:>13.2}×", ms(t), ms(t) / ebase);
-    }
-    println!(
-        "decode-goal: {:.1} M symbols/s on {threads} threads (goal ≥ 300)",
-        ms(ours_dec_n)
-    );
-}
-
 fn benches(cr: &mut Criterion) {
     let latents = real_latents();
     print_overhead(&latents);
-    print_throughput(&latents);
 
     let c = case(&latents[..latents.len().min(4 << 20)], 4.0);
     let tables = [Table::from_counts(c.min, &c.counts, 0, nwc_entropy::DEFAULT_PRECISION).unwrap()];

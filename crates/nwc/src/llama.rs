@@ -135,31 +135,39 @@ pub fn compress_llama<W: Write>(
     if embed_tokenizer {
         writer.write(&metadata(TOKENIZER_RECORD, &weights.tokenizer.to_json()?))?;
     }
-    let n = weights.tensors.len();
+    let tensors: Vec<(&String, &Tensor)> = weights.tensors.iter().collect();
+    let n = tensors.len();
     let mut reports = Vec::with_capacity(n);
-    for (i, (name, t)) in weights.tensors.iter().enumerate() {
-        let site = site_of(cfg, name).filter(|_| compressor.options().policy.codes(t));
-        let (record, mut report) = match (cal, site) {
-            (Some(c), Some(s)) => {
-                let imp = c.importance(s);
-                match mode {
-                    Mode::LevelsLdlq => compressor.compress_tensor_ldlq(
-                        t,
-                        imp,
-                        c.ldl(s).expect("every site is calibrated"),
-                    )?,
-                    _ => compressor.compress_tensor(t, imp)?,
+    crate::pipeline::compress_in_order(
+        n,
+        |i| Ok(tensors[i]),
+        |(name, t)| {
+            let site = site_of(cfg, name).filter(|_| compressor.options().policy.codes(t));
+            match (cal, site) {
+                (Some(c), Some(s)) => {
+                    let imp = c.importance(s);
+                    match mode {
+                        Mode::LevelsLdlq => compressor.compress_tensor_ldlq(
+                            t,
+                            imp,
+                            c.ldl(s).expect("every site is calibrated"),
+                        ),
+                        _ => compressor.compress_tensor(t, imp),
+                    }
                 }
+                _ => compressor.compress_tensor(t, None),
             }
-            _ => compressor.compress_tensor(t, None)?,
-        };
-        report.bytes = writer.write(&record)?;
-        tracing::debug!(tensor = %name, bits_per_param = report.bits_per_param(), nmse = report.nmse(), "compressed");
-        if let Some(p) = &compressor.progress {
-            p(&report, i + 1, n);
-        }
-        reports.push(report);
-    }
+        },
+        |i, record, mut report| {
+            report.bytes = writer.write(&record)?;
+            tracing::debug!(tensor = %tensors[i].0, bits_per_param = report.bits_per_param(), nmse = report.nmse(), "compressed");
+            if let Some(p) = &compressor.progress {
+                p(&report, i + 1, n);
+            }
+            reports.push(report);
+            Ok(())
+        },
+    )?;
     let (_, file_bytes) = writer.finish()?;
     Ok(CompressReport {
         tensors: reports,

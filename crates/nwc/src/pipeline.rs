@@ -522,27 +522,34 @@ impl<'c> Compressor<'c> {
         let mut writer = Writer::new(out, self.header())?;
         let names = source.names();
         let mut tensors = Vec::with_capacity(names.len());
-        for (i, name) in names.iter().enumerate() {
-            let t = source.tensor(name)?;
-            let imp = t
-                .matrix_dims()
-                .and_then(|(_, cols)| importance.importance(name, cols));
-            let (record, mut report) = self.compress_tensor(&t, imp.as_deref())?;
-            report.bytes = writer.write(&record)?;
-            tracing::info!(
-                tensor = %name,
-                index = i + 1,
-                of = names.len(),
-                coded = report.coded,
-                bits_per_param = report.bits_per_param(),
-                nmse = report.nmse(),
-                "compressed"
-            );
-            if let Some(p) = &self.progress {
-                p(&report, i + 1, names.len());
-            }
-            tensors.push(report);
-        }
+        compress_in_order(
+            names.len(),
+            |i| {
+                let t = source.tensor(&names[i])?;
+                let imp = t
+                    .matrix_dims()
+                    .and_then(|(_, cols)| importance.importance(&names[i], cols));
+                Ok((t, imp))
+            },
+            |(t, imp)| self.compress_tensor(&t, imp.as_deref()),
+            |i, record, mut report| {
+                report.bytes = writer.write(&record)?;
+                tracing::info!(
+                    tensor = %names[i],
+                    index = i + 1,
+                    of = names.len(),
+                    coded = report.coded,
+                    bits_per_param = report.bits_per_param(),
+                    nmse = report.nmse(),
+                    "compressed"
+                );
+                if let Some(p) = &self.progress {
+                    p(&report, i + 1, names.len());
+                }
+                tensors.push(report);
+                Ok(())
+            },
+        )?;
         let (_, file_bytes) = writer.finish()?;
         Ok(CompressReport {
             tensors,
@@ -595,6 +602,33 @@ impl<'c> Compressor<'c> {
         }
         result
     }
+}
+
+/// Compresses `n` tensors a window at a time on the rayon pool and hands each result to `sink`
+/// in order. Several tensors at once keep every core busy where one tensor's work is sequential
+/// (LDLQ's column blocks, small matrices); the window bounds memory to a few tensors. The
+/// output does not depend on the thread count: every tensor's coding is deterministic. The
+/// first error in order is returned and nothing after it reaches `sink`.
+pub(crate) fn compress_in_order<T: Send>(
+    n: usize,
+    mut load: impl FnMut(usize) -> Result<T>,
+    work: impl Fn(T) -> Result<(Record, TensorReport)> + Sync,
+    mut sink: impl FnMut(usize, Record, TensorReport) -> Result<()>,
+) -> Result<()> {
+    use rayon::prelude::*;
+    let window = 2 * rayon::current_num_threads();
+    let mut start = 0;
+    while start < n {
+        let end = (start + window).min(n);
+        let items = (start..end).map(&mut load).collect::<Result<Vec<T>>>()?;
+        let done: Vec<Result<(Record, TensorReport)>> = items.into_par_iter().map(&work).collect();
+        for (k, r) in done.into_iter().enumerate() {
+            let (record, report) = r?;
+            sink(start + k, record, report)?;
+        }
+        start = end;
+    }
+    Ok(())
 }
 
 fn with_name(e: nwc_tensor::TensorError, name: &str) -> NwcError {
