@@ -354,7 +354,10 @@ impl Words {
 fn renorm(s: u64, words: &[u32], pos: usize) -> (u64, usize) {
     let w = u64::from(words.get(pos).copied().unwrap_or(0));
     let need = s < L;
-    (if need { (s << 32) | w } else { s }, pos + usize::from(need))
+    (
+        if need { (s << 32) | w } else { s },
+        pos + usize::from(need),
+    )
 }
 
 /// Decodes one symbol of stream state `s` (all by value, so states and the position stay in
@@ -479,6 +482,12 @@ fn decode_segment<const CTX: bool>(
         // Symbol i of every chunk belongs to stream i mod 4: four independent states in
         // registers, decoded in turn, so their dependency chains overlap.
         let [mut x0, mut x1, mut x2, mut x3] = x;
+        // Rows that use one table at every position (ECSQ's) get a loop with the table's
+        // constants hoisted into registers.
+        let uniform: Vec<bool> = rows
+            .iter()
+            .map(|r| !CTX && r.iter().all(|d| std::ptr::eq(d.lut, r[0].lut)))
+            .collect();
         for (k, (&class, chunk_out)) in classes
             .iter()
             .zip(out.chunks_exact_mut(chunk_len))
@@ -486,12 +495,31 @@ fn decode_segment<const CTX: bool>(
         {
             let mut pick = Picker::new(contexts, class);
             let row = &rows[pick.row()];
+            if uniform[pick.row()] {
+                let d = row[0];
+                let w = &words.words;
+                for o in chunk_out.chunks_exact_mut(WAYS) {
+                    o[0] = decode_one(&d, &mut x0, w, &mut pos);
+                    o[1] = decode_one(&d, &mut x1, w, &mut pos);
+                    o[2] = decode_one(&d, &mut x2, w, &mut pos);
+                    o[3] = decode_one(&d, &mut x3, w, &mut pos);
+                }
+                words.pos = pos;
+                if words.overran() {
+                    return Err(truncated(k * chunk_len));
+                }
+                continue;
+            }
             for (q, o) in chunk_out.chunks_exact_mut(WAYS).enumerate() {
                 let i = q * WAYS;
                 // A macro, not a closure: every state and the word position stay in registers.
                 macro_rules! one {
                     ($n:expr, $s:ident) => {{
-                        let d = if CTX { &rows[pick.row()][i + $n] } else { &row[i + $n] };
+                        let d = if CTX {
+                            &rows[pick.row()][i + $n]
+                        } else {
+                            &row[i + $n]
+                        };
                         let v = decode_one(d, &mut $s, &words.words, &mut pos);
                         if CTX {
                             pick.advance(v);
@@ -519,7 +547,12 @@ fn decode_segment<const CTX: bool>(
         {
             let mut pick = Picker::new(contexts, class);
             for (i, o) in chunk_out.iter_mut().enumerate() {
-                *o = decode_one(&rows[pick.row()][i], &mut x[j % WAYS], &words.words, &mut pos);
+                *o = decode_one(
+                    &rows[pick.row()][i],
+                    &mut x[j % WAYS],
+                    &words.words,
+                    &mut pos,
+                );
                 if CTX {
                     pick.advance(*o);
                 }

@@ -21,6 +21,7 @@ mod calib;
 mod config;
 mod error;
 mod eval;
+mod finetune;
 mod model;
 mod tokenizer;
 mod train;
@@ -31,7 +32,8 @@ pub use calib::{Hessians, cache_file_name, calibration_fingerprint, fingerprint}
 pub use config::LlamaConfig;
 pub use error::{LlmError, Result};
 pub use eval::{Perplexity, perplexity, windows};
-pub use model::{Capture, Layer, Llama};
+pub use finetune::{BlockFt, FtConfig, finetune_blocks};
+pub use model::{BlockContext, BlockTensors, Capture, Layer, Llama, block_forward};
 pub use tokenizer::TextTokenizer;
 pub use train::{LmTrainConfig, lr_at, train_lm};
 pub use weights::{

@@ -42,19 +42,99 @@ pub struct Llama<B: Backend> {
 pub type Capture<'a, B> = &'a mut dyn FnMut(Site, Tensor<B, 2>);
 
 /// `x @ wᵀ` for `x: [b, t, in]`, `w: [out, in]`.
-fn linear<B: Backend>(x: Tensor<B, 3>, w: &Param<Tensor<B, 2>>) -> Tensor<B, 3> {
+fn linear<B: Backend>(x: Tensor<B, 3>, w: &Tensor<B, 2>) -> Tensor<B, 3> {
     let [b, t, d] = x.dims();
-    let w = w.val();
+    let w = w.clone();
     let out = w.dims()[0];
     x.reshape([b * t, d])
         .matmul(w.transpose())
         .reshape([b, t, out])
 }
 
-fn rms_norm<B: Backend>(x: Tensor<B, 3>, w: &Param<Tensor<B, 1>>, eps: f64) -> Tensor<B, 3> {
+fn rms_norm<B: Backend>(x: Tensor<B, 3>, w: &Tensor<B, 1>, eps: f64) -> Tensor<B, 3> {
     let d = x.dims()[2];
     let inv = (x.clone().powi_scalar(2).mean_dim(2) + eps).sqrt().recip();
-    x * inv * w.val().reshape([1, 1, d])
+    x * inv * w.clone().reshape([1, 1, d])
+}
+
+/// The tensors one decoder block computes with, as plain tensors, so that a caller can scale or
+/// replace them (block-wise fine-tuning does).
+#[derive(Debug, Clone)]
+pub struct BlockTensors<B: Backend> {
+    /// Pre-attention RMSNorm weight `[hidden]`.
+    pub attn_norm: Tensor<B, 1>,
+    /// Pre-MLP RMSNorm weight `[hidden]`.
+    pub mlp_norm: Tensor<B, 1>,
+    /// The seven projections `[out, in]`, in [`Proj::ALL`] order (q, k, v, o, gate, up, down).
+    pub proj: [Tensor<B, 2>; 7],
+}
+
+/// What every block of a window of `t` tokens shares: RoPE tables and the causal mask.
+#[derive(Debug, Clone)]
+pub struct BlockContext<B: Backend> {
+    cos: Tensor<B, 4>,
+    sin: Tensor<B, 4>,
+    mask: Tensor<B, 4>,
+    config: LlamaConfig,
+}
+
+impl<B: Backend> BlockContext<B> {
+    /// The same context on another backend (for example lifted into `Autodiff<_>`).
+    pub fn map<C: Backend>(&self, f: impl Fn(Tensor<B, 4>) -> Tensor<C, 4>) -> BlockContext<C> {
+        BlockContext {
+            cos: f(self.cos.clone()),
+            sin: f(self.sin.clone()),
+            mask: f(self.mask.clone()),
+            config: self.config.clone(),
+        }
+    }
+}
+
+/// One decoder block on `x: [b, t, hidden]`: pre-norm attention and pre-norm SwiGLU, both
+/// residual, calling `cap` with the input of every linear-layer group of layer `l`.
+pub fn block_forward<B: Backend>(
+    x: Tensor<B, 3>,
+    w: &BlockTensors<B>,
+    ctx: &BlockContext<B>,
+    l: usize,
+    cap: &mut Option<Capture<'_, B>>,
+) -> Tensor<B, 3> {
+    let cfg = &ctx.config;
+    let [b, t, _] = x.dims();
+    let hd = cfg.head_dim();
+    let (nh, nkv) = (cfg.heads, cfg.kv_heads);
+    let group = nh / nkv;
+    let [q, k, v, o, gate, up, down] = &w.proj;
+    let rope = |y: Tensor<B, 4>| Llama::<B>::apply_rope(y, &ctx.cos, &ctx.sin);
+    let xn = rms_norm(x.clone(), &w.attn_norm, cfg.rms_eps);
+    capture(cap, Site::AttnIn(l), &xn);
+    let heads = |y: Tensor<B, 3>, n: usize| y.reshape([b, t, n, hd]).swap_dims(1, 2);
+    let qh = rope(heads(linear(xn.clone(), q), nh));
+    let kh = rope(heads(linear(xn.clone(), k), nkv));
+    let vh = heads(linear(xn, v), nkv);
+    let expand = |y: Tensor<B, 4>| {
+        if group == 1 {
+            y
+        } else {
+            y.reshape([b, nkv, 1, t * hd])
+                .repeat_dim(2, group)
+                .reshape([b, nh, t, hd])
+        }
+    };
+    let (kh, vh) = (expand(kh), expand(vh));
+    let scale = 1.0 / (hd as f64).sqrt();
+    let scores = qh.matmul(kh.swap_dims(2, 3)) * scale + ctx.mask.clone();
+    let a = softmax(scores, 3)
+        .matmul(vh)
+        .swap_dims(1, 2)
+        .reshape([b, t, nh * hd]);
+    capture(cap, Site::AttnOut(l), &a);
+    let x = x + linear(a, o);
+    let xn = rms_norm(x.clone(), &w.mlp_norm, cfg.rms_eps);
+    capture(cap, Site::MlpIn(l), &xn);
+    let g = silu(linear(xn.clone(), gate)) * linear(xn, up);
+    capture(cap, Site::MlpDown(l), &g);
+    x + linear(g, down)
 }
 
 fn capture<B: Backend>(cap: &mut Option<Capture<'_, B>>, site: Site, x: &Tensor<B, 3>) {
@@ -237,58 +317,64 @@ impl<B: Backend> Llama<B> {
         ids: Tensor<B, 2, Int>,
         mut cap: Option<Capture<'_, B>>,
     ) -> Tensor<B, 3> {
-        let cfg = self.config().clone();
-        let device = ids.device();
+        let [_, t] = ids.dims();
+        let ctx = self.block_context(t, &ids.device());
+        let mut x = self.embed_ids(ids);
+        for l in 0..self.layers.len() {
+            x = block_forward(x, &self.block_tensors(l), &ctx, l, &mut cap);
+        }
+        self.head(x, &mut cap)
+    }
+
+    /// Token embeddings `[b, t, hidden]` of ids `[b, t]`.
+    pub fn embed_ids(&self, ids: Tensor<B, 2, Int>) -> Tensor<B, 3> {
         let [b, t] = ids.dims();
-        let (h, hd) = (cfg.hidden, cfg.head_dim());
-        let (nh, nkv) = (cfg.heads, cfg.kv_heads);
-        let group = nh / nkv;
-        let mut x: Tensor<B, 3> = self
-            .embed
+        self.embed
             .val()
             .select(0, ids.reshape([b * t]))
-            .reshape([b, t, h]);
-        let (cos, sin) = self.rope(t, &device);
-        let mask: Tensor<B, 4> = {
-            let v: Vec<f32> = (0..t * t)
-                .map(|i| if i % t > i / t { -1e9 } else { 0.0 })
-                .collect();
-            Tensor::from_data(TensorData::new(v, [1, 1, t, t]), &device)
-        };
-        let scale = 1.0 / (hd as f64).sqrt();
-        for (l, layer) in self.layers.iter().enumerate() {
-            let xn = rms_norm(x.clone(), &layer.attn_norm, cfg.rms_eps);
-            capture(&mut cap, Site::AttnIn(l), &xn);
-            let heads = |y: Tensor<B, 3>, n: usize| y.reshape([b, t, n, hd]).swap_dims(1, 2);
-            let q = Self::apply_rope(heads(linear(xn.clone(), &layer.q), nh), &cos, &sin);
-            let k = Self::apply_rope(heads(linear(xn.clone(), &layer.k), nkv), &cos, &sin);
-            let v = heads(linear(xn, &layer.v), nkv);
-            let expand = |y: Tensor<B, 4>| {
-                if group == 1 {
-                    y
-                } else {
-                    y.reshape([b, nkv, 1, t * hd])
-                        .repeat_dim(2, group)
-                        .reshape([b, nh, t, hd])
-                }
-            };
-            let (k, v) = (expand(k), expand(v));
-            let scores = q.matmul(k.swap_dims(2, 3)) * scale + mask.clone();
-            let a = softmax(scores, 3)
-                .matmul(v)
-                .swap_dims(1, 2)
-                .reshape([b, t, nh * hd]);
-            capture(&mut cap, Site::AttnOut(l), &a);
-            x = x + linear(a, &layer.o);
-            let xn = rms_norm(x.clone(), &layer.mlp_norm, cfg.rms_eps);
-            capture(&mut cap, Site::MlpIn(l), &xn);
-            let g = silu(linear(xn.clone(), &layer.gate)) * linear(xn, &layer.up);
-            capture(&mut cap, Site::MlpDown(l), &g);
-            x = x + linear(g, &layer.down);
+            .reshape([b, t, self.config.hidden])
+    }
+
+    /// Final norm and output projection: logits `[b, t, vocab]` of the last hidden states.
+    pub fn head(&self, x: Tensor<B, 3>, cap: &mut Option<Capture<'_, B>>) -> Tensor<B, 3> {
+        let xn = rms_norm(x, &self.norm.val(), self.config.rms_eps);
+        capture(cap, Site::Head, &xn);
+        linear(xn, &self.lm_head.as_ref().unwrap_or(&self.embed).val())
+    }
+
+    /// The tensors of decoder block `l` (shared storage, not copies).
+    ///
+    /// # Panics
+    /// When `l` is not a layer of the model.
+    pub fn block_tensors(&self, l: usize) -> BlockTensors<B> {
+        let layer = &self.layers[l];
+        BlockTensors {
+            attn_norm: layer.attn_norm.val(),
+            mlp_norm: layer.mlp_norm.val(),
+            proj: [
+                layer.q.val(),
+                layer.k.val(),
+                layer.v.val(),
+                layer.o.val(),
+                layer.gate.val(),
+                layer.up.val(),
+                layer.down.val(),
+            ],
         }
-        let xn = rms_norm(x, &self.norm, cfg.rms_eps);
-        capture(&mut cap, Site::Head, &xn);
-        linear(xn, self.lm_head.as_ref().unwrap_or(&self.embed))
+    }
+
+    /// RoPE tables and causal mask for windows of `t` tokens.
+    pub fn block_context(&self, t: usize, device: &B::Device) -> BlockContext<B> {
+        let (cos, sin) = self.rope(t, device);
+        let v: Vec<f32> = (0..t * t)
+            .map(|i| if i % t > i / t { -1e9 } else { 0.0 })
+            .collect();
+        BlockContext {
+            cos,
+            sin,
+            mask: Tensor::from_data(TensorData::new(v, [1, 1, t, t]), device),
+            config: self.config.clone(),
+        }
     }
 
     /// Logits `[b, t, vocab]` of token ids `[b, t]`.

@@ -296,9 +296,12 @@ impl<B: Backend> NwcCodec<B> {
             .map(|((x, s), lv)| {
                 let n = s.len();
                 let v = pool.with(|model| {
-                    let jt =
-                        Tensor::<B, 2>::from_data(TensorData::new(x.to_vec(), [n, l]), &self.device);
-                    let st = Tensor::<B, 1>::from_data(TensorData::new(s.to_vec(), [n]), &self.device);
+                    let jt = Tensor::<B, 2>::from_data(
+                        TensorData::new(x.to_vec(), [n, l]),
+                        &self.device,
+                    );
+                    let st =
+                        Tensor::<B, 1>::from_data(TensorData::new(s.to_vec(), [n]), &self.device);
                     model
                         .forward(jt, st, self.levels_tensor(lv))
                         .into_data()

@@ -6,14 +6,17 @@ use std::collections::BTreeMap;
 use std::io::Write;
 use std::time::Instant;
 
-use nwc_format::{Payload, Record, Writer};
+use half::f16;
+use nwc_format::{FileReader, Payload, ReadOptions, Record, Writer};
 use nwc_ldl::{BlockLdl, GroupRtn};
-use nwc_llm::{Hessians, LlamaConfig, LlamaWeights, Site, TextTokenizer, site_of};
-use nwc_tensor::{DType, Tensor};
+use nwc_llm::{
+    BlockFt, FtConfig, Hessians, LlamaConfig, LlamaWeights, Proj, Site, TextTokenizer, site_of,
+};
+use nwc_tensor::{DType, ScaleAxis, Tensor};
 
 use crate::codec::WeightCodec;
 use crate::error::{NwcError, Result};
-use crate::pipeline::{CompressReport, Compressor, NwcFile, TensorPolicy};
+use crate::pipeline::{CompressReport, Compressor, Decompressor, NwcFile, TensorPolicy};
 
 /// Metadata record holding the model's `config.json` (`docs/format.md`).
 pub const CONFIG_RECORD: &str = "nwc.llama.config.json";
@@ -29,11 +32,19 @@ pub enum Mode {
     Levels,
     /// Levels, and LDLQ error feedback through the block LDL factor of H.
     LevelsLdlq,
+    /// Levels, LDLQ, then block-wise recovery fine-tuning of per-column scales and norms
+    /// ([`nwc_llm::finetune_blocks`]; needs [`Calibration::with_finetune`]).
+    LevelsLdlqFt,
 }
 
 impl Mode {
-    /// All three, from least to most calibration.
-    pub const ALL: [Mode; 3] = [Mode::DataFree, Mode::Levels, Mode::LevelsLdlq];
+    /// All four, from least to most calibration.
+    pub const ALL: [Mode; 4] = [
+        Mode::DataFree,
+        Mode::Levels,
+        Mode::LevelsLdlq,
+        Mode::LevelsLdlqFt,
+    ];
 
     /// A short label for tables.
     pub fn label(self) -> &'static str {
@@ -41,6 +52,7 @@ impl Mode {
             Mode::DataFree => "data-free",
             Mode::Levels => "levels",
             Mode::LevelsLdlq => "levels+LDLQ",
+            Mode::LevelsLdlqFt => "levels+LDLQ+FT",
         }
     }
 }
@@ -57,6 +69,7 @@ struct SiteCalibration {
 #[derive(Debug, Clone)]
 pub struct Calibration {
     sites: BTreeMap<Site, SiteCalibration>,
+    finetune: Option<(Vec<Vec<u32>>, FtConfig)>,
 }
 
 impl Calibration {
@@ -77,7 +90,17 @@ impl Calibration {
             let ldl = BlockLdl::new(&d.h, nwc_ldl::LDL_BLOCK)?;
             sites.insert(site, SiteCalibration { importance, ldl });
         }
-        Ok(Self { sites })
+        Ok(Self {
+            sites,
+            finetune: None,
+        })
+    }
+
+    /// Adds what [`Mode::LevelsLdlqFt`] needs: calibration windows (token ids, one length) and
+    /// the fine-tuning settings.
+    pub fn with_finetune(mut self, windows: Vec<Vec<u32>>, config: FtConfig) -> Self {
+        self.finetune = Some((windows, config));
+        self
     }
 
     /// diag(H) of a site: the importance of each input column.
@@ -113,6 +136,9 @@ pub fn compress_llama<W: Write>(
     embed_tokenizer: bool,
     out: W,
 ) -> Result<CompressReport> {
+    if let (Mode::LevelsLdlqFt, Some(c)) = (mode, calibration) {
+        return compress_llama_ft(compressor, weights, c, embed_tokenizer, out);
+    }
     let start = Instant::now();
     let cal = match (mode, calibration) {
         (Mode::DataFree, _) => None,
@@ -147,7 +173,7 @@ pub fn compress_llama<W: Write>(
                 (Some(c), Some(s)) => {
                     let imp = c.importance(s);
                     match mode {
-                        Mode::LevelsLdlq => compressor.compress_tensor_ldlq(
+                        Mode::LevelsLdlq | Mode::LevelsLdlqFt => compressor.compress_tensor_ldlq(
                             t,
                             imp,
                             c.ldl(s).expect("every site is calibrated"),
@@ -187,10 +213,26 @@ pub fn decode_llama(
     codec: &dyn WeightCodec,
     tokenizer: Option<TextTokenizer>,
 ) -> Result<LlamaWeights> {
+    decode_llama_from(&file.reader()?, codec, tokenizer)
+}
+
+/// [`decode_llama`] from a parsed container (records decoded in parallel).
+fn decode_llama_from(
+    reader: &FileReader<'_>,
+    codec: &dyn WeightCodec,
+    tokenizer: Option<TextTokenizer>,
+) -> Result<LlamaWeights> {
+    use rayon::prelude::*;
+    let d = Decompressor::new(codec);
+    d.check_header(reader.header())?;
+    let all = (0..reader.index().len())
+        .into_par_iter()
+        .map(|i| d.decompress_record(&reader.record(i)?))
+        .collect::<Result<Vec<Tensor>>>()?;
     let mut config = None;
     let mut tok = None;
     let mut tensors = BTreeMap::new();
-    file.for_each_tensor(codec, |t| {
+    for t in all {
         let text = || String::from_utf8(t.bytes().to_vec()).ok();
         match t.name() {
             CONFIG_RECORD => {
@@ -206,8 +248,7 @@ pub fn decode_llama(
                 tensors.insert(name.to_string(), t);
             }
         }
-        Ok(())
-    })?;
+    }
     let config = config.ok_or_else(|| {
         NwcError::Config(format!("the file has no {CONFIG_RECORD}: not a Llama .nwc"))
     })?;
@@ -215,6 +256,149 @@ pub fn decode_llama(
         .or(tokenizer)
         .ok_or_else(|| NwcError::Config("the file holds no tokenizer and none was given".into()))?;
     Ok(LlamaWeights::from_parts(config, tensors, tokenizer)?)
+}
+
+/// What fine-tuning does to one record of a Llama `.nwc`.
+enum FtEdit<'a> {
+    /// Multiply the matrix's columns (its stored per-column scales) by these.
+    Columns(&'a [f32]),
+    /// Replace the (raw) norm weight by these values.
+    Values(&'a [f32]),
+}
+
+/// Copies the container in `reader` to `out` with the fine-tuned per-column scales folded into
+/// each coded matrix's stored f16 scales and the fine-tuned norms in place of the old ones; every
+/// other byte of every record is unchanged, so the rate is too. Returns the file's bytes.
+fn rewrite_with_finetune<W: Write>(
+    reader: &FileReader<'_>,
+    blocks: &[BlockFt],
+    out: W,
+) -> Result<u64> {
+    let mut edits: BTreeMap<String, FtEdit<'_>> = BTreeMap::new();
+    for b in blocks {
+        for (k, p) in Proj::ALL.iter().enumerate() {
+            edits.insert(p.name(b.layer), FtEdit::Columns(&b.col_scales[k]));
+        }
+        edits.insert(
+            format!("model.layers.{}.input_layernorm.weight", b.layer),
+            FtEdit::Values(&b.attn_norm),
+        );
+        edits.insert(
+            format!("model.layers.{}.post_attention_layernorm.weight", b.layer),
+            FtEdit::Values(&b.mlp_norm),
+        );
+    }
+    let mut writer = Writer::new(out, reader.header().clone())?;
+    for i in 0..reader.index().len() {
+        let mut r = reader.record(i)?;
+        let bad = |why: String| NwcError::Config(format!("fine-tuning {}: {why}", r.name));
+        let shape: Vec<usize> = r.shape.iter().map(|&d| d as usize).collect();
+        match (edits.get(&r.name), &mut r.payload) {
+            (None, _) => {}
+            (Some(FtEdit::Columns(s)), Payload::Coded(c)) => {
+                if c.scale_axis != ScaleAxis::Column.code() || c.scales.len() != s.len() {
+                    return Err(bad(format!(
+                        "{} scales on axis {} for {} column multipliers",
+                        c.scales.len(),
+                        c.scale_axis,
+                        s.len()
+                    )));
+                }
+                for (b, &m) in c.scales.iter_mut().zip(*s) {
+                    *b = f16::from_f32(f16::from_bits(*b).to_f32() * m).to_bits();
+                }
+            }
+            (Some(edit), Payload::Raw(bytes)) => {
+                let t = Tensor::from_bytes(&r.name, r.dtype, shape.clone(), bytes.clone())?;
+                let mut v = t.to_f32()?;
+                match edit {
+                    FtEdit::Columns(s) => {
+                        if shape.len() != 2 || shape[1] != s.len() {
+                            return Err(bad(format!("shape {shape:?} for {} columns", s.len())));
+                        }
+                        for row in v.chunks_mut(s.len()) {
+                            row.iter_mut().zip(*s).for_each(|(x, m)| *x *= m);
+                        }
+                    }
+                    FtEdit::Values(n) if n.len() == v.len() => v.copy_from_slice(n),
+                    FtEdit::Values(n) => {
+                        return Err(bad(format!("{} values for {} elements", n.len(), v.len())));
+                    }
+                }
+                *bytes = Tensor::from_f32(&r.name, r.dtype, shape, &v)?
+                    .bytes()
+                    .to_vec();
+            }
+            (Some(FtEdit::Values(_)), Payload::Coded(_)) => {
+                return Err(bad("a coded norm cannot take new values".into()));
+            }
+        }
+        writer.write(&r)?;
+    }
+    Ok(writer.finish()?.1)
+}
+
+/// Mode [`Mode::LevelsLdlqFt`]: LDLQ into memory, decode, fine-tune every block on the CPU,
+/// write the file with the learned scales and norms.
+fn compress_llama_ft<W: Write>(
+    compressor: &Compressor<'_>,
+    weights: &LlamaWeights,
+    calibration: &Calibration,
+    embed_tokenizer: bool,
+    out: W,
+) -> Result<CompressReport> {
+    use nwc_codec::burn::backend::{Autodiff, NdArray};
+    let start = Instant::now();
+    let (windows, ft) = calibration.finetune.as_ref().ok_or_else(|| {
+        NwcError::Config(format!(
+            "mode {} needs fine-tuning windows (Calibration::with_finetune)",
+            Mode::LevelsLdlqFt.label()
+        ))
+    })?;
+    let mut buf = Vec::new();
+    let mut report = compress_llama(
+        compressor,
+        weights,
+        Some(calibration),
+        Mode::LevelsLdlq,
+        embed_tokenizer,
+        &mut buf,
+    )?;
+    let reader = FileReader::new(&buf, ReadOptions::default())?;
+    let decoded = decode_llama_from(&reader, compressor.codec(), Some(weights.tokenizer.clone()))?;
+    let device = Default::default();
+    let original = nwc_llm::Llama::<NdArray>::from_weights(weights, &device)?;
+    let quantized = nwc_llm::Llama::<NdArray>::from_weights(&decoded, &device)?;
+    let w: Vec<&[u32]> = windows.iter().map(Vec::as_slice).collect();
+    let t = Instant::now();
+    let blocks = nwc_llm::finetune_blocks::<Autodiff<NdArray>>(
+        &original,
+        &quantized,
+        &w,
+        ft,
+        &device,
+        |b| {
+            tracing::debug!(
+                layer = b.layer,
+                before = b.heldout_before,
+                after = b.heldout_after,
+                "fine-tuned"
+            );
+        },
+    )?;
+    let (before, after) = blocks.iter().fold((0.0, 0.0), |(a, b), f| {
+        (a + f.heldout_before, b + f.heldout_after)
+    });
+    tracing::info!(
+        seconds = t.elapsed().as_secs_f64(),
+        blocks = blocks.len(),
+        mean_heldout_before = before / blocks.len().max(1) as f64,
+        mean_heldout_after = after / blocks.len().max(1) as f64,
+        "block-wise fine-tuning done"
+    );
+    report.file_bytes = rewrite_with_finetune(&reader, &blocks, out)?;
+    report.seconds = start.elapsed().as_secs_f64();
+    Ok(report)
 }
 
 /// A baseline quantizer, applied to the same matrices NWC codes.

@@ -250,6 +250,11 @@ impl<'c> Compressor<'c> {
         Ok(self)
     }
 
+    /// The codec it compresses with.
+    pub fn codec(&self) -> &'c dyn WeightCodec {
+        self.codec
+    }
+
     /// The options in force.
     pub fn options(&self) -> &CompressOptions {
         &self.options

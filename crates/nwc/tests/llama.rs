@@ -11,14 +11,32 @@ use std::path::PathBuf;
 use nwc::codec_net::burn::backend::NdArray;
 use nwc::codec_net::burn::tensor::Tensor as BTensor;
 use nwc::format::Writer;
+use nwc::format::{FileReader, Payload, ReadOptions};
 use nwc::ldl::{BlockLdl, HessianAccumulator, damp, proxy_loss};
 use nwc::llama::{Calibration, Mode, compress_llama, decode_llama};
-use nwc::llm::{Hessians, Llama, LlamaWeights, Proj, Site, perplexity};
+use nwc::llm::{FtConfig, Hessians, Llama, LlamaWeights, Proj, Site, finetune_blocks, perplexity};
 use nwc::tensor::DType;
 use nwc::{Compressor, Decompressor, EcsqCodec, NwcFile};
 
 fn tiny_dir() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../examples/assets/tiny-llama")
+}
+
+/// `n` windows of 128 tokens of the calibration text.
+fn ft_windows(calib: &[u32], n: usize) -> Vec<Vec<u32>> {
+    nwc::llm::windows(calib, 128, n)
+        .unwrap()
+        .into_iter()
+        .map(<[u32]>::to_vec)
+        .collect()
+}
+
+fn quick_ft() -> FtConfig {
+    FtConfig {
+        max_steps: 12,
+        eval_every: 4,
+        ..FtConfig::default()
+    }
 }
 
 fn tiny() -> (LlamaWeights, Vec<u32>, Vec<u32>) {
@@ -135,7 +153,9 @@ fn a_llama_round_trips_through_nwc_and_hugging_face() {
         |_, _| {},
     )
     .unwrap();
-    let cal = Calibration::new(&h, &w.config).unwrap();
+    let cal = Calibration::new(&h, &w.config)
+        .unwrap()
+        .with_finetune(ft_windows(&calib, 6), quick_ft());
     let codec = EcsqCodec::for_bits(6.0).unwrap();
     let compressor = Compressor::new(&codec);
     let dir = tempfile::tempdir().unwrap();
@@ -270,4 +290,117 @@ fn ldlq_lowers_the_output_error_of_a_real_layer_at_equal_rate() {
             "rates differ: {bf} vs {bp} bytes"
         );
     }
+}
+
+/// Block-wise fine-tuning at a low rate, where there is error to recover: every block's held-out
+/// output error falls, the file keeps its size and its symbols (only scales and norms change),
+/// and perplexity does not get worse.
+#[test]
+fn finetuning_recovers_block_outputs_without_changing_the_rate() {
+    use nwc::codec_net::burn::backend::Autodiff;
+    let (w, eval, calib) = tiny();
+    let device = Default::default();
+    let reference = Llama::<NdArray>::from_weights(&w, &device).unwrap();
+    let h = Hessians::collect(
+        &reference,
+        &calib,
+        256,
+        4,
+        None,
+        [0; 32],
+        &device,
+        |_, _| {},
+    )
+    .unwrap();
+    let windows = ft_windows(&calib, 8);
+    let cal = Calibration::new(&h, &w.config)
+        .unwrap()
+        .with_finetune(windows.clone(), FtConfig::default());
+    let codec = EcsqCodec::for_bits(2.5).unwrap();
+    let compressor = Compressor::new(&codec);
+    let mut files = Vec::new();
+    for mode in [Mode::LevelsLdlq, Mode::LevelsLdlqFt] {
+        let mut buf = Vec::new();
+        let report = compress_llama(&compressor, &w, Some(&cal), mode, true, &mut buf).unwrap();
+        assert_eq!(report.file_bytes, buf.len() as u64);
+        files.push(buf);
+    }
+    assert_eq!(
+        files[0].len(),
+        files[1].len(),
+        "fine-tuning changed the rate"
+    );
+    let (a, b) = (
+        FileReader::new(&files[0], ReadOptions::default()).unwrap(),
+        FileReader::new(&files[1], ReadOptions::default()).unwrap(),
+    );
+    let (mut scales_moved, mut norms_moved) = (0, 0);
+    for i in 0..a.index().len() {
+        let (ra, rb) = (a.record(i).unwrap(), b.record(i).unwrap());
+        assert_eq!(
+            (&ra.name, ra.dtype, &ra.shape),
+            (&rb.name, rb.dtype, &rb.shape)
+        );
+        match (&ra.payload, &rb.payload) {
+            (Payload::Coded(x), Payload::Coded(y)) => {
+                assert_eq!(x.segments, y.segments, "{}: symbols changed", ra.name);
+                scales_moved += usize::from(x.scales != y.scales);
+            }
+            (Payload::Raw(x), Payload::Raw(y)) => {
+                norms_moved += usize::from(x != y && ra.name.contains("layernorm"));
+            }
+            _ => panic!("{}: payload kind changed", ra.name),
+        }
+    }
+    assert!(
+        scales_moved >= 7 * w.config.layers - 2,
+        "{scales_moved} matrices rescaled"
+    );
+    assert!(
+        norms_moved >= w.config.layers,
+        "{norms_moved} norms changed"
+    );
+
+    // The blocks' own held-out errors, from the library call the mode makes.
+    let f0 = write_tmp(&files[0]);
+    let ldlq = decode_llama(&NwcFile::open(f0.path()).unwrap(), &codec, None).unwrap();
+    let quantized = Llama::<NdArray>::from_weights(&ldlq, &device).unwrap();
+    let refs: Vec<&[u32]> = windows.iter().map(Vec::as_slice).collect();
+    let blocks = finetune_blocks::<Autodiff<NdArray>>(
+        &reference,
+        &quantized,
+        &refs,
+        &FtConfig::default(),
+        &device,
+        |_| {},
+    )
+    .unwrap();
+    for b in &blocks {
+        eprintln!(
+            "layer {}: held-out nmse {:.5} → {:.5} in {} steps",
+            b.layer, b.heldout_before, b.heldout_after, b.steps
+        );
+        assert!(b.heldout_after < b.heldout_before, "layer {}", b.layer);
+    }
+    let before: f64 = blocks.iter().map(|b| b.heldout_before).sum();
+    let after: f64 = blocks.iter().map(|b| b.heldout_after).sum();
+    assert!(after < 0.9 * before, "held-out error {before} → {after}");
+
+    let ppl = |bytes: &[u8]| {
+        let f = write_tmp(bytes);
+        let back = decode_llama(&NwcFile::open(f.path()).unwrap(), &codec, None).unwrap();
+        let m = Llama::<NdArray>::from_weights(&back, &device).unwrap();
+        perplexity(&m, &eval, 256, 4, &device, |_, _| {})
+            .unwrap()
+            .ppl
+    };
+    let (p_ldlq, p_ft) = (ppl(&files[0]), ppl(&files[1]));
+    eprintln!("perplexity at 2.5 bits: LDLQ {p_ldlq:.3}, LDLQ + FT {p_ft:.3}");
+    assert!(p_ft <= p_ldlq * 1.005, "LDLQ {p_ldlq} → FT {p_ft}");
+}
+
+fn write_tmp(bytes: &[u8]) -> tempfile::NamedTempFile {
+    let f = tempfile::NamedTempFile::new().unwrap();
+    std::fs::write(f.path(), bytes).unwrap();
+    f
 }

@@ -89,7 +89,10 @@ fn shipped_codec_whole_model_across_backends() {
         })
         .collect();
     let bytes: Vec<Vec<u8>> = files.iter().map(|f| std::fs::read(f).unwrap()).collect();
-    assert_eq!(bytes[0], bytes[1], "the trellis encoder must not depend on the backend");
+    assert_eq!(
+        bytes[0], bytes[1],
+        "the trellis encoder must not depend on the backend"
+    );
 
     let file = NwcFile::open(&files[1]).unwrap();
     let on_cpu = file.decode_all(&cpu).unwrap();
@@ -126,8 +129,12 @@ fn shipped_codec_real_tensors_across_backends() {
     let gpu = NwcCodec::<Wgpu>::default_on(&device()).unwrap();
     for t in tensors.iter().take(3) {
         let (rec, report) = Compressor::new(&gpu).compress_tensor(t, None).unwrap();
-        let a = nwc::Decompressor::new(&cpu).decompress_record(&rec).unwrap();
-        let b = nwc::Decompressor::new(&gpu).decompress_record(&rec).unwrap();
+        let a = nwc::Decompressor::new(&cpu)
+            .decompress_record(&rec)
+            .unwrap();
+        let b = nwc::Decompressor::new(&gpu)
+            .decompress_record(&rec)
+            .unwrap();
         let d = max_rel_diff(&a, &b);
         eprintln!(
             "{}: nmse {:.5}, WGPU vs NdArray {d:.2e} × RMS",
@@ -146,7 +153,12 @@ fn analyze<B: Backend>(ck: &Checkpoint, x: &[f32], levels: &[i64], d: &B::Device
     let model = ck.model::<B>(d).unwrap();
     let xt = BTensor::<B, 2>::from_data(TensorData::new(x.to_vec(), [n, c]), d);
     let lt = BTensor::<B, 1, Int>::from_data(TensorData::new(levels.to_vec(), [n]), d);
-    model.analyze(xt, lt).into_data().convert::<f32>().to_vec().unwrap()
+    model
+        .analyze(xt, lt)
+        .into_data()
+        .convert::<f32>()
+        .to_vec()
+        .unwrap()
 }
 
 /// The paper's autoencoder analyses on the backend, so rounding can differ between backends:
@@ -188,7 +200,10 @@ fn autoencoder_symbols_differ_only_at_rounding_boundaries() {
         "autoencoder on {} latents: largest difference {max_diff:.2e} steps, {differ} symbols differ",
         y_cpu.len()
     );
-    assert!(max_diff <= LATENT_BOUND, "latents differ by {max_diff} steps");
+    assert!(
+        max_diff <= LATENT_BOUND,
+        "latents differ by {max_diff} steps"
+    );
     assert!(differ * 10_000 <= y_cpu.len(), "{differ} symbols differ");
 }
 
@@ -238,11 +253,17 @@ fn refiner_trains_on_wgpu() {
     // Trained weights are no longer the zero-output initialization: the correction is nonzero.
     let r = ck.refiner::<NdArray>(&Default::default()).unwrap();
     let d = Default::default();
-    let j: Vec<f32> = (0..2 * cfg.chunk_len).map(|i| (i % 7) as f32 - 3.0).collect();
+    let j: Vec<f32> = (0..2 * cfg.chunk_len)
+        .map(|i| (i % 7) as f32 - 3.0)
+        .collect();
     let jt = BTensor::<NdArray, 2>::from_data(TensorData::new(j.clone(), [2, cfg.chunk_len]), &d);
     let st = BTensor::<NdArray, 1>::from_data(TensorData::new(vec![0.1f32, 0.01], [2]), &d);
     let lt = BTensor::<NdArray, 1, Int>::from_data(TensorData::new(vec![0i64, 1], [2]), &d);
     let out: Vec<f32> = r.forward(jt, st, lt).into_data().to_vec().unwrap();
-    let moved = out.iter().zip(&j).map(|(a, b)| (a - b).abs()).fold(0.0f32, f32::max);
+    let moved = out
+        .iter()
+        .zip(&j)
+        .map(|(a, b)| (a - b).abs())
+        .fold(0.0f32, f32::max);
     assert!(moved > 0.0, "the refiner's correction is still zero");
 }
