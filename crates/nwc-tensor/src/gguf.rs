@@ -97,6 +97,7 @@ impl GgufValue {
 /// GGML tensor types nwc can read.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[non_exhaustive]
+#[allow(non_camel_case_types)] // GGML's own names
 pub enum GgmlType {
     /// f32.
     F32,
@@ -110,6 +111,14 @@ pub enum GgmlType {
     Q4_1,
     /// 32-value blocks: f16 scale, 8-bit signed values.
     Q8_0,
+    /// 256-value super-blocks of eight 32-value sub-blocks: f16 scale and minimum, 6-bit
+    /// sub-block scales and minimums, 4-bit values.
+    Q4_K,
+    /// As [`GgmlType::Q4_K`] with a fifth bit per value.
+    Q5_K,
+    /// 256-value super-blocks of sixteen 16-value sub-blocks: f16 scale, 8-bit sub-block
+    /// scales, 6-bit values offset by 32.
+    Q6_K,
 }
 
 impl GgmlType {
@@ -120,6 +129,9 @@ impl GgmlType {
             2 => GgmlType::Q4_0,
             3 => GgmlType::Q4_1,
             8 => GgmlType::Q8_0,
+            12 => GgmlType::Q4_K,
+            13 => GgmlType::Q5_K,
+            14 => GgmlType::Q6_K,
             30 => GgmlType::BF16,
             _ => return None,
         })
@@ -133,6 +145,9 @@ impl GgmlType {
             GgmlType::Q4_0 => (32, 18),
             GgmlType::Q4_1 => (32, 20),
             GgmlType::Q8_0 => (32, 34),
+            GgmlType::Q4_K => (QK_K, 144),
+            GgmlType::Q5_K => (QK_K, 176),
+            GgmlType::Q6_K => (QK_K, 210),
         }
     }
 }
@@ -348,7 +363,92 @@ fn parse(data: &[u8]) -> Result<(u32, BTreeMap<String, GgufValue>, Vec<GgufTenso
     Ok((version, metadata, tensors))
 }
 
-/// Dequantizes GGML data to f32 (exact: every supported type is a scaled integer or a float).
+/// Values per K-quant super-block.
+const QK_K: u64 = 256;
+
+/// Scale and minimum (6 bits each) of sub-block `j` of a Q4_K/Q5_K super-block, from its 12
+/// packed bytes (`get_scale_min_k4` in GGML).
+fn scale_min_k4(j: usize, q: &[u8]) -> (f32, f32) {
+    let (d, m) = if j < 4 {
+        (q[j] & 63, q[j + 4] & 63)
+    } else {
+        (
+            (q[j + 4] & 0x0f) | ((q[j - 4] >> 6) << 4),
+            (q[j + 4] >> 4) | ((q[j] >> 6) << 4),
+        )
+    };
+    (f32::from(d), f32::from(m))
+}
+
+/// Q4_K and Q5_K super-blocks (GGML's `dequantize_row_q4_K` / `_q5_K`, in its operation order,
+/// so the values are bit-identical to GGML's).
+fn dequantize_q45k(data: &[u8], five: bool) -> Vec<f32> {
+    let h = |b: &[u8]| f16::from_le_bytes([b[0], b[1]]).to_f32();
+    let block = if five { 176 } else { 144 };
+    let mut out = Vec::with_capacity(data.len() / block * QK_K as usize);
+    for b in data.chunks_exact(block) {
+        let (d, min) = (h(&b[0..2]), h(&b[2..4]));
+        let scales = &b[4..16];
+        let (qh, qs) = if five {
+            (&b[16..48], &b[48..176])
+        } else {
+            (&b[0..0], &b[16..144])
+        };
+        for (k, q) in qs.chunks_exact(32).enumerate() {
+            let (sc1, m1) = scale_min_k4(2 * k, scales);
+            let (sc2, m2) = scale_min_k4(2 * k + 1, scales);
+            let (d1, m1, d2, m2) = (d * sc1, min * m1, d * sc2, min * m2);
+            let high = |l: usize, bit: usize| {
+                if five && qh[l] & (1 << bit) != 0 {
+                    16.0
+                } else {
+                    0.0
+                }
+            };
+            out.extend(
+                q.iter()
+                    .enumerate()
+                    .map(|(l, &v)| d1 * (f32::from(v & 0x0f) + high(l, 2 * k)) - m1),
+            );
+            out.extend(
+                q.iter()
+                    .enumerate()
+                    .map(|(l, &v)| d2 * (f32::from(v >> 4) + high(l, 2 * k + 1)) - m2),
+            );
+        }
+    }
+    out
+}
+
+/// Q6_K super-blocks (GGML's `dequantize_row_q6_K`, in its operation order).
+fn dequantize_q6k(data: &[u8]) -> Vec<f32> {
+    let mut out = Vec::with_capacity(data.len() / 210 * QK_K as usize);
+    for b in data.chunks_exact(210) {
+        let d = f16::from_le_bytes([b[208], b[209]]).to_f32();
+        for half in 0..2 {
+            let ql = &b[64 * half..64 * half + 64];
+            let qh = &b[128 + 32 * half..128 + 32 * half + 32];
+            let sc = &b[192 + 8 * half..192 + 8 * half + 8];
+            let mut y = [0.0f32; 128];
+            for l in 0..32 {
+                let is = l / 16;
+                let q = |lo: u8, shift: u32| {
+                    f32::from(((lo | (((qh[l] >> shift) & 3) << 4)) as i8) - 32)
+                };
+                let s = |i: usize| d * f32::from(sc[i] as i8);
+                y[l] = s(is) * q(ql[l] & 0x0f, 0);
+                y[l + 32] = s(is + 2) * q(ql[l + 32] & 0x0f, 2);
+                y[l + 64] = s(is + 4) * q(ql[l] >> 4, 4);
+                y[l + 96] = s(is + 6) * q(ql[l + 32] >> 4, 6);
+            }
+            out.extend_from_slice(&y);
+        }
+    }
+    out
+}
+
+/// Dequantizes GGML data to f32 (exact: every supported type is a scaled integer or a float,
+/// computed in GGML's own operation order).
 pub fn dequantize(ty: GgmlType, data: &[u8]) -> Vec<f32> {
     let h = |b: &[u8]| f16::from_le_bytes([b[0], b[1]]).to_f32();
     match ty {
@@ -389,6 +489,9 @@ pub fn dequantize(ty: GgmlType, data: &[u8]) -> Vec<f32> {
             }
             out
         }
+        GgmlType::Q4_K => dequantize_q45k(data, false),
+        GgmlType::Q5_K => dequantize_q45k(data, true),
+        GgmlType::Q6_K => dequantize_q6k(data),
     }
 }
 
