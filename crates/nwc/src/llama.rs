@@ -288,7 +288,7 @@ fn rewrite_with_finetune<W: Write>(
             FtEdit::Values(&b.mlp_norm),
         );
     }
-    let mut writer = Writer::new(out, reader.header().clone())?;
+    let mut writer = Writer::new(out, *reader.header())?;
     for i in 0..reader.index().len() {
         let mut r = reader.record(i)?;
         let bad = |why: String| NwcError::Config(format!("fine-tuning {}: {why}", r.name));
