@@ -36,8 +36,8 @@ enum Command {
     /// exactly 4.00 bits/param (log-MSE interpolated).
     BenchRd(bench_rd::BenchArgs),
     /// Perplexity vs measured bits/param on a real Llama (default SmolLM2-135M): FP, RTN and
-    /// GPTQ (g128, shared calibration Hessians), NWC and ECSQ data-free, + levels, + LDLQ,
-    /// + block-wise fine-tuning. Writes docs/llm.md (with the ablation at 4.00 bits) and
+    /// GPTQ (g128, shared calibration Hessians), NWC and ECSQ data-free, with levels, with LDLQ
+    /// and with block-wise fine-tuning. Writes docs/llm.md (with the ablation at 4.00 bits) and
     /// docs/llm.svg; the last line is `llm@4bit: ppl_ratio=<NWC/FP> vs_gptq=<NWC/GPTQ>
     /// vs_rtn=<NWC/RTN> vs_ecsq=<NWC/ECSQ>` at 4.00 bits/param (log-ppl interpolated), each
     /// codec in its best mode.
