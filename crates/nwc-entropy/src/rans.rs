@@ -323,30 +323,14 @@ impl<'t> Dec<'t> {
     }
 }
 
-/// The 32-bit words of a segment after its header, read forwards. Reading past the end yields 0
-/// and is noticed afterwards (`pos > len`): the hot loop has no exit for it.
-struct Words {
-    words: Vec<u32>,
-    len: usize,
-    pos: usize,
-}
-
-impl Words {
-    fn new(bytes: &[u8]) -> Self {
-        let words: Vec<u32> = bytes
-            .chunks_exact(4)
-            .map(|b| u32::from_le_bytes([b[0], b[1], b[2], b[3]]))
-            .collect();
-        Self {
-            len: words.len(),
-            words,
-            pos: 0,
-        }
-    }
-
-    fn overran(&self) -> bool {
-        self.pos > self.len
-    }
+/// The 32-bit words of a segment after its header, read forwards. The decoder keeps its read
+/// position in a local; reading past the end yields 0 (`renorm`) and is noticed afterwards as a
+/// position beyond `words.len()`, so the hot loop has no exit for it.
+fn words_of(bytes: &[u8]) -> Vec<u32> {
+    bytes
+        .chunks_exact(4)
+        .map(|b| u32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+        .collect()
 }
 
 /// Brings a state below `L` back into `[L, 2^63)` with the next word, without a branch.
@@ -474,7 +458,7 @@ fn decode_segment<const CTX: bool>(
             });
         }
     }
-    let mut words = Words::new(&bytes[SEGMENT_HEADER_BYTES..]);
+    let words = words_of(&bytes[SEGMENT_HEADER_BYTES..]);
     let mut pos = 0usize;
     let truncated = |decoded| EntropyError::CorruptTruncated { segment, decoded };
     let contexts = if CTX { contexts } else { None };
@@ -497,15 +481,14 @@ fn decode_segment<const CTX: bool>(
             let row = &rows[pick.row()];
             if uniform[pick.row()] {
                 let d = row[0];
-                let w = &words.words;
+                let w = &words;
                 for o in chunk_out.chunks_exact_mut(WAYS) {
                     o[0] = decode_one(&d, &mut x0, w, &mut pos);
                     o[1] = decode_one(&d, &mut x1, w, &mut pos);
                     o[2] = decode_one(&d, &mut x2, w, &mut pos);
                     o[3] = decode_one(&d, &mut x3, w, &mut pos);
                 }
-                words.pos = pos;
-                if words.overran() {
+                if pos > words.len() {
                     return Err(truncated(k * chunk_len));
                 }
                 continue;
@@ -520,7 +503,7 @@ fn decode_segment<const CTX: bool>(
                         } else {
                             &row[i + $n]
                         };
-                        let v = decode_one(d, &mut $s, &words.words, &mut pos);
+                        let v = decode_one(d, &mut $s, &words, &mut pos);
                         if CTX {
                             pick.advance(v);
                         }
@@ -532,8 +515,7 @@ fn decode_segment<const CTX: bool>(
                 one!(2, x2);
                 one!(3, x3);
             }
-            words.pos = pos;
-            if words.overran() {
+            if pos > words.len() {
                 return Err(truncated(k * chunk_len));
             }
         }
@@ -547,19 +529,13 @@ fn decode_segment<const CTX: bool>(
         {
             let mut pick = Picker::new(contexts, class);
             for (i, o) in chunk_out.iter_mut().enumerate() {
-                *o = decode_one(
-                    &rows[pick.row()][i],
-                    &mut x[j % WAYS],
-                    &words.words,
-                    &mut pos,
-                );
+                *o = decode_one(&rows[pick.row()][i], &mut x[j % WAYS], &words, &mut pos);
                 if CTX {
                     pick.advance(*o);
                 }
                 j += 1;
             }
-            words.pos = pos;
-            if words.overran() {
+            if pos > words.len() {
                 return Err(truncated(k * chunk_len));
             }
         }
@@ -570,12 +546,12 @@ fn decode_segment<const CTX: bool>(
             reason: "final states differ from the initial state".into(),
         });
     }
-    if words.pos != words.len {
+    if pos != words.len() {
         return Err(EntropyError::CorruptSegment {
             segment,
             reason: format!(
                 "{} trailing bytes after the last symbol",
-                4 * (words.len - words.pos)
+                4 * (words.len() - pos)
             ),
         });
     }

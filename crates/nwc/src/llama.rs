@@ -16,7 +16,7 @@ use nwc_tensor::{DType, ScaleAxis, Tensor};
 
 use crate::codec::WeightCodec;
 use crate::error::{NwcError, Result};
-use crate::pipeline::{CompressReport, Compressor, Decompressor, NwcFile, TensorPolicy};
+use crate::pipeline::{CompressReport, Compressor, NwcFile, TensorPolicy};
 
 /// Metadata record holding the model's `config.json` (`docs/format.md`).
 pub const CONFIG_RECORD: &str = "nwc.llama.config.json";
@@ -222,13 +222,7 @@ fn decode_llama_from(
     codec: &dyn WeightCodec,
     tokenizer: Option<TextTokenizer>,
 ) -> Result<LlamaWeights> {
-    use rayon::prelude::*;
-    let d = Decompressor::new(codec);
-    d.check_header(reader.header())?;
-    let all = (0..reader.index().len())
-        .into_par_iter()
-        .map(|i| d.decompress_record(&reader.record(i)?))
-        .collect::<Result<Vec<Tensor>>>()?;
+    let all = crate::pipeline::decode_records(reader, codec)?;
     let mut config = None;
     let mut tok = None;
     let mut tensors = BTreeMap::new();

@@ -636,6 +636,20 @@ pub(crate) fn compress_in_order<T: Send>(
     Ok(())
 }
 
+/// Every record of a parsed container, decoded in parallel on the rayon pool, in file order.
+pub(crate) fn decode_records(
+    reader: &FileReader<'_>,
+    codec: &dyn WeightCodec,
+) -> Result<Vec<Tensor>> {
+    use rayon::prelude::*;
+    let d = Decompressor::new(codec);
+    d.check_header(reader.header())?;
+    (0..reader.index().len())
+        .into_par_iter()
+        .map(|i| d.decompress_record(&reader.record(i)?))
+        .collect()
+}
+
 fn with_name(e: nwc_tensor::TensorError, name: &str) -> NwcError {
     match e {
         nwc_tensor::TensorError::NonFinite { value, row, col } => NwcError::Unrepresentable {
@@ -903,14 +917,7 @@ impl NwcFile {
     /// # Errors
     /// As [`NwcFile::for_each_tensor`]; the first error in file order.
     pub fn decode_all(&self, codec: &dyn WeightCodec) -> Result<Vec<Tensor>> {
-        use rayon::prelude::*;
-        let r = self.reader()?;
-        let d = Decompressor::new(codec);
-        d.check_header(r.header())?;
-        (0..r.index().len())
-            .into_par_iter()
-            .map(|i| d.decompress_record(&r.record(i)?))
-            .collect()
+        decode_records(&self.reader()?, codec)
     }
 
     /// Decodes one tensor by name.

@@ -39,6 +39,15 @@ fn quick_ft() -> FtConfig {
     }
 }
 
+/// The model on the CPU backend and its Hessians from 4 calibration windows of 256 tokens.
+fn calibrated(w: &LlamaWeights, calib: &[u32]) -> (Llama<NdArray>, Hessians) {
+    let device = Default::default();
+    let reference = Llama::<NdArray>::from_weights(w, &device).unwrap();
+    let h =
+        Hessians::collect(&reference, calib, 256, 4, None, [0; 32], &device, |_, _| {}).unwrap();
+    (reference, h)
+}
+
 fn tiny() -> (LlamaWeights, Vec<u32>, Vec<u32>) {
     let w = LlamaWeights::open(tiny_dir()).unwrap();
     let text = |f: &str| std::fs::read_to_string(tiny_dir().join(f)).unwrap();
@@ -140,19 +149,8 @@ fn hessian_cache_resumes_and_refuses_damage() {
 fn a_llama_round_trips_through_nwc_and_hugging_face() {
     let (w, eval, calib) = tiny();
     let device = Default::default();
-    let reference = Llama::<NdArray>::from_weights(&w, &device).unwrap();
+    let (reference, h) = calibrated(&w, &calib);
     let before = perplexity(&reference, &eval, 256, 4, &device, |_, _| {}).unwrap();
-    let h = Hessians::collect(
-        &reference,
-        &calib,
-        256,
-        4,
-        None,
-        [0; 32],
-        &device,
-        |_, _| {},
-    )
-    .unwrap();
     let cal = Calibration::new(&h, &w.config)
         .unwrap()
         .with_finetune(ft_windows(&calib, 6), quick_ft());
@@ -300,18 +298,7 @@ fn finetuning_recovers_block_outputs_without_changing_the_rate() {
     use nwc::codec_net::burn::backend::Autodiff;
     let (w, eval, calib) = tiny();
     let device = Default::default();
-    let reference = Llama::<NdArray>::from_weights(&w, &device).unwrap();
-    let h = Hessians::collect(
-        &reference,
-        &calib,
-        256,
-        4,
-        None,
-        [0; 32],
-        &device,
-        |_, _| {},
-    )
-    .unwrap();
+    let (reference, h) = calibrated(&w, &calib);
     let windows = ft_windows(&calib, 8);
     let cal = Calibration::new(&h, &w.config)
         .unwrap()

@@ -44,6 +44,18 @@ fn minilm_layer5() -> Option<Vec<Tensor>> {
     )
 }
 
+/// The matrices normalized and cut into 16-value chunks, as the pipeline does.
+fn chunks(tensors: &[Tensor]) -> Vec<f32> {
+    let mut x = Vec::new();
+    for t in tensors {
+        let (r, k) = t.matrix_dims().unwrap();
+        let v = t.to_f32().unwrap();
+        let w = ndarray::ArrayView2::from_shape((r, k), &v).unwrap();
+        x.extend_from_slice(chunk(w, &ChunkConfig::default()).unwrap().data());
+    }
+    x
+}
+
 /// The largest difference between two decodes of a tensor, in units of its RMS, after allowing
 /// each value one step of its dtype's rounding (two backends' f32 results that differ in the
 /// last bits can round to neighbouring f16/bf16 values).
@@ -170,13 +182,7 @@ fn autoencoder_symbols_differ_only_at_rounding_boundaries() {
     };
     let ck = Checkpoint::from_bytes(nwc::codec_net::AUTOENCODER_CHECKPOINT).unwrap();
     let c = ck.config().chunk_len;
-    let mut x = Vec::new();
-    for t in &tensors {
-        let (r, k) = t.matrix_dims().unwrap();
-        let v = t.to_f32().unwrap();
-        let w = ndarray::ArrayView2::from_shape((r, k), &v).unwrap();
-        x.extend_from_slice(chunk(w, &ChunkConfig::default()).unwrap().data());
-    }
+    let x = chunks(&tensors);
     let n = x.len() / c;
     let levels: Vec<i64> = (0..n as i64).map(|i| i % 4).collect();
     let y_cpu = analyze::<NdArray>(&ck, &x, &levels, &Default::default());
@@ -218,13 +224,7 @@ fn refiner_trains_on_wgpu() {
         blocks: 1,
         ..CodecConfig::refiner_small()
     };
-    let mut data = Vec::new();
-    for t in &tensors {
-        let (r, k) = t.matrix_dims().unwrap();
-        let v = t.to_f32().unwrap();
-        let w = ndarray::ArrayView2::from_shape((r, k), &v).unwrap();
-        data.extend_from_slice(chunk(w, &ChunkConfig::default()).unwrap().data());
-    }
+    let mut data = chunks(&tensors);
     let held = data.split_off(data.len() - 16 * 512);
     let rc = RefineConfig {
         steps: 4,
