@@ -56,6 +56,7 @@ pub fn run(a: &TrainLlamaArgs) -> Result<()> {
     }
     let ids = tok.encode(&text)?;
     let cfg = LlamaConfig {
+        family: nwc::llm::Family::Llama,
         vocab: 256,
         hidden: a.hidden,
         intermediate: a.hidden * 8 / 3 / 32 * 32,

@@ -161,6 +161,49 @@ impl<W: Write> Writer<W> {
         })
     }
 
+    /// Continues a file whose header and records up to `pos` are already in `inner` (an
+    /// interrupted write, cut back to its last complete record): `index` lists those records.
+    /// The result is byte-identical to a writer that wrote them itself.
+    ///
+    /// # Errors
+    /// [`FormatError::Invalid`] when the index does not tile the bytes from the header to `pos`
+    /// or repeats a name.
+    pub fn resume(inner: W, header: Header, pos: u64, index: Vec<IndexEntry>) -> Result<Self> {
+        let mut at = HEADER_LEN as u64;
+        let mut names = HashSet::new();
+        for e in &index {
+            if e.offset != at || !names.insert(e.name.clone()) {
+                return Err(FormatError::Invalid(format!(
+                    "resume index entry {} at offset {} (expected {at}), or a repeated name",
+                    e.name, e.offset
+                )));
+            }
+            at = at.saturating_add(e.length);
+        }
+        if at != pos {
+            return Err(FormatError::Invalid(format!(
+                "resume index ends at {at}, the file at {pos}"
+            )));
+        }
+        Ok(Self {
+            inner,
+            header,
+            pos,
+            index,
+            names,
+        })
+    }
+
+    /// The writer it writes to (to flush or sync it between records).
+    pub fn inner_mut(&mut self) -> &mut W {
+        &mut self.inner
+    }
+
+    /// The records written so far.
+    pub fn index(&self) -> &[IndexEntry] {
+        &self.index
+    }
+
     /// The header being written.
     pub fn header(&self) -> &Header {
         &self.header

@@ -292,3 +292,23 @@ fn trellis_records_store_one_table_per_row_and_round_trip() {
     let mut w3 = Writer::new(Vec::new(), Header::new(CodecKind::Tcq, [0; 32])).unwrap();
     assert!(w3.write(&mixed).is_err());
 }
+
+#[test]
+fn a_resumed_writer_writes_the_same_bytes() {
+    let whole = file();
+    let header = Header::new(CodecKind::Ecsq, [7; 32]);
+    let mut w = Writer::new(Vec::new(), header).unwrap();
+    w.write(&raw("pos_ids", 5)).unwrap();
+    w.write(&coded("layer.0.weight", 40, 7)).unwrap();
+    let (pos, index) = (w.position(), w.index().to_vec());
+    let prefix = w.finish().unwrap().0[..pos as usize].to_vec();
+    let mut r = Writer::resume(prefix, header, pos, index.clone()).unwrap();
+    assert!(r.write(&raw("pos_ids", 5)).is_err(), "names stay unique");
+    r.write(&raw("scalar", 1)).unwrap();
+    assert_eq!(r.finish().unwrap().0, whole);
+    // An index that does not tile the prefix is refused.
+    assert!(Writer::resume(Vec::new(), header, pos + 1, index.clone()).is_err());
+    let mut gap = index;
+    gap[1].offset += 1;
+    assert!(Writer::resume(Vec::new(), header, pos, gap).is_err());
+}

@@ -41,6 +41,62 @@ impl Hessians {
         }
     }
 
+    /// Empty accumulators for the given sites of a model configured by `cfg` (one decoder
+    /// block's, for layer-by-layer calibration).
+    pub fn for_sites(cfg: &crate::config::LlamaConfig, sites: &[Site]) -> Self {
+        Self {
+            sites: sites
+                .iter()
+                .map(|&s| (s, HessianAccumulator::new(s.dim(cfg))))
+                .collect(),
+            windows: 0,
+        }
+    }
+
+    /// Adds the rows of `x: [tokens, width]`, the input seen at `site`.
+    ///
+    /// # Errors
+    /// [`LlmError::Input`] for a site without an accumulator; [`LlmError::Ldl`] for a width
+    /// mismatch or non-finite values.
+    pub fn add<B: Backend>(&mut self, site: Site, x: burn::tensor::Tensor<B, 2>) -> Result<()> {
+        let acc = self
+            .sites
+            .get_mut(&site)
+            .ok_or_else(|| LlmError::Input(format!("no Hessian for site {}", site.key())))?;
+        let rows = x.dims()[0] as u64;
+        let g = x
+            .clone()
+            .transpose()
+            .matmul(x)
+            .into_data()
+            .convert::<f32>()
+            .to_vec::<f32>()
+            .expect("f32");
+        Ok(acc.add_gram(&g, rows)?)
+    }
+
+    /// Counts one more window (after its [`Hessians::add`] calls).
+    pub fn end_window(&mut self) {
+        self.windows += 1;
+    }
+
+    /// The sites held.
+    pub fn sites(&self) -> impl Iterator<Item = Site> + '_ {
+        self.sites.keys().copied()
+    }
+
+    /// Removes a site's accumulator and returns its `E[x xᵀ]` (freeing the sum).
+    ///
+    /// # Errors
+    /// As [`Hessians::hessian`].
+    pub fn take(&mut self, site: Site) -> Result<DMatrix<f64>> {
+        let acc = self
+            .sites
+            .remove(&site)
+            .ok_or_else(|| LlmError::Input(format!("no Hessian for site {}", site.key())))?;
+        Ok(acc.hessian()?)
+    }
+
     /// Calibration windows accumulated so far.
     pub fn windows(&self) -> usize {
         self.windows
@@ -75,17 +131,8 @@ impl Hessians {
     ) -> Result<()> {
         let ids = ids_tensor::<B>(window, model.config().vocab, device)?;
         let mut err = None;
-        let sites = &mut self.sites;
         let mut cap = |site: Site, x: burn::tensor::Tensor<B, 2>| {
-            let rows = x.dims()[0] as u64;
-            let gram = x.clone().transpose().matmul(x);
-            let g = gram
-                .into_data()
-                .convert::<f32>()
-                .to_vec::<f32>()
-                .expect("f32");
-            if let Some(acc) = sites.get_mut(&site)
-                && let Err(e) = acc.add_gram(&g, rows)
+            if let Err(e) = self.add(site, x)
                 && err.is_none()
             {
                 err = Some(e);
@@ -93,7 +140,7 @@ impl Hessians {
         };
         let _ = model.forward_capture(ids, Some(&mut cap));
         if let Some(e) = err {
-            return Err(e.into());
+            return Err(e);
         }
         self.windows += 1;
         Ok(())

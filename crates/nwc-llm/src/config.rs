@@ -7,10 +7,54 @@ use serde_json::{Value, json};
 
 use crate::error::{LlmError, Result};
 
+/// A model family of the Llama architecture: what differs between them is a configuration, not a
+/// different pipeline.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+pub enum Family {
+    /// Llama (and SmolLM2): no biases; GGUF stores Q/K rows permuted for interleaved RoPE.
+    #[default]
+    Llama,
+    /// Qwen2: biases on the Q/K/V projections; GGUF keeps Hugging Face's "two halves" RoPE rows.
+    Qwen2,
+}
+
+impl Family {
+    /// The name GGUF (`general.architecture`) and Hugging Face (`model_type`) use.
+    pub fn name(self) -> &'static str {
+        match self {
+            Family::Llama => "llama",
+            Family::Qwen2 => "qwen2",
+        }
+    }
+
+    /// The family called `name` in GGUF or `config.json`.
+    pub fn from_name(name: &str) -> Option<Self> {
+        match name {
+            "llama" => Some(Family::Llama),
+            "qwen2" => Some(Family::Qwen2),
+            _ => None,
+        }
+    }
+
+    /// Whether the Q/K/V projections carry biases.
+    pub fn qkv_bias(self) -> bool {
+        self == Family::Qwen2
+    }
+
+    fn hf_class(self) -> &'static str {
+        match self {
+            Family::Llama => "LlamaForCausalLM",
+            Family::Qwen2 => "Qwen2ForCausalLM",
+        }
+    }
+}
+
 /// Hyper-parameters of a Llama-architecture decoder (RMSNorm, RoPE, grouped-query attention,
 /// SwiGLU).
 #[derive(Debug, Clone, PartialEq)]
 pub struct LlamaConfig {
+    /// The model family (Llama or Qwen2).
+    pub family: Family,
     /// Vocabulary size.
     pub vocab: usize,
     /// Hidden (residual stream) width.
@@ -75,28 +119,28 @@ impl LlamaConfig {
         Ok(())
     }
 
-    /// Reads the `llama.*` keys of a GGUF file's metadata.
+    /// Reads the `<arch>.*` keys of a GGUF file's metadata (`llama` or `qwen2`).
     ///
     /// # Errors
-    /// [`LlmError::Config`] when the architecture is not `llama` or a key is missing.
+    /// [`LlmError::Config`] when the architecture is another one or a key is missing.
     pub fn from_gguf(meta: &BTreeMap<String, GgufValue>) -> Result<Self> {
         let arch = meta
             .get("general.architecture")
             .and_then(GgufValue::as_str)
             .unwrap_or("");
-        if arch != "llama" {
-            return Err(LlmError::Config(format!(
-                "GGUF architecture {arch:?}, expected \"llama\""
-            )));
-        }
+        let family = Family::from_name(arch).ok_or_else(|| {
+            LlmError::Config(format!(
+                "GGUF architecture {arch:?}, expected \"llama\" or \"qwen2\""
+            ))
+        })?;
         let int = |k: &str| -> Result<usize> {
-            meta.get(&format!("llama.{k}"))
+            meta.get(&format!("{arch}.{k}"))
                 .and_then(GgufValue::as_u64)
                 .map(|v| v as usize)
-                .ok_or_else(|| LlmError::Config(format!("GGUF key llama.{k} missing")))
+                .ok_or_else(|| LlmError::Config(format!("GGUF key {arch}.{k} missing")))
         };
         let float = |k: &str, default: f64| {
-            meta.get(&format!("llama.{k}"))
+            meta.get(&format!("{arch}.{k}"))
                 .and_then(GgufValue::as_f64)
                 .unwrap_or(default)
         };
@@ -110,6 +154,7 @@ impl LlamaConfig {
                 .ok_or_else(|| LlmError::Config("GGUF has no vocabulary size".into()))?,
         };
         let cfg = Self {
+            family,
             vocab,
             hidden: int("embedding_length")?,
             intermediate: int("feed_forward_length")?,
@@ -126,19 +171,26 @@ impl LlamaConfig {
         Ok(cfg)
     }
 
-    /// Parses a Hugging Face `config.json` (`LlamaForCausalLM`).
+    /// Parses a Hugging Face `config.json` (`LlamaForCausalLM` or `Qwen2ForCausalLM`).
     ///
     /// # Errors
     /// [`LlmError::Config`] for invalid JSON, another architecture or a missing field.
     pub fn from_hf_json(text: &str) -> Result<Self> {
         let v: Value = serde_json::from_str(text)
             .map_err(|e| LlmError::Config(format!("config.json: {e}")))?;
-        if let Some(mt) = v.get("model_type").and_then(Value::as_str)
-            && mt != "llama"
+        let mt = v.get("model_type").and_then(Value::as_str).unwrap_or("llama");
+        let family = Family::from_name(mt).ok_or_else(|| {
+            LlmError::Config(format!(
+                "model_type {mt:?}, expected \"llama\" or \"qwen2\""
+            ))
+        })?;
+        if family == Family::Llama
+            && (v.get("attention_bias").and_then(Value::as_bool) == Some(true)
+                || v.get("mlp_bias").and_then(Value::as_bool) == Some(true))
         {
-            return Err(LlmError::Config(format!(
-                "model_type {mt:?}, expected \"llama\""
-            )));
+            return Err(LlmError::Config(
+                "a Llama with attention or MLP biases is not supported".into(),
+            ));
         }
         let int = |k: &str| -> Result<usize> {
             v.get(k)
@@ -155,6 +207,7 @@ impl LlamaConfig {
             )));
         }
         let cfg = Self {
+            family,
             vocab: int("vocab_size")?,
             hidden: int("hidden_size")?,
             intermediate: int("intermediate_size")?,
@@ -179,11 +232,12 @@ impl LlamaConfig {
         Ok(cfg)
     }
 
-    /// A Hugging Face `config.json` for this model (`LlamaForCausalLM`), with `torch_dtype` set.
+    /// A Hugging Face `config.json` for this model (`LlamaForCausalLM` or `Qwen2ForCausalLM`),
+    /// with `torch_dtype` set.
     pub fn to_hf_json(&self, torch_dtype: &str) -> String {
-        let v = json!({
-            "architectures": ["LlamaForCausalLM"],
-            "model_type": "llama",
+        let mut v = json!({
+            "architectures": [self.family.hf_class()],
+            "model_type": self.family.name(),
             "vocab_size": self.vocab,
             "hidden_size": self.hidden,
             "intermediate_size": self.intermediate,
@@ -196,10 +250,12 @@ impl LlamaConfig {
             "rms_norm_eps": self.rms_eps,
             "tie_word_embeddings": self.tie_embeddings,
             "max_position_embeddings": self.max_positions,
-            "attention_bias": false,
-            "mlp_bias": false,
             "torch_dtype": torch_dtype,
         });
+        if self.family == Family::Llama {
+            v["attention_bias"] = json!(false);
+            v["mlp_bias"] = json!(false);
+        }
         serde_json::to_string_pretty(&v).expect("JSON of plain values")
     }
 
@@ -208,7 +264,12 @@ impl LlamaConfig {
         let (h, hd) = (self.hidden, self.head_dim());
         let attn = h * self.heads * hd * 2 + h * self.kv_heads * hd * 2;
         let mlp = 3 * h * self.intermediate;
-        let per_layer = attn + mlp + 2 * h;
+        let bias = if self.family.qkv_bias() {
+            (self.heads + 2 * self.kv_heads) * hd
+        } else {
+            0
+        };
+        let per_layer = attn + mlp + 2 * h + bias;
         let head = if self.tie_embeddings {
             0
         } else {
@@ -224,7 +285,8 @@ mod tests {
 
     #[test]
     fn hf_json_round_trip_and_validation() {
-        let cfg = LlamaConfig {
+        let mut cfg = LlamaConfig {
+            family: Family::Llama,
             vocab: 256,
             hidden: 64,
             intermediate: 128,
@@ -238,6 +300,11 @@ mod tests {
         };
         let back = LlamaConfig::from_hf_json(&cfg.to_hf_json("float16")).unwrap();
         assert_eq!(back, cfg);
+        cfg.family = Family::Qwen2;
+        let json = cfg.to_hf_json("bfloat16");
+        assert!(json.contains("Qwen2ForCausalLM"), "{json}");
+        assert_eq!(LlamaConfig::from_hf_json(&json).unwrap(), cfg);
+        cfg.family = Family::Llama;
         assert!(LlamaConfig::from_hf_json("{").is_err());
         assert!(LlamaConfig::from_hf_json(r#"{"model_type":"bert"}"#).is_err());
         let mut bad = cfg.clone();

@@ -37,6 +37,15 @@ pub enum LlmError {
     /// Bad input to an evaluation (too little text, a token out of range).
     #[error("{0}")]
     Input(String),
+    /// A model source (for example a `.nwc` file decoded on request) failed to produce a tensor.
+    #[error("weight {name}: {source}")]
+    Source {
+        /// The tensor's (Hugging Face) name.
+        name: String,
+        /// The source's own error.
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
     /// A Hessian cache file is damaged or belongs to another model.
     #[error("Hessian cache {path}: {reason}")]
     Cache {

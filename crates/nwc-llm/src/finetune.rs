@@ -98,6 +98,7 @@ impl<B: Backend> Trainable<B> {
             attn_norm: self.attn_norm.val(),
             mlp_norm: self.mlp_norm.val(),
             proj,
+            qkv_bias: w.qkv_bias.clone(),
         }
     }
 }
@@ -177,6 +178,10 @@ pub fn finetune_blocks<B: AutodiffBackend>(
             attn_norm: Tensor::from_inner(w_q.attn_norm.clone()),
             mlp_norm: Tensor::from_inner(w_q.mlp_norm.clone()),
             proj: std::array::from_fn(|i| Tensor::from_inner(w_q.proj[i].clone())),
+            qkv_bias: w_q
+                .qkv_bias
+                .as_ref()
+                .map(|b| b.clone().map(Tensor::from_inner)),
         };
         let heldout = |m: &Trainable<B::InnerBackend>| -> f64 {
             let y = block_forward(

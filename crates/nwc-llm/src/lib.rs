@@ -3,10 +3,10 @@
 //!
 //! ```
 //! use burn::backend::NdArray;
-//! use nwc_llm::{Llama, LlamaConfig, TextTokenizer, perplexity};
+//! use nwc_llm::{Family, Llama, LlamaConfig, TextTokenizer, perplexity};
 //!
 //! // A tiny random byte-level model: perplexity near the vocabulary size.
-//! let cfg = LlamaConfig { vocab: 256, hidden: 32, intermediate: 64, layers: 1, heads: 4,
+//! let cfg = LlamaConfig { family: Family::Llama, vocab: 256, hidden: 32, intermediate: 64, layers: 1, heads: 4,
 //!     kv_heads: 2, rope_theta: 10_000.0, rms_eps: 1e-5, tie_embeddings: true, max_positions: 64 };
 //! let device = Default::default();
 //! let model = Llama::<NdArray>::init(&cfg, &device)?;
@@ -23,17 +23,19 @@ mod error;
 mod eval;
 mod finetune;
 mod model;
+mod stream;
 mod tokenizer;
 mod train;
 mod weights;
 
 pub use burn;
 pub use calib::{Hessians, cache_file_name, calibration_fingerprint, fingerprint};
-pub use config::LlamaConfig;
+pub use config::{Family, LlamaConfig};
 pub use error::{LlmError, Result};
 pub use eval::{Perplexity, perplexity, windows};
 pub use finetune::{BlockFt, FtConfig, finetune_blocks};
 pub use model::{BlockContext, BlockTensors, Capture, Layer, Llama, block_forward};
+pub use stream::{LazyWeights, Layerwise, ModelSource, layerwise_perplexity};
 pub use tokenizer::TextTokenizer;
 pub use train::{LmTrainConfig, lr_at, train_lm};
 pub use weights::{

@@ -25,6 +25,8 @@ pub struct Layer<B: Backend> {
     gate: Param<Tensor<B, 2>>,
     up: Param<Tensor<B, 2>>,
     down: Param<Tensor<B, 2>>,
+    /// Q/K/V biases (Qwen2).
+    qkv_bias: Option<[Param<Tensor<B, 1>>; 3]>,
 }
 
 /// A Llama-architecture causal language model.
@@ -51,7 +53,17 @@ fn linear<B: Backend>(x: Tensor<B, 3>, w: &Tensor<B, 2>) -> Tensor<B, 3> {
         .reshape([b, t, out])
 }
 
-fn rms_norm<B: Backend>(x: Tensor<B, 3>, w: &Tensor<B, 1>, eps: f64) -> Tensor<B, 3> {
+fn add_bias<B: Backend>(y: Tensor<B, 3>, b: Option<&Tensor<B, 1>>) -> Tensor<B, 3> {
+    match b {
+        Some(b) => {
+            let n = b.dims()[0];
+            y + b.clone().reshape([1, 1, n])
+        }
+        None => y,
+    }
+}
+
+pub(crate) fn rms_norm<B: Backend>(x: Tensor<B, 3>, w: &Tensor<B, 1>, eps: f64) -> Tensor<B, 3> {
     let d = x.dims()[2];
     let inv = (x.clone().powi_scalar(2).mean_dim(2) + eps).sqrt().recip();
     x * inv * w.clone().reshape([1, 1, d])
@@ -67,6 +79,73 @@ pub struct BlockTensors<B: Backend> {
     pub mlp_norm: Tensor<B, 1>,
     /// The seven projections `[out, in]`, in [`Proj::ALL`] order (q, k, v, o, gate, up, down).
     pub proj: [Tensor<B, 2>; 7],
+    /// Biases of q, k and v (Qwen2), `[out]` each.
+    pub qkv_bias: Option<[Tensor<B, 1>; 3]>,
+}
+
+impl<B: Backend> BlockTensors<B> {
+    /// Builds one block's tensors from `get(name)`, which returns a tensor's f32 values and shape
+    /// (Hugging Face names), checking every shape against `cfg`.
+    ///
+    /// # Errors
+    /// [`LlmError::Weight`] for a missing or mis-shaped tensor; `get`'s errors.
+    pub fn load(
+        cfg: &LlamaConfig,
+        l: usize,
+        device: &B::Device,
+        mut get: impl FnMut(&str) -> Result<(Vec<f32>, Vec<usize>)>,
+    ) -> Result<Self> {
+        let expected = crate::weights::LlamaWeights::expected_shapes(cfg);
+        let shape_of = |name: &str| {
+            expected
+                .iter()
+                .find(|(n, _)| n == name)
+                .map(|(_, s)| s.clone())
+        };
+        let mut fetch = |name: &str| -> Result<(Vec<f32>, Vec<usize>)> {
+            let (v, shape) = get(name)?;
+            if Some(&shape) != shape_of(name).as_ref() {
+                return Err(LlmError::Weight {
+                    name: name.to_string(),
+                    reason: format!("shape {shape:?}, expected {:?}", shape_of(name)),
+                });
+            }
+            Ok((v, shape))
+        };
+        let mut mat = |name: &str| -> Result<Tensor<B, 2>> {
+            let (v, s) = fetch(name)?;
+            Ok(Tensor::from_data(TensorData::new(v, [s[0], s[1]]), device))
+        };
+        let proj = [
+            mat(&Proj::Q.name(l))?,
+            mat(&Proj::K.name(l))?,
+            mat(&Proj::V.name(l))?,
+            mat(&Proj::O.name(l))?,
+            mat(&Proj::Gate.name(l))?,
+            mat(&Proj::Up.name(l))?,
+            mat(&Proj::Down.name(l))?,
+        ];
+        let mut vec1 = |name: &str| -> Result<Tensor<B, 1>> {
+            let (v, s) = fetch(name)?;
+            Ok(Tensor::from_data(TensorData::new(v, [s[0]]), device))
+        };
+        let qkv_bias = if cfg.family.qkv_bias() {
+            let b = |p: Proj| p.bias_name(l).expect("q, k and v have biases");
+            Some([
+                vec1(&b(Proj::Q))?,
+                vec1(&b(Proj::K))?,
+                vec1(&b(Proj::V))?,
+            ])
+        } else {
+            None
+        };
+        Ok(Self {
+            attn_norm: vec1(&format!("model.layers.{l}.input_layernorm.weight"))?,
+            mlp_norm: vec1(&format!("model.layers.{l}.post_attention_layernorm.weight"))?,
+            proj,
+            qkv_bias,
+        })
+    }
 }
 
 /// What every block of a window of `t` tokens shares: RoPE tables and the causal mask.
@@ -79,6 +158,33 @@ pub struct BlockContext<B: Backend> {
 }
 
 impl<B: Backend> BlockContext<B> {
+    /// RoPE tables and the causal mask for windows of `t` tokens of a model configured by `cfg`.
+    pub fn new(cfg: &LlamaConfig, t: usize, device: &B::Device) -> Self {
+        let half = cfg.head_dim() / 2;
+        let mut cos = Vec::with_capacity(t * half);
+        let mut sin = Vec::with_capacity(t * half);
+        for p in 0..t {
+            for i in 0..half {
+                let inv = cfg
+                    .rope_theta
+                    .powf(-((2 * i) as f64) / cfg.head_dim() as f64);
+                let a = p as f64 * inv;
+                cos.push(a.cos() as f32);
+                sin.push(a.sin() as f32);
+            }
+        }
+        let mk = |v: Vec<f32>| Tensor::from_data(TensorData::new(v, [1, 1, t, half]), device);
+        let v: Vec<f32> = (0..t * t)
+            .map(|i| if i % t > i / t { -1e9 } else { 0.0 })
+            .collect();
+        Self {
+            cos: mk(cos),
+            sin: mk(sin),
+            mask: Tensor::from_data(TensorData::new(v, [1, 1, t, t]), device),
+            config: cfg.clone(),
+        }
+    }
+
     /// The same context on another backend (for example lifted into `Autodiff<_>`).
     pub fn map<C: Backend>(&self, f: impl Fn(Tensor<B, 4>) -> Tensor<C, 4>) -> BlockContext<C> {
         BlockContext {
@@ -109,9 +215,10 @@ pub fn block_forward<B: Backend>(
     let xn = rms_norm(x.clone(), &w.attn_norm, cfg.rms_eps);
     capture(cap, Site::AttnIn(l), &xn);
     let heads = |y: Tensor<B, 3>, n: usize| y.reshape([b, t, n, hd]).swap_dims(1, 2);
-    let qh = rope(heads(linear(xn.clone(), q), nh));
-    let kh = rope(heads(linear(xn.clone(), k), nkv));
-    let vh = heads(linear(xn, v), nkv);
+    let bias = |i: usize| w.qkv_bias.as_ref().map(|b| &b[i]);
+    let qh = rope(heads(add_bias(linear(xn.clone(), q), bias(0)), nh));
+    let kh = rope(heads(add_bias(linear(xn.clone(), k), bias(1)), nkv));
+    let vh = heads(add_bias(linear(xn, v), bias(2)), nkv);
     let expand = |y: Tensor<B, 4>| {
         if group == 1 {
             y
@@ -135,6 +242,20 @@ pub fn block_forward<B: Backend>(
     let g = silu(linear(xn.clone(), gate)) * linear(xn, up);
     capture(cap, Site::MlpDown(l), &g);
     x + linear(g, down)
+}
+
+/// Final RMSNorm (`norm`) and output projection (`head: [vocab, hidden]`): logits `[b, t, vocab]`
+/// of hidden states `x`, the normalized input going to `cap` as [`Site::Head`].
+pub(crate) fn head_logits<B: Backend>(
+    x: Tensor<B, 3>,
+    norm: &Tensor<B, 1>,
+    head: &Tensor<B, 2>,
+    eps: f64,
+    cap: &mut Option<Capture<'_, B>>,
+) -> Tensor<B, 3> {
+    let xn = rms_norm(x, norm, eps);
+    capture(cap, Site::Head, &xn);
+    linear(xn, head)
 }
 
 fn capture<B: Backend>(cap: &mut Option<Capture<'_, B>>, site: Site, x: &Tensor<B, 3>) {
@@ -175,6 +296,13 @@ impl<B: Backend> Llama<B> {
                     gate: m(i, h),
                     up: m(i, h),
                     down: m(h, i),
+                    qkv_bias: config.family.qkv_bias().then(|| {
+                        [
+                            Param::from_tensor(Tensor::zeros([config.heads * hd], device)),
+                            Param::from_tensor(Tensor::zeros([config.kv_heads * hd], device)),
+                            Param::from_tensor(Tensor::zeros([config.kv_heads * hd], device)),
+                        ]
+                    }),
                 })
                 .collect(),
             norm: ones(h),
@@ -210,7 +338,14 @@ impl<B: Backend> Llama<B> {
         };
         let mut layers = Vec::with_capacity(cfg.layers);
         for l in 0..cfg.layers {
+            let bias = |p: Proj| vec1(&p.bias_name(l).expect("q, k and v have biases"));
+            let qkv_bias = if cfg.family.qkv_bias() {
+                Some([bias(Proj::Q)?, bias(Proj::K)?, bias(Proj::V)?])
+            } else {
+                None
+            };
             layers.push(Layer {
+                qkv_bias,
                 attn_norm: vec1(&format!("model.layers.{l}.input_layernorm.weight"))?,
                 q: mat(&Proj::Q.name(l))?,
                 k: mat(&Proj::K.name(l))?,
@@ -259,6 +394,11 @@ impl<B: Backend> Llama<B> {
             put(Proj::Gate.name(l), layer.gate.val().into_data())?;
             put(Proj::Up.name(l), layer.up.val().into_data())?;
             put(Proj::Down.name(l), layer.down.val().into_data())?;
+            if let Some(b) = &layer.qkv_bias {
+                for (p, b) in [Proj::Q, Proj::K, Proj::V].into_iter().zip(b) {
+                    put(p.bias_name(l).expect("q, k, v"), b.val().into_data())?;
+                }
+            }
             put(
                 format!("model.layers.{l}.input_layernorm.weight"),
                 layer.attn_norm.val().into_data(),
@@ -273,26 +413,6 @@ impl<B: Backend> Llama<B> {
             put(LM_HEAD.into(), h.val().into_data())?;
         }
         Ok(out)
-    }
-
-    /// `(cos, sin)` of RoPE for positions `0..t`: `[1, 1, t, head_dim/2]` each.
-    fn rope(&self, t: usize, device: &B::Device) -> (Tensor<B, 4>, Tensor<B, 4>) {
-        let cfg = self.config();
-        let half = cfg.head_dim() / 2;
-        let mut cos = Vec::with_capacity(t * half);
-        let mut sin = Vec::with_capacity(t * half);
-        for p in 0..t {
-            for i in 0..half {
-                let inv = cfg
-                    .rope_theta
-                    .powf(-((2 * i) as f64) / cfg.head_dim() as f64);
-                let a = p as f64 * inv;
-                cos.push(a.cos() as f32);
-                sin.push(a.sin() as f32);
-            }
-        }
-        let mk = |v: Vec<f32>| Tensor::from_data(TensorData::new(v, [1, 1, t, half]), device);
-        (mk(cos), mk(sin))
     }
 
     /// Applies RoPE in Hugging Face's "two halves" layout to `x: [b, heads, t, head_dim]`.
@@ -337,9 +457,8 @@ impl<B: Backend> Llama<B> {
 
     /// Final norm and output projection: logits `[b, t, vocab]` of the last hidden states.
     pub fn head(&self, x: Tensor<B, 3>, cap: &mut Option<Capture<'_, B>>) -> Tensor<B, 3> {
-        let xn = rms_norm(x, &self.norm.val(), self.config.rms_eps);
-        capture(cap, Site::Head, &xn);
-        linear(xn, &self.lm_head.as_ref().unwrap_or(&self.embed).val())
+        let head = self.lm_head.as_ref().unwrap_or(&self.embed).val();
+        head_logits(x, &self.norm.val(), &head, self.config.rms_eps, cap)
     }
 
     /// The tensors of decoder block `l` (shared storage, not copies).
@@ -360,21 +479,16 @@ impl<B: Backend> Llama<B> {
                 layer.up.val(),
                 layer.down.val(),
             ],
+            qkv_bias: layer
+                .qkv_bias
+                .as_ref()
+                .map(|b| [b[0].val(), b[1].val(), b[2].val()]),
         }
     }
 
     /// RoPE tables and causal mask for windows of `t` tokens.
     pub fn block_context(&self, t: usize, device: &B::Device) -> BlockContext<B> {
-        let (cos, sin) = self.rope(t, device);
-        let v: Vec<f32> = (0..t * t)
-            .map(|i| if i % t > i / t { -1e9 } else { 0.0 })
-            .collect();
-        BlockContext {
-            cos,
-            sin,
-            mask: Tensor::from_data(TensorData::new(v, [1, 1, t, t]), device),
-            config: self.config.clone(),
-        }
+        BlockContext::new(&self.config, t, device)
     }
 
     /// Logits `[b, t, vocab]` of token ids `[b, t]`.

@@ -25,6 +25,9 @@ impl std::fmt::Debug for TextTokenizer {
     }
 }
 
+/// Qwen2's pre-tokenizer split (its `tokenizer.json`, and llama.cpp's `LLAMA_VOCAB_PRE_TYPE_QWEN2`).
+const QWEN2_SPLIT: &str = r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+";
+
 fn tok_err(e: impl std::fmt::Display) -> LlmError {
     LlmError::Tokenizer(e.to_string())
 }
@@ -74,7 +77,8 @@ impl TextTokenizer {
     /// The byte-level BPE stored in GGUF metadata (`tokenizer.ggml.model = "gpt2"`).
     ///
     /// Pre-tokenization follows the model family: SmolLM2 (`tokenizer.ggml.pre = "smollm"`) splits
-    /// digits individually before GPT-2's byte-level regex, as its `tokenizer.json` does.
+    /// digits individually before GPT-2's byte-level regex, as its `tokenizer.json` does; Qwen2
+    /// (`"qwen2"`) normalizes to NFC and splits with its own regex.
     ///
     /// # Errors
     /// [`LlmError::Tokenizer`] for another tokenizer model or missing vocabulary.
@@ -111,11 +115,19 @@ impl TextTokenizer {
             .and_then(GgufValue::as_str)
             .unwrap_or("default");
         let byte_level = json!({"type": "ByteLevel", "add_prefix_space": false, "trim_offsets": true, "use_regex": true});
-        let pre_tokenizer = if pre == "smollm" {
-            json!({"type": "Sequence", "pretokenizers": [
-                {"type": "Digits", "individual_digits": true}, byte_level]})
-        } else {
-            byte_level
+        let mut normalizer = Value::Null;
+        let pre_tokenizer = match pre {
+            "smollm" => json!({"type": "Sequence", "pretokenizers": [
+                {"type": "Digits", "individual_digits": true}, byte_level]}),
+            // Qwen2's tokenizer.json (and llama.cpp's "qwen2" pre-tokenizer): NFC, then this
+            // split, then byte-level mapping without GPT-2's own regex.
+            "qwen2" => {
+                normalizer = json!({"type": "NFC"});
+                json!({"type": "Sequence", "pretokenizers": [
+                    {"type": "Split", "pattern": {"Regex": QWEN2_SPLIT}, "behavior": "Isolated", "invert": false},
+                    {"type": "ByteLevel", "add_prefix_space": false, "trim_offsets": false, "use_regex": false}]})
+            }
+            _ => byte_level,
         };
         let special: Vec<Value> = meta
             .get("tokenizer.ggml.token_type")
@@ -133,7 +145,7 @@ impl TextTokenizer {
         let j = json!({
             "version": "1.0",
             "added_tokens": special,
-            "normalizer": null,
+            "normalizer": normalizer,
             "pre_tokenizer": pre_tokenizer,
             "post_processor": null,
             "decoder": {"type": "ByteLevel", "add_prefix_space": true, "trim_offsets": true, "use_regex": true},

@@ -130,6 +130,7 @@ mod tests {
     #[test]
     fn a_tiny_model_learns_a_repetitive_text() {
         let cfg = LlamaConfig {
+            family: crate::config::Family::Llama,
             vocab: 256,
             hidden: 32,
             intermediate: 64,

@@ -2,9 +2,9 @@
 //! tensor names.
 
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
-use nwc_tensor::{DType, GgufFile, SafetensorsFile, Tensor, WeightSource};
+use nwc_tensor::{DType, GgufFile, Tensor, WeightSource};
 
 use crate::config::LlamaConfig;
 use crate::error::{LlmError, Result, io_err};
@@ -60,6 +60,13 @@ impl Proj {
             Proj::Down => ("mlp", "down_proj"),
         };
         format!("model.layers.{layer}.{block}.{p}.weight")
+    }
+
+    /// The name of this projection's bias in layer `layer`, for the projections that can have
+    /// one (Q, K and V in Qwen2).
+    pub fn bias_name(self, layer: usize) -> Option<String> {
+        matches!(self, Proj::Q | Proj::K | Proj::V)
+            .then(|| self.name(layer).replace(".weight", ".bias"))
     }
 
     /// The input this projection reads (projections that read the same input share a Hessian).
@@ -159,76 +166,7 @@ impl LlamaWeights {
     /// # Errors
     /// Missing files, another architecture, missing or mis-shaped tensors.
     pub fn open(path: impl AsRef<Path>) -> Result<Self> {
-        let path = path.as_ref();
-        let w = if path.is_dir() {
-            Self::open_hf(path)?
-        } else {
-            Self::open_gguf(path)?
-        };
-        w.check()?;
-        Ok(w)
-    }
-
-    fn open_gguf(path: &Path) -> Result<Self> {
-        let file = GgufFile::open(path)?;
-        let mut config = LlamaConfig::from_gguf(file.metadata())?;
-        let tokenizer = TextTokenizer::from_gguf(file.metadata())?;
-        let names = file.names();
-        config.tie_embeddings = !names.iter().any(|n| n == "output.weight");
-        let mut tensors = BTreeMap::new();
-        for name in names {
-            let Some(hf) = gguf_to_hf(&name) else {
-                tracing::debug!(name, "skipping GGUF tensor with no Llama role");
-                continue;
-            };
-            let t = file.tensor(&name)?;
-            let t = if hf.ends_with("q_proj.weight") {
-                unpermute(&t, &hf, config.heads)?
-            } else if hf.ends_with("k_proj.weight") {
-                unpermute(&t, &hf, config.kv_heads)?
-            } else {
-                rename(t, &hf)
-            };
-            tensors.insert(hf, t);
-        }
-        Ok(Self {
-            config,
-            tensors,
-            tokenizer,
-        })
-    }
-
-    fn open_hf(dir: &Path) -> Result<Self> {
-        let cfg_path = dir.join("config.json");
-        let text = std::fs::read_to_string(&cfg_path).map_err(io_err(&cfg_path))?;
-        let config = LlamaConfig::from_hf_json(&text)?;
-        let tok_path = dir.join("tokenizer.json");
-        let tokenizer = TextTokenizer::from_file(&tok_path)?;
-        let mut files: Vec<PathBuf> = std::fs::read_dir(dir)
-            .map_err(io_err(dir))?
-            .filter_map(|e| e.ok().map(|e| e.path()))
-            .filter(|p| p.extension().is_some_and(|x| x == "safetensors"))
-            .collect();
-        files.sort();
-        if files.is_empty() {
-            return Err(LlmError::Config(format!(
-                "{} holds no .safetensors file",
-                dir.display()
-            )));
-        }
-        let mut tensors = BTreeMap::new();
-        for f in files {
-            let st = SafetensorsFile::open(&f)?;
-            for name in st.names() {
-                let t = st.tensor(&name)?;
-                tensors.insert(name, t);
-            }
-        }
-        Ok(Self {
-            config,
-            tensors,
-            tokenizer,
-        })
+        crate::stream::LazyWeights::open(path)?.load_all()
     }
 
     /// Builds weights from parts (for example a decoded `.nwc` file), checking every shape.
@@ -264,6 +202,9 @@ impl LlamaWeights {
             };
             for p in Proj::ALL {
                 v.push((p.name(l), shape(p)));
+                if let Some(b) = p.bias_name(l).filter(|_| cfg.family.qkv_bias()) {
+                    v.push((b, vec![shape(p)[0]]));
+                }
             }
             v.push((format!("model.layers.{l}.input_layernorm.weight"), vec![h]));
             v.push((
@@ -357,6 +298,25 @@ pub fn torch_dtype(dtype: DType) -> Option<&'static str> {
     }
 }
 
+/// GGUF tensor `name` under its Hugging Face name `hf`, Q/K rows put back in Hugging Face order
+/// for the families whose converter permutes them.
+pub(crate) fn gguf_tensor(
+    file: &GgufFile,
+    cfg: &LlamaConfig,
+    name: &str,
+    hf: &str,
+) -> Result<Tensor> {
+    let t = file.tensor(name)?;
+    let permuted = cfg.family == crate::config::Family::Llama;
+    Ok(if permuted && hf.ends_with("q_proj.weight") {
+        unpermute(&t, hf, cfg.heads)?
+    } else if permuted && hf.ends_with("k_proj.weight") {
+        unpermute(&t, hf, cfg.kv_heads)?
+    } else {
+        rename(t, hf)
+    })
+}
+
 fn rename(t: Tensor, name: &str) -> Tensor {
     let (dtype, shape) = (t.dtype(), t.shape().to_vec());
     Tensor::from_bytes(name, dtype, shape, t.into_bytes()).expect("same bytes, same shape")
@@ -402,6 +362,15 @@ pub fn gguf_to_hf(name: &str) -> Option<String> {
     let rest = name.strip_prefix("blk.")?;
     let (layer, part) = rest.split_once('.')?;
     let layer: usize = layer.parse().ok()?;
+    if let Some(b) = part.strip_suffix(".bias") {
+        let proj = match b {
+            "attn_q" => Proj::Q,
+            "attn_k" => Proj::K,
+            "attn_v" => Proj::V,
+            _ => return None,
+        };
+        return proj.bias_name(layer);
+    }
     let proj = match part {
         "attn_q.weight" => Proj::Q,
         "attn_k.weight" => Proj::K,
@@ -456,7 +425,13 @@ mod tests {
             "model.layers.3.mlp.down_proj.weight"
         );
         assert_eq!(gguf_to_hf("rope_freqs.weight"), None);
+        assert_eq!(
+            gguf_to_hf("blk.2.attn_k.bias").unwrap(),
+            "model.layers.2.self_attn.k_proj.bias"
+        );
+        assert_eq!(gguf_to_hf("blk.2.ffn_up.bias"), None);
         let cfg = LlamaConfig {
+            family: crate::config::Family::Llama,
             vocab: 10,
             hidden: 8,
             intermediate: 16,

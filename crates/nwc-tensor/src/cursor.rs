@@ -1,16 +1,20 @@
 //! A bounds-checked little-endian reader over a byte slice, shared by the GGUF and CTranslate2
-//! parsers. Every read checks the bytes left first, so a lying length is an error, not a panic.
+//! parsers and nwc's checkpoint files. Every read checks the bytes left first, so a lying length
+//! is an error, not a panic.
 
 use crate::error::{Result, TensorError};
 
-pub(crate) struct Cursor<'a> {
+/// A little-endian reader over bytes whose every read is bounds-checked.
+#[derive(Debug)]
+pub struct Cursor<'a> {
     data: &'a [u8],
     pub(crate) pos: usize,
     format: &'static str,
 }
 
 impl<'a> Cursor<'a> {
-    pub(crate) fn new(data: &'a [u8], format: &'static str) -> Self {
+    /// A cursor at the start of `data`; errors name `format`.
+    pub fn new(data: &'a [u8], format: &'static str) -> Self {
         Self {
             data,
             pos: 0,
@@ -18,14 +22,19 @@ impl<'a> Cursor<'a> {
         }
     }
 
-    pub(crate) fn malformed(&self, reason: impl Into<String>) -> TensorError {
+    /// A [`TensorError::Malformed`] for this format.
+    pub fn malformed(&self, reason: impl Into<String>) -> TensorError {
         TensorError::Malformed {
             format: self.format,
             reason: reason.into(),
         }
     }
 
-    pub(crate) fn take(&mut self, n: u64) -> Result<&'a [u8]> {
+    /// The next `n` bytes.
+    ///
+    /// # Errors
+    /// [`TensorError::Malformed`] when fewer are left.
+    pub fn take(&mut self, n: u64) -> Result<&'a [u8]> {
         let end = usize::try_from(n)
             .ok()
             .and_then(|n| self.pos.checked_add(n))
@@ -38,27 +47,61 @@ impl<'a> Cursor<'a> {
         Ok(s)
     }
 
-    pub(crate) fn array<const N: usize>(&mut self) -> Result<[u8; N]> {
+    /// The next `N` bytes as an array.
+    ///
+    /// # Errors
+    /// [`TensorError::Malformed`] at the end of the data.
+    pub fn array<const N: usize>(&mut self) -> Result<[u8; N]> {
         Ok(self.take(N as u64)?.try_into().expect("N bytes"))
     }
 
-    pub(crate) fn u8(&mut self) -> Result<u8> {
+    /// The next byte.
+    ///
+    /// # Errors
+    /// [`TensorError::Malformed`] at the end of the data.
+    pub fn u8(&mut self) -> Result<u8> {
         Ok(self.array::<1>()?[0])
     }
 
-    pub(crate) fn u16(&mut self) -> Result<u16> {
+    /// The next little-endian `u16`.
+    ///
+    /// # Errors
+    /// [`TensorError::Malformed`] at the end of the data.
+    pub fn u16(&mut self) -> Result<u16> {
         Ok(u16::from_le_bytes(self.array()?))
     }
 
-    pub(crate) fn u32(&mut self) -> Result<u32> {
+    /// The next little-endian `u32`.
+    ///
+    /// # Errors
+    /// [`TensorError::Malformed`] at the end of the data.
+    pub fn u32(&mut self) -> Result<u32> {
         Ok(u32::from_le_bytes(self.array()?))
     }
 
-    pub(crate) fn u64(&mut self) -> Result<u64> {
+    /// The next little-endian `u64`.
+    ///
+    /// # Errors
+    /// [`TensorError::Malformed`] at the end of the data.
+    pub fn u64(&mut self) -> Result<u64> {
         Ok(u64::from_le_bytes(self.array()?))
     }
 
-    pub(crate) fn remaining(&self) -> u64 {
+    /// The next little-endian `f64`.
+    ///
+    /// # Errors
+    /// [`TensorError::Malformed`] at the end of the data.
+    pub fn f64(&mut self) -> Result<f64> {
+        Ok(f64::from_le_bytes(self.array()?))
+    }
+
+    /// Bytes read so far.
+    pub fn position(&self) -> usize {
+        self.pos
+    }
+
+    /// Bytes left.
+    pub fn remaining(&self) -> u64 {
         (self.data.len() - self.pos) as u64
     }
 }

@@ -271,6 +271,11 @@ impl GgufFile {
         &self.tensors
     }
 
+    /// The whole file's bytes (memory-mapped).
+    pub fn bytes(&self) -> &[u8] {
+        &self.map
+    }
+
     /// The path it was opened from.
     pub fn path(&self) -> &Path {
         &self.path

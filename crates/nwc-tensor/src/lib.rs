@@ -39,6 +39,7 @@ mod tensor;
 
 pub use chunk::{ChunkConfig, Chunked, MAX_CHUNK_LEN, ScaleAxis, ScaleRounding, chunk};
 pub use ctranslate2::CTranslate2File;
+pub use cursor::Cursor;
 pub use data::data_dir;
 pub use error::{Result, TensorError};
 pub use gguf::{GgmlType, GgufFile, GgufTensorInfo, GgufValue, dequantize};

@@ -32,6 +32,7 @@
 
 mod codec;
 mod error;
+mod layerwise;
 mod learned;
 pub mod llama;
 mod pipeline;

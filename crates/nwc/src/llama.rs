@@ -14,6 +14,10 @@ use nwc_llm::{
 };
 use nwc_tensor::{DType, ScaleAxis, Tensor};
 
+pub use crate::layerwise::{
+    LayerwiseProgress, LayerwiseReport, StageTimes, compress_llama_layerwise,
+};
+
 use crate::codec::WeightCodec;
 use crate::error::{NwcError, Result};
 use crate::pipeline::{CompressReport, Compressor, NwcFile, TensorPolicy};
@@ -64,6 +68,19 @@ struct SiteCalibration {
     ldl: BlockLdl,
 }
 
+impl SiteCalibration {
+    fn new(site: Site, h: nalgebra::DMatrix<f64>) -> Result<Self> {
+        let importance: Vec<f32> = h.diagonal().iter().map(|&v| v as f32).collect();
+        let d = nwc_ldl::damp(&h, nwc_ldl::DAMPING)?;
+        drop(h);
+        if !d.dead.is_empty() {
+            tracing::debug!(site = %site.key(), dead = d.dead.len(), "dead input columns");
+        }
+        let ldl = BlockLdl::new(&d.h, nwc_ldl::LDL_BLOCK)?;
+        Ok(Self { importance, ldl })
+    }
+}
+
 /// The block LDL factor (block [`nwc_ldl::LDL_BLOCK`]) of every linear-layer input's damped
 /// Hessian, and its column importances, computed once and shared by every method that uses them.
 #[derive(Debug, Clone)]
@@ -81,14 +98,21 @@ impl Calibration {
     pub fn new(hessians: &Hessians, cfg: &LlamaConfig) -> Result<Self> {
         let mut sites = BTreeMap::new();
         for site in Site::all(cfg) {
-            let h = hessians.hessian(site)?;
-            let importance: Vec<f32> = h.diagonal().iter().map(|&v| v as f32).collect();
-            let d = nwc_ldl::damp(&h, nwc_ldl::DAMPING)?;
-            if !d.dead.is_empty() {
-                tracing::debug!(site = %site.key(), dead = d.dead.len(), "dead input columns");
-            }
-            let ldl = BlockLdl::new(&d.h, nwc_ldl::LDL_BLOCK)?;
-            sites.insert(site, SiteCalibration { importance, ldl });
+            sites.insert(site, SiteCalibration::new(site, hessians.hessian(site)?)?);
+        }
+        Ok(Self {
+            sites,
+            finetune: None,
+        })
+    }
+
+    /// Calibration of the sites in `hessians` only, each accumulator freed as soon as it is
+    /// factored (layer-by-layer compression holds one block's).
+    pub(crate) fn take_all(mut hessians: Hessians) -> Result<Self> {
+        let mut sites = BTreeMap::new();
+        for site in hessians.sites().collect::<Vec<_>>() {
+            let h = hessians.take(site)?;
+            sites.insert(site, SiteCalibration::new(site, h)?);
         }
         Ok(Self {
             sites,
@@ -114,7 +138,7 @@ impl Calibration {
     }
 }
 
-fn metadata(name: &str, text: &str) -> Record {
+pub(crate) fn metadata(name: &str, text: &str) -> Record {
     Record {
         name: name.to_string(),
         dtype: DType::U8,
@@ -250,6 +274,106 @@ fn decode_llama_from(
         .or(tokenizer)
         .ok_or_else(|| NwcError::Config("the file holds no tokenizer and none was given".into()))?;
     Ok(LlamaWeights::from_parts(config, tensors, tokenizer)?)
+}
+
+/// A Llama `.nwc` file as a [`ModelSource`]: each tensor is decoded when asked for, so a
+/// compressed model larger than memory can be evaluated one block at a time
+/// ([`nwc_llm::layerwise_perplexity`]).
+pub struct NwcLlamaSource<'c> {
+    file: NwcFile,
+    codec: &'c dyn WeightCodec,
+    config: LlamaConfig,
+    tokenizer: TextTokenizer,
+    names: Vec<String>,
+}
+
+impl std::fmt::Debug for NwcLlamaSource<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("NwcLlamaSource")
+            .field("config", &self.config)
+            .field("tensors", &self.names.len())
+            .finish()
+    }
+}
+
+impl<'c> NwcLlamaSource<'c> {
+    /// Opens a Llama `.nwc` written by [`compress_llama`] or [`compress_llama_layerwise`]. The
+    /// tokenizer comes from the file when it holds one, else from `tokenizer`.
+    ///
+    /// # Errors
+    /// [`NwcError::CodecMismatch`] when `codec` is not the file's; [`NwcError::Config`] when the
+    /// file has no Llama configuration or no tokenizer is available; container errors.
+    pub fn open(
+        path: impl AsRef<std::path::Path>,
+        codec: &'c dyn WeightCodec,
+        tokenizer: Option<TextTokenizer>,
+    ) -> Result<Self> {
+        let file = NwcFile::open(path)?;
+        let reader = file.reader()?;
+        crate::pipeline::Decompressor::new(codec).check_header(reader.header())?;
+        let text = |name: &str| -> Result<Option<String>> {
+            match reader.index().iter().position(|e| e.name == name) {
+                None => Ok(None),
+                Some(i) => match reader.record(i)?.payload {
+                    Payload::Raw(b) => String::from_utf8(b)
+                        .map(Some)
+                        .map_err(|_| NwcError::Config(format!("{name} is not UTF-8"))),
+                    Payload::Coded(_) => Err(NwcError::Config(format!("{name} is coded"))),
+                },
+            }
+        };
+        let config = LlamaConfig::from_hf_json(&text(CONFIG_RECORD)?.ok_or_else(|| {
+            NwcError::Config(format!("the file has no {CONFIG_RECORD}: not a Llama .nwc"))
+        })?)?;
+        let tokenizer = match text(TOKENIZER_RECORD)? {
+            Some(t) => TextTokenizer::from_json(&t)?,
+            None => tokenizer.ok_or_else(|| {
+                NwcError::Config("the file holds no tokenizer and none was given".into())
+            })?,
+        };
+        let mut names: Vec<String> = reader
+            .index()
+            .iter()
+            .map(|e| e.name.clone())
+            .filter(|n| !nwc_format::is_metadata(n))
+            .collect();
+        names.sort();
+        drop(reader);
+        Ok(Self {
+            file,
+            codec,
+            config,
+            tokenizer,
+            names,
+        })
+    }
+}
+
+impl nwc_llm::ModelSource for NwcLlamaSource<'_> {
+    fn config(&self) -> &LlamaConfig {
+        &self.config
+    }
+
+    fn tokenizer(&self) -> &TextTokenizer {
+        &self.tokenizer
+    }
+
+    fn names(&self) -> Vec<String> {
+        self.names.clone()
+    }
+
+    fn tensor(&self, name: &str) -> nwc_llm::Result<Tensor> {
+        self.file
+            .tensor(self.codec, name)
+            .map_err(|e| nwc_llm::LlmError::Source {
+                name: name.to_string(),
+                source: Box::new(e),
+            })
+    }
+
+    fn fingerprint(&self) -> [u8; 32] {
+        nwc_llm::fingerprint(&[self.file.bytes()])
+    }
 }
 
 /// What fine-tuning does to one record of a Llama `.nwc`.

@@ -875,6 +875,11 @@ impl NwcFile {
         Ok(Self { map, options })
     }
 
+    /// The whole file's bytes.
+    pub(crate) fn bytes(&self) -> &[u8] {
+        &self.map
+    }
+
     /// The parsed container.
     ///
     /// # Errors

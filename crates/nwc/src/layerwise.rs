@@ -1,0 +1,555 @@
+//! Compressing a Llama or Qwen2 one decoder block at a time, in bounded memory, resumable after
+//! a crash (`docs/llm.md`, "Layer by layer").
+//!
+//! Memory holds one block's weights, the calibration windows' activations between blocks, and
+//! that block's Hessians and LDL factors; the output projection and the embedding come last,
+//! one at a time. Finished records stream to `OUT.partial`; after every block a checkpoint
+//! `OUT.resume` (written whole, then renamed) records the records so far and the activations.
+//! A run that finds a checkpoint of the same job cuts `OUT.partial` back to the checkpoint and
+//! goes on from the next block, producing the same bytes as a run that was never interrupted.
+
+use std::fs::{File, OpenOptions};
+use std::io::{BufWriter, Seek, SeekFrom, Write};
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use nwc_codec::burn::backend::NdArray;
+use nwc_format::{IndexEntry, Record, Writer};
+use nwc_llm::{Hessians, Layerwise, ModelSource, Site, site_of};
+use nwc_tensor::Cursor;
+
+use crate::error::{NwcError, Result};
+use crate::llama::{CONFIG_RECORD, Calibration, Mode, TOKENIZER_RECORD, metadata};
+use crate::pipeline::{CompressReport, Compressor, TensorReport};
+
+const MAGIC: &[u8; 8] = b"NWCRSUM1";
+
+/// Seconds spent in each stage of a layer-by-layer compression (this run only; a resumed run
+/// does not count the blocks finished before).
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct StageTimes {
+    /// Reading (and dequantizing) weights.
+    pub load: f64,
+    /// Forward passes of the calibration windows and Hessian accumulation.
+    pub forward: f64,
+    /// Damping and block-LDL factorization of the Hessians.
+    pub factor: f64,
+    /// Coding the tensors (LDLQ and the codec's search).
+    pub encode: f64,
+    /// Writing records and checkpoints (synced to disk).
+    pub write: f64,
+}
+
+/// What a layer-by-layer compression did.
+#[derive(Debug, Clone)]
+pub struct LayerwiseReport {
+    /// Per-tensor report and the file size, as [`crate::llama::compress_llama`] gives.
+    pub report: CompressReport,
+    /// Time per stage.
+    pub stages: StageTimes,
+    /// The block this run started from (0 for a fresh run).
+    pub first_block: usize,
+}
+
+/// Progress of a layer-by-layer compression, after each record is written.
+#[derive(Debug, Clone, Copy)]
+pub struct LayerwiseProgress<'a> {
+    /// The record just written.
+    pub tensor: &'a TensorReport,
+    /// Decoder blocks finished (all of them while the head and embedding are coded).
+    pub blocks_done: usize,
+    /// Decoder blocks in the model.
+    pub blocks: usize,
+}
+
+/// The checkpoint of a run: where the partial file ends and what it holds, and the activations
+/// entering the next block.
+struct Checkpoint {
+    next_block: usize,
+    partial_len: u64,
+    index: Vec<IndexEntry>,
+    reports: Vec<TensorReport>,
+    /// Windows, tokens per window, then the values (empty when uncalibrated).
+    activations: (usize, usize, Vec<f32>),
+}
+
+fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> NwcError + '_ {
+    move |source| NwcError::Io {
+        path: path.to_path_buf(),
+        source,
+    }
+}
+
+fn with_suffix(path: &Path, suffix: &str) -> PathBuf {
+    let mut name = path.file_name().unwrap_or_default().to_os_string();
+    name.push(suffix);
+    path.with_file_name(name)
+}
+
+impl Checkpoint {
+    fn to_bytes(&self, fingerprint: &[u8; 32]) -> Vec<u8> {
+        let mut b = Vec::new();
+        b.extend(MAGIC);
+        b.extend(fingerprint);
+        b.extend((self.next_block as u64).to_le_bytes());
+        b.extend(self.partial_len.to_le_bytes());
+        b.extend((self.index.len() as u64).to_le_bytes());
+        for (e, r) in self.index.iter().zip(&self.reports) {
+            b.extend((e.name.len() as u16).to_le_bytes());
+            b.extend(e.name.as_bytes());
+            b.extend(e.offset.to_le_bytes());
+            b.extend(e.length.to_le_bytes());
+            b.extend(e.n_params.to_le_bytes());
+            b.push(u8::from(r.coded));
+            b.extend(r.sq_error.to_le_bytes());
+            b.extend(r.sq_signal.to_le_bytes());
+        }
+        let (w, t, v) = &self.activations;
+        b.extend((*w as u64).to_le_bytes());
+        b.extend((*t as u64).to_le_bytes());
+        b.extend((v.len() as u64).to_le_bytes());
+        for x in v {
+            b.extend(x.to_le_bytes());
+        }
+        let digest = nwc_llm::fingerprint(&[&b]);
+        b.extend(digest);
+        b
+    }
+
+    /// Parses a checkpoint; `None` (with the reason) when it is damaged or of another job.
+    fn parse(bytes: &[u8], fingerprint: &[u8; 32]) -> std::result::Result<Self, String> {
+        if bytes.len() < MAGIC.len() + 64 || &bytes[..8] != MAGIC {
+            return Err("not a resume checkpoint".into());
+        }
+        let (body, digest) = bytes.split_at(bytes.len() - 32);
+        if nwc_llm::fingerprint(&[body]) != digest {
+            return Err("checksum mismatch (damaged)".into());
+        }
+        if &body[8..40] != fingerprint {
+            return Err("written for another model, codec, options or calibration".into());
+        }
+        let mut c = Cursor::new(&body[40..], "resume checkpoint");
+        let e = |e: nwc_tensor::TensorError| e.to_string();
+        let next_block = c.u64().map_err(e)? as usize;
+        let partial_len = c.u64().map_err(e)?;
+        let n = c.u64().map_err(e)?;
+        if n > c.remaining() {
+            return Err(format!("{n} index entries exceed the checkpoint"));
+        }
+        let (mut index, mut reports) = (Vec::new(), Vec::new());
+        for _ in 0..n {
+            let len = c.u16().map_err(e)?;
+            let name = String::from_utf8(c.take(u64::from(len)).map_err(e)?.to_vec())
+                .map_err(|_| "a tensor name is not UTF-8".to_string())?;
+            let entry = IndexEntry {
+                name: name.clone(),
+                offset: c.u64().map_err(e)?,
+                length: c.u64().map_err(e)?,
+                n_params: c.u64().map_err(e)?,
+            };
+            reports.push(TensorReport {
+                name,
+                n_params: entry.n_params,
+                bytes: entry.length,
+                coded: c.u8().map_err(e)? != 0,
+                sq_error: c.f64().map_err(e)?,
+                sq_signal: c.f64().map_err(e)?,
+            });
+            index.push(entry);
+        }
+        let windows = c.u64().map_err(e)? as usize;
+        let t = c.u64().map_err(e)? as usize;
+        let nv = c.u64().map_err(e)?;
+        let raw = c.take(nv.saturating_mul(4)).map_err(e)?;
+        let values = raw
+            .chunks_exact(4)
+            .map(|b| f32::from_le_bytes(b.try_into().expect("4 bytes")))
+            .collect();
+        Ok(Self {
+            next_block,
+            partial_len,
+            index,
+            reports,
+            activations: (windows, t, values),
+        })
+    }
+
+    /// Writes the checkpoint whole: to a temporary file, synced, then renamed over the old one.
+    fn save(&self, path: &Path, fingerprint: &[u8; 32]) -> Result<()> {
+        let tmp = with_suffix(path, ".tmp");
+        let mut f = File::create(&tmp).map_err(io_err(&tmp))?;
+        f.write_all(&self.to_bytes(fingerprint))
+            .and_then(|()| f.sync_data())
+            .map_err(io_err(&tmp))?;
+        std::fs::rename(&tmp, path).map_err(io_err(path))
+    }
+}
+
+/// The fingerprint of a job: the model's bytes, the codec and its options, the mode and the
+/// calibration windows. A checkpoint resumes only the job that wrote it.
+fn job_fingerprint(
+    compressor: &Compressor<'_>,
+    src: &dyn ModelSource,
+    mode: Mode,
+    windows: &[Vec<u32>],
+    embed_tokenizer: bool,
+) -> [u8; 32] {
+    let header = compressor.header();
+    let ids: Vec<u8> = windows
+        .iter()
+        .flat_map(|w| (w.len() as u32).to_le_bytes().into_iter().chain(w.iter().flat_map(|i| i.to_le_bytes())))
+        .collect();
+    nwc_llm::fingerprint(&[
+        &src.fingerprint(),
+        &[header.codec as u8],
+        &header.codec_hash,
+        format!("{:?}", compressor.options()).as_bytes(),
+        mode.label().as_bytes(),
+        &ids,
+        &[u8::from(embed_tokenizer)],
+    ])
+}
+
+/// Compresses the Llama or Qwen2 in `src` into `output`, one decoder block at a time (see the
+/// module documentation), resuming from a checkpoint of the same job when one is found beside
+/// `output`. `windows` are the calibration windows (token ids, one length; unused for
+/// [`Mode::DataFree`]); Hessians are those of the original model's activations, as in
+/// [`crate::llama::compress_llama`]. `output` appears only when complete.
+///
+/// # Errors
+/// [`NwcError::Config`] for [`Mode::LevelsLdlqFt`] (fine-tuning runs on the whole model) or a
+/// calibrated mode without windows; load, coding and I/O errors (the partial file and its
+/// checkpoint are kept, so a rerun resumes).
+pub fn compress_llama_layerwise(
+    compressor: &Compressor<'_>,
+    src: &dyn ModelSource,
+    mode: Mode,
+    windows: &[Vec<u32>],
+    embed_tokenizer: bool,
+    output: &Path,
+    mut progress: impl FnMut(LayerwiseProgress<'_>),
+) -> Result<LayerwiseReport> {
+    let start = Instant::now();
+    let calibrated = match mode {
+        Mode::DataFree => false,
+        Mode::Levels | Mode::LevelsLdlq if !windows.is_empty() => true,
+        Mode::Levels | Mode::LevelsLdlq => {
+            return Err(NwcError::Config(format!(
+                "mode {} needs calibration windows",
+                mode.label()
+            )));
+        }
+        Mode::LevelsLdlqFt => {
+            return Err(NwcError::Config(
+                "fine-tuning needs the whole model: use compress_llama for mode levels+LDLQ+FT"
+                    .into(),
+            ));
+        }
+    };
+    let cfg = src.config().clone();
+    let device = Default::default();
+    let partial = with_suffix(output, ".partial");
+    let state_path = with_suffix(output, ".resume");
+    let fp = job_fingerprint(compressor, src, mode, windows, embed_tokenizer);
+    let mut times = StageTimes::default();
+
+    // Resume, or start afresh.
+    let resumed = match std::fs::read(&state_path) {
+        Ok(bytes) => match Checkpoint::parse(&bytes, &fp) {
+            Ok(c)
+                if std::fs::metadata(&partial).is_ok_and(|m| m.len() >= c.partial_len) =>
+            {
+                Some(c)
+            }
+            Ok(_) => {
+                tracing::warn!(path = %partial.display(), "partial file shorter than its checkpoint; starting afresh");
+                None
+            }
+            Err(why) => {
+                tracing::warn!(path = %state_path.display(), "ignoring checkpoint: {why}");
+                None
+            }
+        },
+        Err(_) => None,
+    };
+    let (mut writer, mut reports, first_block, mut run) = match resumed {
+        Some(c) => {
+            let mut f = OpenOptions::new()
+                .write(true)
+                .open(&partial)
+                .map_err(io_err(&partial))?;
+            f.set_len(c.partial_len)
+                .and_then(|()| f.seek(SeekFrom::End(0)).map(drop))
+                .map_err(io_err(&partial))?;
+            let writer = Writer::resume(BufWriter::new(f), compressor.header(), c.partial_len, c.index)?;
+            let (w, t, values) = c.activations;
+            let run = if calibrated {
+                Some(Layerwise::<NdArray>::from_f32(&cfg, values, w, t, &device)?)
+            } else {
+                None
+            };
+            tracing::info!(block = c.next_block, records = writer.index().len(), "resuming layer-by-layer compression");
+            (writer, c.reports, c.next_block, run)
+        }
+        None => {
+            let f = File::create(&partial).map_err(io_err(&partial))?;
+            let mut writer = Writer::new(BufWriter::new(f), compressor.header())?;
+            let mut reports = Vec::new();
+            let dtype_name = src
+                .tensor(nwc_llm::EMBED)
+                .ok()
+                .and_then(|t| nwc_llm::torch_dtype(t.dtype()))
+                .unwrap_or("float32");
+            let mut meta = vec![metadata(CONFIG_RECORD, &cfg.to_hf_json(dtype_name))];
+            if embed_tokenizer {
+                meta.push(metadata(TOKENIZER_RECORD, &src.tokenizer().to_json()?));
+            }
+            for r in &meta {
+                let bytes = writer.write(r)?;
+                reports.push(raw_report(r, bytes));
+            }
+            let t = Instant::now();
+            let run = if calibrated {
+                let w: Vec<&[u32]> = windows.iter().map(Vec::as_slice).collect();
+                Some(Layerwise::<NdArray>::embed(src, &w, &device)?)
+            } else {
+                None
+            };
+            times.load += t.elapsed().as_secs_f64();
+            (writer, reports, 0, run)
+        }
+    };
+
+    let names = src.names();
+    let block_of = |n: &str| -> Option<usize> {
+        n.strip_prefix("model.layers.")?.split_once('.')?.0.parse().ok()
+    };
+    let mut sink = |writer: &mut Writer<BufWriter<File>>,
+                    reports: &mut Vec<TensorReport>,
+                    record: Record,
+                    mut report: TensorReport,
+                    blocks_done: usize|
+     -> Result<()> {
+        report.bytes = writer.write(&record)?;
+        tracing::debug!(tensor = %report.name, bits_per_param = report.bits_per_param(), nmse = report.nmse(), "compressed");
+        progress(LayerwiseProgress {
+            tensor: &report,
+            blocks_done,
+            blocks: cfg.layers,
+        });
+        reports.push(report);
+        Ok(())
+    };
+
+    for l in first_block..cfg.layers {
+        let block_start = Instant::now();
+        let block_names: Vec<&String> = names.iter().filter(|n| block_of(n) == Some(l)).collect();
+        // Calibrate: this block's Hessians from the original activations, then move them on.
+        let calibration = match run.as_mut() {
+            Some(run) => {
+                let t = Instant::now();
+                let w = run.load_block(src, l)?;
+                times.load += t.elapsed().as_secs_f64();
+                let t = Instant::now();
+                let sites = [Site::AttnIn(l), Site::AttnOut(l), Site::MlpIn(l), Site::MlpDown(l)];
+                let mut h = Hessians::for_sites(&cfg, &sites);
+                let mut err = None;
+                run.advance(
+                    &w,
+                    l,
+                    Some(&mut |site, x| {
+                        if let Err(e) = h.add(site, x)
+                            && err.is_none()
+                        {
+                            err = Some(e);
+                        }
+                    }),
+                );
+                if let Some(e) = err {
+                    return Err(e.into());
+                }
+                drop(w);
+                times.forward += t.elapsed().as_secs_f64();
+                let t = Instant::now();
+                let c = Calibration::take_all(h)?;
+                times.factor += t.elapsed().as_secs_f64();
+                Some(c)
+            }
+            None => None,
+        };
+        code_tensors(
+            compressor,
+            src,
+            &block_names,
+            calibration.as_ref(),
+            mode,
+            true,
+            &mut times,
+            |record, report| sink(&mut writer, &mut reports, record, report, l),
+        )?;
+        drop(calibration);
+        // Checkpoint: records synced, then the state that points at them.
+        let t = Instant::now();
+        writer.inner_mut().flush().map_err(io_err(&partial))?;
+        writer
+            .inner_mut()
+            .get_ref()
+            .sync_data()
+            .map_err(io_err(&partial))?;
+        let activations = match &run {
+            Some(r) => (r.windows(), windows[0].len(), r.to_f32()),
+            None => (0, 0, Vec::new()),
+        };
+        Checkpoint {
+            next_block: l + 1,
+            partial_len: writer.position(),
+            index: writer.index().to_vec(),
+            reports: reports.clone(),
+            activations,
+        }
+        .save(&state_path, &fp)?;
+        times.write += t.elapsed().as_secs_f64();
+        tracing::info!(
+            block = l,
+            of = cfg.layers,
+            seconds = block_start.elapsed().as_secs_f64(),
+            "block compressed"
+        );
+    }
+
+    // The rest (final norm, output projection, embedding), one tensor at a time.
+    let rest: Vec<&String> = names.iter().filter(|n| block_of(n).is_none()).collect();
+    let head = match run.as_ref() {
+        Some(run) if rest.iter().any(|n| site_of(&cfg, n) == Some(Site::Head)) => {
+            let t = Instant::now();
+            let mut h = Hessians::for_sites(&cfg, &[Site::Head]);
+            let mut err = None;
+            run.head_input(
+                src,
+                &mut |site, x| {
+                    if let Err(e) = h.add(site, x)
+                        && err.is_none()
+                    {
+                        err = Some(e);
+                    }
+                },
+            )?;
+            if let Some(e) = err {
+                return Err(e.into());
+            }
+            times.forward += t.elapsed().as_secs_f64();
+            let t = Instant::now();
+            let c = Calibration::take_all(h)?;
+            times.factor += t.elapsed().as_secs_f64();
+            Some(c)
+        }
+        _ => None,
+    };
+    drop(run);
+    code_tensors(
+        compressor,
+        src,
+        &rest,
+        head.as_ref(),
+        mode,
+        false,
+        &mut times,
+        |record, report| sink(&mut writer, &mut reports, record, report, cfg.layers),
+    )?;
+    let t = Instant::now();
+    let (mut inner, file_bytes) = writer.finish()?;
+    inner.flush().map_err(io_err(&partial))?;
+    inner.get_ref().sync_data().map_err(io_err(&partial))?;
+    drop(inner);
+    std::fs::rename(&partial, output).map_err(io_err(output))?;
+    let _ = std::fs::remove_file(&state_path);
+    times.write += t.elapsed().as_secs_f64();
+    // Metadata records are bytes of the file but not parameters (as in `compress_llama`).
+    reports.retain(|r| !nwc_format::is_metadata(&r.name));
+    Ok(LayerwiseReport {
+        report: CompressReport {
+            tensors: reports,
+            file_bytes,
+            seconds: start.elapsed().as_secs_f64(),
+        },
+        stages: times,
+        first_block,
+    })
+}
+
+fn raw_report(r: &Record, bytes: u64) -> TensorReport {
+    TensorReport {
+        name: r.name.clone(),
+        n_params: r.numel(),
+        bytes,
+        coded: false,
+        sq_error: 0.0,
+        sq_signal: 0.0,
+    }
+}
+
+/// Codes the tensors `names` of `src` with the calibration of their sites (per `mode`), in
+/// order, handing each record to `sink`: several at once when `parallel` (a block's
+/// projections), else one at a time (the large embedding and output projection).
+#[allow(clippy::too_many_arguments)]
+fn code_tensors(
+    compressor: &Compressor<'_>,
+    src: &dyn ModelSource,
+    names: &[&String],
+    calibration: Option<&Calibration>,
+    mode: Mode,
+    parallel: bool,
+    times: &mut StageTimes,
+    mut sink: impl FnMut(Record, TensorReport) -> Result<()>,
+) -> Result<()> {
+    let cfg = src.config();
+    let work = |t: nwc_tensor::Tensor| {
+        let site = site_of(cfg, t.name()).filter(|_| compressor.options().policy.codes(&t));
+        match (calibration, site) {
+            (Some(c), Some(s)) if c.ldl(s).is_some() => {
+                let imp = c.importance(s);
+                if mode == Mode::LevelsLdlq {
+                    compressor.compress_tensor_ldlq(&t, imp, c.ldl(s).expect("checked"))
+                } else {
+                    compressor.compress_tensor(&t, imp)
+                }
+            }
+            _ => compressor.compress_tensor(&t, None),
+        }
+    };
+    let t = Instant::now();
+    let mut load_s = 0.0;
+    let mut write_s = 0.0;
+    if parallel {
+        crate::pipeline::compress_in_order(
+            names.len(),
+            |i| {
+                let t = Instant::now();
+                let r = src.tensor(names[i]);
+                load_s += t.elapsed().as_secs_f64();
+                Ok(r?)
+            },
+            work,
+            |_, record, report| {
+                let t = Instant::now();
+                let r = sink(record, report);
+                write_s += t.elapsed().as_secs_f64();
+                r
+            },
+        )?;
+    } else {
+        for name in names {
+            let t = Instant::now();
+            let tensor = src.tensor(name)?;
+            load_s += t.elapsed().as_secs_f64();
+            let (record, report) = work(tensor)?;
+            let t = Instant::now();
+            sink(record, report)?;
+            write_s += t.elapsed().as_secs_f64();
+        }
+    }
+    times.load += load_s;
+    times.write += write_s;
+    times.encode += t.elapsed().as_secs_f64() - load_s - write_s;
+    Ok(())
+}

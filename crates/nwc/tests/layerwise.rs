@@ -1,0 +1,180 @@
+//! Layer-by-layer compression of the committed tiny Llama: the same records as the whole-model
+//! pipeline, evaluation of the result one block at a time, and a compression killed midway
+//! (a real child process, SIGKILL) that resumes to the same bytes as an uninterrupted run.
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use nwc::codec_net::burn::backend::NdArray;
+use nwc::format::{FileReader, ReadOptions};
+use nwc::llama::{
+    Calibration, Mode, NwcLlamaSource, compress_llama, compress_llama_layerwise, decode_llama,
+};
+use nwc::llm::{Hessians, Llama, LlamaWeights, layerwise_perplexity, perplexity};
+use nwc::{Compressor, EcsqCodec, NwcFile};
+
+fn tiny_dir() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../examples/assets/tiny-llama")
+}
+
+fn tiny() -> (LlamaWeights, Vec<u32>, Vec<u32>) {
+    let w = LlamaWeights::open(tiny_dir()).unwrap();
+    let text = |f: &str| std::fs::read_to_string(tiny_dir().join(f)).unwrap();
+    let eval = w.tokenizer.encode(&text("eval.txt")).unwrap();
+    let calib = w.tokenizer.encode(&text("calibration.txt")).unwrap();
+    (w, eval, calib)
+}
+
+/// The calibration windows both pipelines use: 4 of 256 tokens.
+fn windows(calib: &[u32]) -> Vec<Vec<u32>> {
+    nwc::llm::windows(calib, 256, 4)
+        .unwrap()
+        .into_iter()
+        .map(<[u32]>::to_vec)
+        .collect()
+}
+
+#[test]
+fn layerwise_perplexity_is_the_whole_models() {
+    let (w, eval, _) = tiny();
+    let device = Default::default();
+    let model = Llama::<NdArray>::from_weights(&w, &device).unwrap();
+    let whole = perplexity(&model, &eval, 256, 4, &device, |_, _| {}).unwrap();
+    let mut calls = 0;
+    let lw = layerwise_perplexity::<NdArray>(&w, &eval, 256, 4, &device, |_, _| calls += 1).unwrap();
+    assert_eq!(calls, w.config.layers + 1);
+    assert_eq!((lw.tokens, lw.windows), (whole.tokens, whole.windows));
+    assert!(
+        (lw.nll - whole.nll).abs() < 1e-6 * whole.nll,
+        "{} vs {}",
+        lw.nll,
+        whole.nll
+    );
+}
+
+/// Compresses the tiny Llama layer by layer into `out` (ECSQ at 4 bits, levels + LDLQ).
+fn layerwise(out: &Path, pause: Duration) -> nwc::llama::LayerwiseReport {
+    let (w, _, calib) = tiny();
+    let codec = EcsqCodec::for_bits(4.0).unwrap();
+    compress_llama_layerwise(
+        &Compressor::new(&codec),
+        &w,
+        Mode::LevelsLdlq,
+        &windows(&calib),
+        true,
+        out,
+        |_| std::thread::sleep(pause),
+    )
+    .unwrap()
+}
+
+#[test]
+fn layerwise_records_are_the_whole_model_pipelines() {
+    let (w, eval, calib) = tiny();
+    let device = Default::default();
+    let codec = EcsqCodec::for_bits(4.0).unwrap();
+    let compressor = Compressor::new(&codec);
+    let dir = tempfile::tempdir().unwrap();
+
+    // Whole model in memory, Hessians over the same windows.
+    let model = Llama::<NdArray>::from_weights(&w, &device).unwrap();
+    let mut h = Hessians::new(&model);
+    for win in windows(&calib) {
+        h.accumulate(&model, &win, &device).unwrap();
+    }
+    let cal = Calibration::new(&h, &w.config).unwrap();
+    let mut whole = Vec::new();
+    compress_llama(&compressor, &w, Some(&cal), Mode::LevelsLdlq, true, &mut whole).unwrap();
+
+    let path = dir.path().join("lw.nwc");
+    let report = layerwise(&path, Duration::ZERO);
+    assert_eq!(report.first_block, 0);
+    assert!(!dir.path().join("lw.nwc.partial").exists());
+    assert!(!dir.path().join("lw.nwc.resume").exists());
+    let file = NwcFile::open(&path).unwrap();
+    assert_eq!(file.bits_per_param().unwrap(), report.report.bits_per_param());
+
+    // Record for record the same bytes; only their order in the file differs.
+    let a = FileReader::new(&whole, ReadOptions::default()).unwrap();
+    let b = file.reader().unwrap();
+    assert_eq!(a.index().len(), b.index().len());
+    for e in b.index() {
+        assert_eq!(
+            a.record_by_name(&e.name).unwrap(),
+            b.record_by_name(&e.name).unwrap(),
+            "{}",
+            e.name
+        );
+    }
+
+    // Evaluated one block at a time straight from the file: the decoded model's perplexity.
+    let src = NwcLlamaSource::open(&path, &codec, None).unwrap();
+    let lw = layerwise_perplexity::<NdArray>(&src, &eval, 256, 4, &device, |_, _| {}).unwrap();
+    let back = decode_llama(&file, &codec, None).unwrap();
+    let m = Llama::<NdArray>::from_weights(&back, &device).unwrap();
+    let p = perplexity(&m, &eval, 256, 4, &device, |_, _| {}).unwrap();
+    assert!((lw.nll - p.nll).abs() < 1e-6 * p.nll, "{} vs {}", lw.nll, p.nll);
+
+    // Fine-tuning needs the whole model; calibrated modes need windows.
+    for (mode, wins) in [(Mode::LevelsLdlqFt, windows(&calib)), (Mode::Levels, vec![])] {
+        let err = compress_llama_layerwise(&compressor, &w, mode, &wins, true, &path, |_| {})
+            .unwrap_err();
+        assert!(matches!(err, nwc::NwcError::Config(_)), "{err}");
+    }
+}
+
+/// The child process of [`a_killed_compression_resumes_to_the_same_bytes`]: compresses slowly
+/// into `$NWC_KILL_TEST_OUT` until it is killed.
+#[test]
+#[ignore = "helper process of a_killed_compression_resumes_to_the_same_bytes"]
+fn kill_test_child() {
+    if let Ok(out) = std::env::var("NWC_KILL_TEST_OUT") {
+        layerwise(Path::new(&out), Duration::from_millis(60));
+    }
+}
+
+#[test]
+fn a_killed_compression_resumes_to_the_same_bytes() {
+    let dir = tempfile::tempdir().unwrap();
+    let reference = dir.path().join("ref.nwc");
+    layerwise(&reference, Duration::ZERO);
+    let expected = std::fs::read(&reference).unwrap();
+
+    let out = dir.path().join("killed.nwc");
+    let resume = dir.path().join("killed.nwc.resume");
+    let partial = dir.path().join("killed.nwc.partial");
+    let mut child = std::process::Command::new(std::env::current_exe().unwrap())
+        .args(["--exact", "kill_test_child", "--ignored", "--nocapture"])
+        .env("NWC_KILL_TEST_OUT", &out)
+        .spawn()
+        .unwrap();
+    // Kill it once a block is checkpointed and the next one is being written.
+    let t = Instant::now();
+    while !(resume.exists()
+        && std::fs::metadata(&resume).unwrap().len() > 0
+        && std::fs::metadata(&partial).map(|m| m.len()).unwrap_or(0)
+            > std::fs::metadata(&reference).unwrap().len() / 3)
+    {
+        assert!(child.try_wait().unwrap().is_none(), "the child ended before the kill");
+        assert!(t.elapsed() < Duration::from_secs(300), "no checkpoint in 5 minutes");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    std::thread::sleep(Duration::from_millis(90));
+    child.kill().unwrap();
+    child.wait().unwrap();
+    assert!(!out.exists(), "a killed run leaves no output");
+    assert!(partial.exists() && resume.exists());
+
+    let report = layerwise(&out, Duration::ZERO);
+    assert!(report.first_block >= 1, "resumed from block {}", report.first_block);
+    assert_eq!(std::fs::read(&out).unwrap(), expected);
+    assert!(!partial.exists() && !resume.exists());
+
+    // A damaged checkpoint is ignored: the run starts afresh and still writes the same bytes.
+    std::fs::write(&partial, b"garbage").unwrap();
+    std::fs::write(&resume, b"NWCRSUM1 not really a checkpoint, damaged......................").unwrap();
+    std::fs::remove_file(&out).unwrap();
+    let report = layerwise(&out, Duration::ZERO);
+    assert_eq!(report.first_block, 0);
+    assert_eq!(std::fs::read(&out).unwrap(), expected);
+}
