@@ -10,6 +10,17 @@
 //!     --eval-text .data/canterbury/alice29.txt --calib-text .data/canterbury/lcet10.txt
 //! ```
 //!
+//! `--layerwise` streams a model larger than memory: one decoder block at a time, evaluation
+//! included, resumable after a kill (rerun the same command):
+//!
+//! ```text
+//! cargo xtask fetch qwen2 canterbury
+//! /usr/bin/time -v cargo run --release --example compress_llama -- --layerwise \
+//!     --model .data/qwen2/qwen2.5-coder-1.5b-instruct.gguf --bits 4 --ctx 512 \
+//!     --calib-windows 16 --eval-windows 8 \
+//!     --eval-text .data/canterbury/alice29.txt --calib-text .data/canterbury/lcet10.txt
+//! ```
+//!
 //! With no arguments it runs offline on `examples/assets/tiny-llama` (a 1.7 M-parameter byte-level
 //! Llama made by `cargo xtask train-llama`), calibrating on its `calibration.txt` and evaluating on
 //! its held-out `eval.txt`.
@@ -21,10 +32,12 @@ use anyhow::{Context, Result, bail};
 use clap::{Parser, ValueEnum};
 use indicatif::{ProgressBar, ProgressStyle};
 use nwc::codec_net::burn::backend::NdArray;
-use nwc::llama::{Calibration, Mode, compress_llama, decode_llama};
+use nwc::llama::{
+    Calibration, Mode, NwcLlamaSource, compress_llama, compress_llama_layerwise, decode_llama,
+};
 use nwc::llm::{
-    FtConfig, Hessians, Llama, LlamaWeights, Perplexity, cache_file_name, calibration_fingerprint,
-    perplexity,
+    FtConfig, Hessians, LazyWeights, Llama, LlamaWeights, ModelSource, Perplexity,
+    cache_file_name, calibration_fingerprint, layerwise_perplexity, perplexity,
 };
 use nwc::tensor::{ChunkConfig, DType, chunk};
 use nwc::{Compressor, EcsqCodec, NwcCodec, NwcFile, WeightCodec};
@@ -49,7 +62,7 @@ enum ModeChoice {
     Ft,
 }
 
-#[derive(Parser)]
+#[derive(Parser, Clone)]
 #[command(about = "Compress a Llama with NWC, decode it, report bits/param, timings, perplexity")]
 struct Args {
     /// A GGUF file or a Hugging Face directory (default: the committed byte-level Llama).
@@ -89,6 +102,10 @@ struct Args {
     /// dtype of the exported weights: f32, f16 or bf16.
     #[arg(long, default_value = "f16")]
     export_dtype: String,
+    /// One decoder block at a time in bounded memory, resumable (levels or LDLQ modes;
+    /// the reference and decoded perplexities are computed block by block too).
+    #[arg(long)]
+    layerwise: bool,
 }
 
 fn default_model() -> PathBuf {
@@ -124,6 +141,160 @@ fn ppl(model: &Llama<NdArray>, ids: &[u32], a: &Args, what: &str) -> Result<Perp
     Ok(p)
 }
 
+/// The codec at the requested rate.
+fn make_codec(a: &Args, src: &dyn ModelSource) -> Result<Box<dyn WeightCodec>> {
+    Ok(match a.codec {
+        CodecChoice::Ecsq => Box::new(EcsqCodec::for_bits(a.bits as f32)?),
+        CodecChoice::Nwc => {
+            let codec = NwcCodec::<NdArray>::default_on(&Default::default())?;
+            if codec.is_trellis() {
+                // The shipped trellis codec has a continuous step; this sets the nominal rate of
+                // the coded matrices (the file also counts norms, config and tokenizer).
+                Box::new(codec.with_step(nwc::codec_net::tcq_step_for_bits(a.bits as f32))?)
+            } else {
+                // Pick the latent step from a sample of this model's own normalized chunks
+                // (matrices read one at a time).
+                let mut sample = Vec::new();
+                for name in src.names() {
+                    let t = src.tensor(&name)?;
+                    let Some((r, c)) = t.matrix_dims() else {
+                        continue;
+                    };
+                    let v = t.to_f32()?;
+                    let m = ndarray::ArrayView2::from_shape((r, c), &v)?;
+                    let ch = chunk(m, &ChunkConfig::default())?;
+                    let every = (ch.n_chunks() / 512).max(1);
+                    for k in (0..ch.n_chunks()).step_by(every) {
+                        sample.extend_from_slice(&ch.data()[k * 16..(k + 1) * 16]);
+                    }
+                }
+                let index = codec.step_index_for_rate(&sample, a.bits)?;
+                Box::new(codec.with_step_index(index)?)
+            }
+        }
+    })
+}
+
+fn layerwise_ppl(src: &dyn ModelSource, ids: &[u32], a: &Args, what: &str) -> Result<Perplexity> {
+    let pb = bar(src.config().layers as u64 + 1, what);
+    let p = layerwise_perplexity::<NdArray>(
+        src,
+        ids,
+        a.ctx.unwrap_or(256),
+        a.eval_windows,
+        &Default::default(),
+        |d, _| pb.set_position(d as u64),
+    )?;
+    pb.finish_and_clear();
+    Ok(p)
+}
+
+/// `--layerwise`: the same report, one decoder block in memory at a time.
+fn run_layerwise(a: &Args, model_path: &Path, eval_path: &Path, calib_path: &Path) -> Result<()> {
+    let mode = match a.mode {
+        ModeChoice::DataFree => Mode::DataFree,
+        ModeChoice::Levels => Mode::Levels,
+        ModeChoice::Ldlq => Mode::LevelsLdlq,
+        ModeChoice::Ft => bail!("--layerwise runs data-free, levels or ldlq (fine-tuning needs the whole model)"),
+    };
+    let t = Instant::now();
+    let src = LazyWeights::open(model_path)
+        .with_context(|| format!("opening {}", model_path.display()))?;
+    let cfg = src.config().clone();
+    println!(
+        "model      {} — {:?}, {} params, {} layers, hidden {}, vocab {} (read lazily)   [open {:.1} s]",
+        model_path.display(),
+        cfg.family,
+        cfg.n_params(),
+        cfg.layers,
+        cfg.hidden,
+        cfg.vocab,
+        t.elapsed().as_secs_f64()
+    );
+    let mut a = Args { ctx: Some(a.ctx.unwrap_or(256.min(cfg.max_positions))), ..a.clone() };
+    a.ctx = a.ctx.map(|c| c.min(cfg.max_positions));
+    let ctx = a.ctx.expect("set");
+    let eval_ids = src.tokenizer().encode(&read_text(eval_path)?)?;
+    let calib_ids = src.tokenizer().encode(&read_text(calib_path)?)?;
+    let t = Instant::now();
+    let before = layerwise_ppl(&src, &eval_ids, &a, "blocks (reference)")?;
+    println!(
+        "reference  perplexity {:.4} on {} ({} windows × {} tokens, block by block)   [{:.1} s]",
+        before.ppl,
+        eval_path.display(),
+        before.windows,
+        before.ctx,
+        t.elapsed().as_secs_f64()
+    );
+    let windows: Vec<Vec<u32>> = if mode == Mode::DataFree {
+        Vec::new()
+    } else {
+        nwc::llm::windows(&calib_ids, ctx, a.calib_windows)?
+            .into_iter()
+            .map(<[u32]>::to_vec)
+            .collect()
+    };
+    let codec = make_codec(&a, &src)?;
+    let compressor = Compressor::new(codec.as_ref());
+    if let Some(dir) = a.out.parent() {
+        std::fs::create_dir_all(dir)?;
+    }
+    let n_tensors = src.names().len() as u64;
+    let pb = bar(n_tensors, "tensors");
+    let t = Instant::now();
+    let r = compress_llama_layerwise(
+        &compressor,
+        &src,
+        mode,
+        &windows,
+        true,
+        &a.out,
+        |p| {
+            pb.inc(1);
+            pb.set_message(format!("block {}/{}", p.blocks_done, p.blocks));
+        },
+    )?;
+    pb.finish_and_clear();
+    let s = r.stages;
+    println!(
+        "compress   {:?} codec, mode {}, {} calibration windows × {ctx} of {} → {} ({} bytes; from block {})   [{:.1} s: load {:.1}, forward {:.1}, factor {:.1}, encode {:.1}, write {:.1}]",
+        a.codec,
+        mode.label(),
+        windows.len(),
+        calib_path.display(),
+        a.out.display(),
+        r.report.file_bytes,
+        r.first_block,
+        t.elapsed().as_secs_f64(),
+        s.load,
+        s.forward,
+        s.factor,
+        s.encode,
+        s.write
+    );
+    let bits = NwcFile::open(&a.out)?.bits_per_param()?;
+    println!(
+        "rate       {bits:.4} bits/param measured (file bytes × 8 / {} params; target {})",
+        r.report.n_params(),
+        a.bits
+    );
+    let t = Instant::now();
+    let decoded = NwcLlamaSource::open(&a.out, codec.as_ref(), None)?;
+    let after = layerwise_ppl(&decoded, &eval_ids, &a, "blocks (decoded)")?;
+    println!(
+        "decoded    perplexity {:.4} (decoded block by block)   [{:.1} s]",
+        after.ppl,
+        t.elapsed().as_secs_f64()
+    );
+    println!(
+        "result     {bits:.4} bits/param, perplexity {:.4} → {:.4} ({:+.2} %)",
+        before.ppl,
+        after.ppl,
+        100.0 * (after.ppl / before.ppl - 1.0)
+    );
+    Ok(())
+}
+
 fn main() -> Result<()> {
     tracing_subscriber::fmt()
         .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
@@ -144,6 +315,9 @@ fn main() -> Result<()> {
         .unwrap_or_else(|| dir.join("calibration.txt"));
     if eval_path == calib_path {
         bail!("calibration and evaluation text must differ");
+    }
+    if a.layerwise {
+        return run_layerwise(&a, &model_path, &eval_path, &calib_path);
     }
 
     let t = Instant::now();
@@ -226,32 +400,7 @@ fn main() -> Result<()> {
     };
 
     let t = Instant::now();
-    let codec: Box<dyn WeightCodec> = match a.codec {
-        CodecChoice::Ecsq => Box::new(EcsqCodec::for_bits(a.bits as f32)?),
-        CodecChoice::Nwc => {
-            let codec = NwcCodec::<NdArray>::default_on(&device)?;
-            if codec.is_trellis() {
-                // The shipped trellis codec has a continuous step; this sets the nominal rate of
-                // the coded matrices (the file also counts norms, config and tokenizer).
-                Box::new(codec.with_step(nwc::codec_net::tcq_step_for_bits(a.bits as f32))?)
-            } else {
-                // Pick the latent step from a sample of this model's own normalized chunks.
-                let mut sample = Vec::new();
-                for t in w.tensors.values().filter(|t| t.matrix_dims().is_some()) {
-                    let (r, c) = t.matrix_dims().expect("matrix");
-                    let v = t.to_f32()?;
-                    let m = ndarray::ArrayView2::from_shape((r, c), &v)?;
-                    let ch = chunk(m, &ChunkConfig::default())?;
-                    let every = (ch.n_chunks() / 512).max(1);
-                    for k in (0..ch.n_chunks()).step_by(every) {
-                        sample.extend_from_slice(&ch.data()[k * 16..(k + 1) * 16]);
-                    }
-                }
-                let index = codec.step_index_for_rate(&sample, a.bits)?;
-                Box::new(codec.with_step_index(index)?)
-            }
-        }
-    };
+    let codec = make_codec(&a, &w)?;
     let pb = bar(w.tensors.len() as u64, "tensors");
     let compressor = Compressor::new(codec.as_ref()).with_progress(|_, d, n| {
         pb.set_length(n as u64);

@@ -392,6 +392,47 @@ impl<B: Backend> Layerwise<B> {
         Ok(())
     }
 
+    fn load_head(&self, src: &dyn ModelSource) -> Result<(Tensor<B, 1>, Tensor<B, 2>)> {
+        let cfg = src.config();
+        let (nv, ns) = src.f32(FINAL_NORM)?;
+        if ns != [cfg.hidden] {
+            return Err(LlmError::Weight {
+                name: FINAL_NORM.into(),
+                reason: format!("shape {ns:?}, expected [{}]", cfg.hidden),
+            });
+        }
+        let norm = Tensor::<B, 1>::from_data(TensorData::new(nv, [cfg.hidden]), &self.device);
+        let head_name = if cfg.tie_embeddings { EMBED } else { LM_HEAD };
+        let (hv, hs) = src.f32(head_name)?;
+        if hs != [cfg.vocab, cfg.hidden] {
+            return Err(LlmError::Weight {
+                name: head_name.into(),
+                reason: format!("shape {hs:?}, expected [{}, {}]", cfg.vocab, cfg.hidden),
+            });
+        }
+        let head = Tensor::<B, 2>::from_data(TensorData::new(hv, [hs[0], hs[1]]), &self.device);
+        Ok((norm, head))
+    }
+
+    /// The logits of every window, `t × vocab` values each (row-major), after the last block.
+    ///
+    /// # Errors
+    /// The final norm's or output projection's load errors.
+    pub fn logits(&self, src: &dyn ModelSource) -> Result<Vec<Vec<f32>>> {
+        let (norm, head) = self.load_head(src)?;
+        Ok(self
+            .xs
+            .iter()
+            .map(|x| {
+                head_logits(x.clone(), &norm, &head, src.config().rms_eps, &mut None)
+                    .into_data()
+                    .convert::<f32>()
+                    .to_vec::<f32>()
+                    .expect("f32")
+            })
+            .collect())
+    }
+
     /// Final norm and output projection: the summed next-token NLL (nats) of `targets[i]` (one
     /// id per position of window `i`), and the Head site's input through `cap`.
     ///
@@ -411,17 +452,7 @@ impl<B: Backend> Layerwise<B> {
                 self.xs.len()
             )));
         }
-        let (nv, ns) = src.f32(FINAL_NORM)?;
-        let norm = Tensor::<B, 1>::from_data(TensorData::new(nv, [ns.iter().product::<usize>()]), &self.device);
-        let head_name = if cfg.tie_embeddings { EMBED } else { LM_HEAD };
-        let (hv, hs) = src.f32(head_name)?;
-        if hs != [cfg.vocab, cfg.hidden] {
-            return Err(LlmError::Weight {
-                name: head_name.into(),
-                reason: format!("shape {hs:?}, expected [{}, {}]", cfg.vocab, cfg.hidden),
-            });
-        }
-        let head = Tensor::<B, 2>::from_data(TensorData::new(hv, [hs[0], hs[1]]), &self.device);
+        let (norm, head) = self.load_head(src)?;
         let mut total = 0.0;
         for (x, tg) in self.xs.iter().zip(targets) {
             let t = x.dims()[1];
