@@ -36,8 +36,8 @@ use nwc::llama::{
     Calibration, Mode, NwcLlamaSource, compress_llama, compress_llama_layerwise, decode_llama,
 };
 use nwc::llm::{
-    FtConfig, Hessians, LazyWeights, Llama, LlamaWeights, ModelSource, Perplexity,
-    cache_file_name, calibration_fingerprint, layerwise_perplexity, perplexity,
+    FtConfig, Hessians, LazyWeights, Llama, LlamaWeights, ModelSource, Perplexity, cache_file_name,
+    calibration_fingerprint, layerwise_perplexity, perplexity,
 };
 use nwc::tensor::{ChunkConfig, DType, chunk};
 use nwc::{Compressor, EcsqCodec, NwcCodec, NwcFile, WeightCodec};
@@ -195,7 +195,9 @@ fn run_layerwise(a: &Args, model_path: &Path, eval_path: &Path, calib_path: &Pat
         ModeChoice::DataFree => Mode::DataFree,
         ModeChoice::Levels => Mode::Levels,
         ModeChoice::Ldlq => Mode::LevelsLdlq,
-        ModeChoice::Ft => bail!("--layerwise runs data-free, levels or ldlq (fine-tuning needs the whole model)"),
+        ModeChoice::Ft => {
+            bail!("--layerwise runs data-free, levels or ldlq (fine-tuning needs the whole model)")
+        }
     };
     let t = Instant::now();
     let src = LazyWeights::open(model_path)
@@ -211,7 +213,10 @@ fn run_layerwise(a: &Args, model_path: &Path, eval_path: &Path, calib_path: &Pat
         cfg.vocab,
         t.elapsed().as_secs_f64()
     );
-    let mut a = Args { ctx: Some(a.ctx.unwrap_or(256.min(cfg.max_positions))), ..a.clone() };
+    let mut a = Args {
+        ctx: Some(a.ctx.unwrap_or(256.min(cfg.max_positions))),
+        ..a.clone()
+    };
     a.ctx = a.ctx.map(|c| c.min(cfg.max_positions));
     let ctx = a.ctx.expect("set");
     let eval_ids = src.tokenizer().encode(&read_text(eval_path)?)?;
@@ -242,18 +247,10 @@ fn run_layerwise(a: &Args, model_path: &Path, eval_path: &Path, calib_path: &Pat
     let n_tensors = src.names().len() as u64;
     let pb = bar(n_tensors, "tensors");
     let t = Instant::now();
-    let r = compress_llama_layerwise(
-        &compressor,
-        &src,
-        mode,
-        &windows,
-        true,
-        &a.out,
-        |p| {
-            pb.inc(1);
-            pb.set_message(format!("block {}/{}", p.blocks_done, p.blocks));
-        },
-    )?;
+    let r = compress_llama_layerwise(&compressor, &src, mode, &windows, true, &a.out, |p| {
+        pb.inc(1);
+        pb.set_message(format!("block {}/{}", p.blocks_done, p.blocks));
+    })?;
     pb.finish_and_clear();
     let s = r.stages;
     println!(

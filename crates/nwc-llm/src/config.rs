@@ -178,7 +178,10 @@ impl LlamaConfig {
     pub fn from_hf_json(text: &str) -> Result<Self> {
         let v: Value = serde_json::from_str(text)
             .map_err(|e| LlmError::Config(format!("config.json: {e}")))?;
-        let mt = v.get("model_type").and_then(Value::as_str).unwrap_or("llama");
+        let mt = v
+            .get("model_type")
+            .and_then(Value::as_str)
+            .unwrap_or("llama");
         let family = Family::from_name(mt).ok_or_else(|| {
             LlmError::Config(format!(
                 "model_type {mt:?}, expected \"llama\" or \"qwen2\""

@@ -35,7 +35,7 @@ pub use error::{LlmError, Result};
 pub use eval::{Perplexity, perplexity, windows};
 pub use finetune::{BlockFt, FtConfig, finetune_blocks};
 pub use model::{BlockContext, BlockTensors, Capture, Layer, Llama, block_forward};
-pub use stream::{LazyWeights, Layerwise, ModelSource, layerwise_perplexity};
+pub use stream::{Layerwise, LazyWeights, ModelSource, layerwise_perplexity};
 pub use tokenizer::TextTokenizer;
 pub use train::{LmTrainConfig, lr_at, train_lm};
 pub use weights::{

@@ -131,11 +131,7 @@ impl<B: Backend> BlockTensors<B> {
         };
         let qkv_bias = if cfg.family.qkv_bias() {
             let b = |p: Proj| p.bias_name(l).expect("q, k and v have biases");
-            Some([
-                vec1(&b(Proj::Q))?,
-                vec1(&b(Proj::K))?,
-                vec1(&b(Proj::V))?,
-            ])
+            Some([vec1(&b(Proj::Q))?, vec1(&b(Proj::K))?, vec1(&b(Proj::V))?])
         } else {
             None
         };

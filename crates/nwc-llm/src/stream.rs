@@ -284,12 +284,14 @@ impl<B: Backend> Layerwise<B> {
             .map(|w| {
                 let mut v = Vec::with_capacity(t * h);
                 for &id in *w {
-                    let row = emb.get(id as usize * h..(id as usize + 1) * h).ok_or_else(|| {
-                        LlmError::Input(format!(
-                            "token {id} outside the vocabulary of {}",
-                            cfg.vocab
-                        ))
-                    })?;
+                    let row = emb
+                        .get(id as usize * h..(id as usize + 1) * h)
+                        .ok_or_else(|| {
+                            LlmError::Input(format!(
+                                "token {id} outside the vocabulary of {}",
+                                cfg.vocab
+                            ))
+                        })?;
                     v.extend_from_slice(row);
                 }
                 Ok(Tensor::from_data(TensorData::new(v, [1, t, h]), device))
@@ -382,8 +384,10 @@ impl<B: Backend> Layerwise<B> {
     /// The final norm's load errors.
     pub fn head_input(&self, src: &dyn ModelSource, cap: Capture<'_, B>) -> Result<()> {
         let (nv, ns) = src.f32(FINAL_NORM)?;
-        let norm =
-            Tensor::<B, 1>::from_data(TensorData::new(nv, [ns.iter().product::<usize>()]), &self.device);
+        let norm = Tensor::<B, 1>::from_data(
+            TensorData::new(nv, [ns.iter().product::<usize>()]),
+            &self.device,
+        );
         for x in &self.xs {
             let [b, t, d] = x.dims();
             let xn = rms_norm(x.clone(), &norm, src.config().rms_eps);
@@ -457,7 +461,10 @@ impl<B: Backend> Layerwise<B> {
         for (x, tg) in self.xs.iter().zip(targets) {
             let t = x.dims()[1];
             if tg.len() != t {
-                return Err(LlmError::Input(format!("{} targets for {t} positions", tg.len())));
+                return Err(LlmError::Input(format!(
+                    "{} targets for {t} positions",
+                    tg.len()
+                )));
             }
             let logits = head_logits(x.clone(), &norm, &head, cfg.rms_eps, &mut cap);
             let ids = crate::eval::ids_tensor::<B>(tg, cfg.vocab, &self.device)?;

@@ -8,7 +8,7 @@
 use std::path::PathBuf;
 
 use burn::backend::NdArray;
-use nwc_llm::{Family, LazyWeights, Layerwise, ModelSource};
+use nwc_llm::{Family, Layerwise, LazyWeights, ModelSource};
 use serde_json::Value;
 
 fn model_path() -> Option<PathBuf> {
@@ -37,7 +37,14 @@ fn qwen2_tokens_and_logits_match_llama_cpp() {
     let cfg = src.config();
     assert_eq!(cfg.family, Family::Qwen2);
     assert_eq!(
-        (cfg.layers, cfg.hidden, cfg.intermediate, cfg.heads, cfg.kv_heads, cfg.vocab),
+        (
+            cfg.layers,
+            cfg.hidden,
+            cfg.intermediate,
+            cfg.heads,
+            cfg.kv_heads,
+            cfg.vocab
+        ),
         (28, 1536, 8960, 12, 2, 151_936)
     );
     assert!(!cfg.tie_embeddings, "this GGUF has its own output.weight");
@@ -50,7 +57,10 @@ fn qwen2_tokens_and_logits_match_llama_cpp() {
         .iter()
         .map(|v| v.as_u64().unwrap() as u32)
         .collect();
-    let ids = src.tokenizer().encode(fx["text"].as_str().unwrap()).unwrap();
+    let ids = src
+        .tokenizer()
+        .encode(fx["text"].as_str().unwrap())
+        .unwrap();
     assert_eq!(ids, tokens);
 
     // Logits, one block at a time.
@@ -65,16 +75,26 @@ fn qwen2_tokens_and_logits_match_llama_cpp() {
     let (mut max_diff, mut scale) = (0.0f64, 0.0f64);
     for (i, p) in fx["positions"].as_array().unwrap().iter().enumerate() {
         let row = &logits[i * vocab..(i + 1) * vocab];
-        for (id, want) in p["ids"].as_array().unwrap().iter().zip(p["logits"].as_array().unwrap()) {
+        for (id, want) in p["ids"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .zip(p["logits"].as_array().unwrap())
+        {
             let (id, want) = (id.as_u64().unwrap() as usize, want.as_f64().unwrap());
             max_diff = max_diff.max((f64::from(row[id]) - want).abs());
             scale = scale.max(want.abs());
         }
         // llama.cpp's top token is ours too, unless its margin is within the tolerance.
         let top = p["ids"][0].as_u64().unwrap() as usize;
-        let ours = (0..vocab).max_by(|&a, &b| row[a].total_cmp(&row[b])).unwrap();
+        let ours = (0..vocab)
+            .max_by(|&a, &b| row[a].total_cmp(&row[b]))
+            .unwrap();
         let margin = p["logits"][0].as_f64().unwrap() - p["logits"][1].as_f64().unwrap();
-        assert!(ours == top || margin < 0.05, "position {i}: top {ours}, llama.cpp {top}");
+        assert!(
+            ours == top || margin < 0.05,
+            "position {i}: top {ours}, llama.cpp {top}"
+        );
     }
     let nll: Vec<f64> = (0..tokens.len() - 1)
         .map(|i| -log_softmax(&logits[i * vocab..(i + 1) * vocab])[tokens[i + 1] as usize])
@@ -84,6 +104,12 @@ fn qwen2_tokens_and_logits_match_llama_cpp() {
     eprintln!(
         "Qwen2 vs llama.cpp (F32): max |Δlogit| {max_diff:.2e} (largest logit {scale:.1}), mean NLL {mean:.6} vs {want:.6}"
     );
-    assert!(max_diff < 2e-3 * scale, "max |Δlogit| {max_diff} (scale {scale})");
-    assert!((mean - want).abs() < 1e-3 * want, "mean NLL {mean} vs {want}");
+    assert!(
+        max_diff < 2e-3 * scale,
+        "max |Δlogit| {max_diff} (scale {scale})"
+    );
+    assert!(
+        (mean - want).abs() < 1e-3 * want,
+        "mean NLL {mean} vs {want}"
+    );
 }

@@ -197,7 +197,12 @@ fn job_fingerprint(
     let header = compressor.header();
     let ids: Vec<u8> = windows
         .iter()
-        .flat_map(|w| (w.len() as u32).to_le_bytes().into_iter().chain(w.iter().flat_map(|i| i.to_le_bytes())))
+        .flat_map(|w| {
+            (w.len() as u32)
+                .to_le_bytes()
+                .into_iter()
+                .chain(w.iter().flat_map(|i| i.to_le_bytes()))
+        })
         .collect();
     nwc_llm::fingerprint(&[
         &src.fingerprint(),
@@ -256,11 +261,7 @@ pub fn compress_llama_layerwise(
     // Resume, or start afresh.
     let resumed = match std::fs::read(&state_path) {
         Ok(bytes) => match Checkpoint::parse(&bytes, &fp) {
-            Ok(c)
-                if std::fs::metadata(&partial).is_ok_and(|m| m.len() >= c.partial_len) =>
-            {
-                Some(c)
-            }
+            Ok(c) if std::fs::metadata(&partial).is_ok_and(|m| m.len() >= c.partial_len) => Some(c),
             Ok(_) => {
                 tracing::warn!(path = %partial.display(), "partial file shorter than its checkpoint; starting afresh");
                 None
@@ -281,14 +282,23 @@ pub fn compress_llama_layerwise(
             f.set_len(c.partial_len)
                 .and_then(|()| f.seek(SeekFrom::End(0)).map(drop))
                 .map_err(io_err(&partial))?;
-            let writer = Writer::resume(BufWriter::new(f), compressor.header(), c.partial_len, c.index)?;
+            let writer = Writer::resume(
+                BufWriter::new(f),
+                compressor.header(),
+                c.partial_len,
+                c.index,
+            )?;
             let (w, t, values) = c.activations;
             let run = if calibrated {
                 Some(Layerwise::<NdArray>::from_f32(&cfg, values, w, t, &device)?)
             } else {
                 None
             };
-            tracing::info!(block = c.next_block, records = writer.index().len(), "resuming layer-by-layer compression");
+            tracing::info!(
+                block = c.next_block,
+                records = writer.index().len(),
+                "resuming layer-by-layer compression"
+            );
             (writer, c.reports, c.next_block, run)
         }
         None => {
@@ -322,7 +332,11 @@ pub fn compress_llama_layerwise(
 
     let names = src.names();
     let block_of = |n: &str| -> Option<usize> {
-        n.strip_prefix("model.layers.")?.split_once('.')?.0.parse().ok()
+        n.strip_prefix("model.layers.")?
+            .split_once('.')?
+            .0
+            .parse()
+            .ok()
     };
     let mut sink = |writer: &mut Writer<BufWriter<File>>,
                     reports: &mut Vec<TensorReport>,
@@ -351,7 +365,12 @@ pub fn compress_llama_layerwise(
                 let w = run.load_block(src, l)?;
                 times.load += t.elapsed().as_secs_f64();
                 let t = Instant::now();
-                let sites = [Site::AttnIn(l), Site::AttnOut(l), Site::MlpIn(l), Site::MlpDown(l)];
+                let sites = [
+                    Site::AttnIn(l),
+                    Site::AttnOut(l),
+                    Site::MlpIn(l),
+                    Site::MlpDown(l),
+                ];
                 let mut h = Hessians::for_sites(&cfg, &sites);
                 let mut err = None;
                 run.advance(
@@ -424,16 +443,13 @@ pub fn compress_llama_layerwise(
             let t = Instant::now();
             let mut h = Hessians::for_sites(&cfg, &[Site::Head]);
             let mut err = None;
-            run.head_input(
-                src,
-                &mut |site, x| {
-                    if let Err(e) = h.add(site, x)
-                        && err.is_none()
-                    {
-                        err = Some(e);
-                    }
-                },
-            )?;
+            run.head_input(src, &mut |site, x| {
+                if let Err(e) = h.add(site, x)
+                    && err.is_none()
+                {
+                    err = Some(e);
+                }
+            })?;
             if let Some(e) = err {
                 return Err(e.into());
             }

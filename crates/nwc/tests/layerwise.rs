@@ -41,7 +41,8 @@ fn layerwise_perplexity_is_the_whole_models() {
     let model = Llama::<NdArray>::from_weights(&w, &device).unwrap();
     let whole = perplexity(&model, &eval, 256, 4, &device, |_, _| {}).unwrap();
     let mut calls = 0;
-    let lw = layerwise_perplexity::<NdArray>(&w, &eval, 256, 4, &device, |_, _| calls += 1).unwrap();
+    let lw =
+        layerwise_perplexity::<NdArray>(&w, &eval, 256, 4, &device, |_, _| calls += 1).unwrap();
     assert_eq!(calls, w.config.layers + 1);
     assert_eq!((lw.tokens, lw.windows), (whole.tokens, whole.windows));
     assert!(
@@ -84,7 +85,15 @@ fn layerwise_records_are_the_whole_model_pipelines() {
     }
     let cal = Calibration::new(&h, &w.config).unwrap();
     let mut whole = Vec::new();
-    compress_llama(&compressor, &w, Some(&cal), Mode::LevelsLdlq, true, &mut whole).unwrap();
+    compress_llama(
+        &compressor,
+        &w,
+        Some(&cal),
+        Mode::LevelsLdlq,
+        true,
+        &mut whole,
+    )
+    .unwrap();
 
     let path = dir.path().join("lw.nwc");
     let report = layerwise(&path, Duration::ZERO);
@@ -92,7 +101,10 @@ fn layerwise_records_are_the_whole_model_pipelines() {
     assert!(!dir.path().join("lw.nwc.partial").exists());
     assert!(!dir.path().join("lw.nwc.resume").exists());
     let file = NwcFile::open(&path).unwrap();
-    assert_eq!(file.bits_per_param().unwrap(), report.report.bits_per_param());
+    assert_eq!(
+        file.bits_per_param().unwrap(),
+        report.report.bits_per_param()
+    );
 
     // Record for record the same bytes; only their order in the file differs.
     let a = FileReader::new(&whole, ReadOptions::default()).unwrap();
@@ -113,10 +125,18 @@ fn layerwise_records_are_the_whole_model_pipelines() {
     let back = decode_llama(&file, &codec, None).unwrap();
     let m = Llama::<NdArray>::from_weights(&back, &device).unwrap();
     let p = perplexity(&m, &eval, 256, 4, &device, |_, _| {}).unwrap();
-    assert!((lw.nll - p.nll).abs() < 1e-6 * p.nll, "{} vs {}", lw.nll, p.nll);
+    assert!(
+        (lw.nll - p.nll).abs() < 1e-6 * p.nll,
+        "{} vs {}",
+        lw.nll,
+        p.nll
+    );
 
     // Fine-tuning needs the whole model; calibrated modes need windows.
-    for (mode, wins) in [(Mode::LevelsLdlqFt, windows(&calib)), (Mode::Levels, vec![])] {
+    for (mode, wins) in [
+        (Mode::LevelsLdlqFt, windows(&calib)),
+        (Mode::Levels, vec![]),
+    ] {
         let err = compress_llama_layerwise(&compressor, &w, mode, &wins, true, &path, |_| {})
             .unwrap_err();
         assert!(matches!(err, nwc::NwcError::Config(_)), "{err}");
@@ -155,8 +175,14 @@ fn a_killed_compression_resumes_to_the_same_bytes() {
         && std::fs::metadata(&partial).map(|m| m.len()).unwrap_or(0)
             > std::fs::metadata(&reference).unwrap().len() / 3)
     {
-        assert!(child.try_wait().unwrap().is_none(), "the child ended before the kill");
-        assert!(t.elapsed() < Duration::from_secs(300), "no checkpoint in 5 minutes");
+        assert!(
+            child.try_wait().unwrap().is_none(),
+            "the child ended before the kill"
+        );
+        assert!(
+            t.elapsed() < Duration::from_secs(300),
+            "no checkpoint in 5 minutes"
+        );
         std::thread::sleep(Duration::from_millis(5));
     }
     std::thread::sleep(Duration::from_millis(90));
@@ -166,13 +192,21 @@ fn a_killed_compression_resumes_to_the_same_bytes() {
     assert!(partial.exists() && resume.exists());
 
     let report = layerwise(&out, Duration::ZERO);
-    assert!(report.first_block >= 1, "resumed from block {}", report.first_block);
+    assert!(
+        report.first_block >= 1,
+        "resumed from block {}",
+        report.first_block
+    );
     assert_eq!(std::fs::read(&out).unwrap(), expected);
     assert!(!partial.exists() && !resume.exists());
 
     // A damaged checkpoint is ignored: the run starts afresh and still writes the same bytes.
     std::fs::write(&partial, b"garbage").unwrap();
-    std::fs::write(&resume, b"NWCRSUM1 not really a checkpoint, damaged......................").unwrap();
+    std::fs::write(
+        &resume,
+        b"NWCRSUM1 not really a checkpoint, damaged......................",
+    )
+    .unwrap();
     std::fs::remove_file(&out).unwrap();
     let report = layerwise(&out, Duration::ZERO);
     assert_eq!(report.first_block, 0);
