@@ -123,6 +123,19 @@ impl HessianAccumulator {
         }
         Ok(&self.sum / self.count as f64)
     }
+
+    /// [`HessianAccumulator::hessian`], reusing the sum's memory (no second `dim × dim` matrix).
+    ///
+    /// # Errors
+    /// As [`HessianAccumulator::hessian`].
+    pub fn into_hessian(self) -> Result<DMatrix<f64>> {
+        if self.count == 0 {
+            return Err(LdlError::Invalid("no activations accumulated".into()));
+        }
+        let mut h = self.sum;
+        h /= self.count as f64;
+        Ok(h)
+    }
 }
 
 /// A damped Hessian ready for LDLQ, with the columns no input ever reached.
@@ -141,6 +154,14 @@ pub struct Damped {
 /// [`LdlError::Shape`] for a non-square matrix, [`LdlError::Invalid`] for non-finite entries, a
 /// negative diagonal, or an all-zero Hessian.
 pub fn damp(h: &DMatrix<f64>, rel: f64) -> Result<Damped> {
+    damp_owned(h.clone(), rel)
+}
+
+/// [`damp`] in place of `h` (no copy of a large Hessian).
+///
+/// # Errors
+/// As [`damp`].
+pub fn damp_owned(mut h: DMatrix<f64>, rel: f64) -> Result<Damped> {
     let n = h.nrows();
     if h.ncols() != n {
         return Err(LdlError::Shape(format!("{}×{} Hessian", n, h.ncols())));
@@ -150,7 +171,6 @@ pub fn damp(h: &DMatrix<f64>, rel: f64) -> Result<Damped> {
             "Hessian has non-finite entries or a negative diagonal".into(),
         ));
     }
-    let mut h = h.clone();
     let dead: Vec<usize> = (0..n).filter(|&i| h[(i, i)] == 0.0).collect();
     if dead.len() == n {
         return Err(LdlError::Invalid(

@@ -23,6 +23,16 @@ impl BlockLdl {
     /// [`LdlError::Shape`] for a non-square matrix or a zero block size,
     /// [`LdlError::NotPositiveDefinite`] when `h` is not positive definite.
     pub fn new(h: &DMatrix<f64>, block: usize) -> Result<Self> {
+        Self::from_owned(h.clone(), block)
+    }
+
+    /// [`BlockLdl::new`] in the memory of `h`: the Cholesky factor overwrites it and `L` the
+    /// factor, one block column at a time (each block column of `L` reads only its own of `C`),
+    /// so a large Hessian is never copied.
+    ///
+    /// # Errors
+    /// As [`BlockLdl::new`].
+    pub fn from_owned(h: DMatrix<f64>, block: usize) -> Result<Self> {
         let n = h.nrows();
         if h.ncols() != n || block == 0 || n == 0 {
             return Err(LdlError::Shape(format!(
@@ -31,19 +41,18 @@ impl BlockLdl {
                 h.ncols()
             )));
         }
-        let c = nalgebra::Cholesky::new(h.clone())
+        let mut l = nalgebra::Cholesky::new(h)
             .ok_or(LdlError::NotPositiveDefinite(n))?
-            .l();
-        let mut l = DMatrix::zeros(n, n);
+            .unpack();
         let mut d = Vec::new();
         for s in (0..n).step_by(block) {
             let e = (s + block).min(n);
-            let ckk = c.view((s, s), (e - s, e - s)).clone_owned();
+            let ckk = l.view((s, s), (e - s, e - s)).clone_owned();
             let inv = ckk
                 .clone()
                 .try_inverse()
                 .ok_or(LdlError::NotPositiveDefinite(n))?;
-            let cols = c.view((s, s), (n - s, e - s)) * &inv;
+            let cols = l.view((s, s), (n - s, e - s)) * &inv;
             l.view_mut((s, s), (n - s, e - s)).copy_from(&cols);
             d.push(&ckk * ckk.transpose());
         }

@@ -27,7 +27,7 @@ mod ldl;
 mod rtn;
 
 pub use error::{LdlError, Result};
-pub use hessian::{Damped, HessianAccumulator, damp};
+pub use hessian::{Damped, HessianAccumulator, damp, damp_owned};
 pub use ldl::{BlockLdl, ldlq, proxy_loss};
 pub use rtn::{GroupRtn, Packed, gptq};
 

@@ -94,7 +94,7 @@ impl Hessians {
             .sites
             .remove(&site)
             .ok_or_else(|| LlmError::Input(format!("no Hessian for site {}", site.key())))?;
-        Ok(acc.hessian()?)
+        Ok(acc.into_hessian()?)
     }
 
     /// Calibration windows accumulated so far.

@@ -71,12 +71,11 @@ struct SiteCalibration {
 impl SiteCalibration {
     fn new(site: Site, h: nalgebra::DMatrix<f64>) -> Result<Self> {
         let importance: Vec<f32> = h.diagonal().iter().map(|&v| v as f32).collect();
-        let d = nwc_ldl::damp(&h, nwc_ldl::DAMPING)?;
-        drop(h);
+        let d = nwc_ldl::damp_owned(h, nwc_ldl::DAMPING)?;
         if !d.dead.is_empty() {
             tracing::debug!(site = %site.key(), dead = d.dead.len(), "dead input columns");
         }
-        let ldl = BlockLdl::new(&d.h, nwc_ldl::LDL_BLOCK)?;
+        let ldl = BlockLdl::from_owned(d.h, nwc_ldl::LDL_BLOCK)?;
         Ok(Self { importance, ldl })
     }
 }
