@@ -189,6 +189,18 @@ fn layerwise_ppl(src: &dyn ModelSource, ids: &[u32], a: &Args, what: &str) -> Re
     Ok(p)
 }
 
+/// Peak resident memory of this process so far (Linux `VmHWM`), in GB; 0 elsewhere.
+fn peak_rss_gb() -> f64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmHWM:"))
+                .and_then(|l| l.split_whitespace().nth(1)?.parse::<f64>().ok())
+        })
+        .map_or(0.0, |kb| kb / 1e6)
+}
+
 /// `--layerwise`: the same report, one decoder block in memory at a time.
 fn run_layerwise(a: &Args, model_path: &Path, eval_path: &Path, calib_path: &Path) -> Result<()> {
     let mode = match a.mode {
@@ -224,12 +236,13 @@ fn run_layerwise(a: &Args, model_path: &Path, eval_path: &Path, calib_path: &Pat
     let t = Instant::now();
     let before = layerwise_ppl(&src, &eval_ids, &a, "blocks (reference)")?;
     println!(
-        "reference  perplexity {:.4} on {} ({} windows × {} tokens, block by block)   [{:.1} s]",
+        "reference  perplexity {:.4} on {} ({} windows × {} tokens, block by block)   [{:.1} s, peak RSS {:.2} GB]",
         before.ppl,
         eval_path.display(),
         before.windows,
         before.ctx,
-        t.elapsed().as_secs_f64()
+        t.elapsed().as_secs_f64(),
+        peak_rss_gb()
     );
     let windows: Vec<Vec<u32>> = if mode == Mode::DataFree {
         Vec::new()
@@ -254,7 +267,7 @@ fn run_layerwise(a: &Args, model_path: &Path, eval_path: &Path, calib_path: &Pat
     pb.finish_and_clear();
     let s = r.stages;
     println!(
-        "compress   {:?} codec, mode {}, {} calibration windows × {ctx} of {} → {} ({} bytes; from block {})   [{:.1} s: load {:.1}, forward {:.1}, factor {:.1}, encode {:.1}, write {:.1}]",
+        "compress   {:?} codec, mode {}, {} calibration windows × {ctx} of {} → {} ({} bytes; from block {})   [{:.1} s: load {:.1}, forward {:.1}, factor {:.1}, encode {:.1}, write {:.1}; peak RSS {:.2} GB]",
         a.codec,
         mode.label(),
         windows.len(),
@@ -267,7 +280,8 @@ fn run_layerwise(a: &Args, model_path: &Path, eval_path: &Path, calib_path: &Pat
         s.forward,
         s.factor,
         s.encode,
-        s.write
+        s.write,
+        peak_rss_gb()
     );
     let bits = NwcFile::open(&a.out)?.bits_per_param()?;
     println!(
@@ -279,9 +293,10 @@ fn run_layerwise(a: &Args, model_path: &Path, eval_path: &Path, calib_path: &Pat
     let decoded = NwcLlamaSource::open(&a.out, codec.as_ref(), None)?;
     let after = layerwise_ppl(&decoded, &eval_ids, &a, "blocks (decoded)")?;
     println!(
-        "decoded    perplexity {:.4} (decoded block by block)   [{:.1} s]",
+        "decoded    perplexity {:.4} (decoded block by block)   [{:.1} s, peak RSS {:.2} GB]",
         after.ppl,
-        t.elapsed().as_secs_f64()
+        t.elapsed().as_secs_f64(),
+        peak_rss_gb()
     );
     println!(
         "result     {bits:.4} bits/param, perplexity {:.4} → {:.4} ({:+.2} %)",

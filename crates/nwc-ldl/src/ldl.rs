@@ -41,9 +41,8 @@ impl BlockLdl {
                 h.ncols()
             )));
         }
-        let mut l = nalgebra::Cholesky::new(h)
-            .ok_or(LdlError::NotPositiveDefinite(n))?
-            .unpack();
+        let mut l = h;
+        cholesky_in_place(&mut l).ok_or(LdlError::NotPositiveDefinite(n))?;
         let mut d = Vec::new();
         for s in (0..n).step_by(block) {
             let e = (s + block).min(n);
@@ -84,6 +83,50 @@ impl BlockLdl {
         }
         &self.l * dm * self.l.transpose()
     }
+}
+
+/// Width of the panels of [`cholesky_in_place`].
+const CHOL_PANEL: usize = 192;
+
+/// The lower Cholesky factor of a symmetric positive definite `a`, in place (the strict upper
+/// triangle is zeroed); `None` when `a` is not positive definite.
+///
+/// Right-looking and blocked: each diagonal panel is factored by nalgebra, the panel below it is
+/// `A21 · L11⁻ᵀ`, and the trailing lower triangle is updated strip by strip with matrix products
+/// (nalgebra's `gemm`, which is `matrixmultiply`'s, threaded and summing each element in a fixed
+/// order). Nearly all the work is in those products, so an 8960-wide Hessian factors in seconds
+/// where the unblocked algorithm took minutes on one core.
+pub(crate) fn cholesky_in_place(a: &mut DMatrix<f64>) -> Option<()> {
+    let n = a.nrows();
+    debug_assert_eq!(n, a.ncols());
+    for k in (0..n).step_by(CHOL_PANEL) {
+        let b = CHOL_PANEL.min(n - k);
+        let l11 = nalgebra::Cholesky::new(a.view((k, k), (b, b)).clone_owned())?.unpack();
+        a.view_mut((k, k), (b, b)).copy_from(&l11);
+        let rest = n - k - b;
+        if rest == 0 {
+            break;
+        }
+        let inv_t = l11
+            .solve_lower_triangular(&DMatrix::identity(b, b))?
+            .transpose();
+        let a21 = a.view((k + b, k), (rest, b)).clone_owned();
+        let mut l21 = DMatrix::zeros(rest, b);
+        l21.gemm(1.0, &a21, &inv_t, 0.0);
+        a.view_mut((k + b, k), (rest, b)).copy_from(&l21);
+        for j in (0..rest).step_by(CHOL_PANEL) {
+            let w = CHOL_PANEL.min(rest - j);
+            let right = l21.rows(j, w).transpose();
+            a.view_mut((k + b + j, k + b + j), (rest - j, w)).gemm(
+                -1.0,
+                &l21.rows(j, rest - j),
+                &right,
+                1.0,
+            );
+        }
+    }
+    a.fill_upper_triangle(0.0, 1);
+    Some(())
 }
 
 /// Codes `w` (`rows × cols`, row-major; rows are output features, columns input features) block
@@ -156,4 +199,27 @@ pub fn proxy_loss(w: &[f32], w_hat: &[f32], rows: usize, cols: usize, h: &DMatri
     )
     .transpose();
     (&e * h * e.transpose()).trace()
+}
+
+#[cfg(test)]
+mod cholesky_tests {
+    use nalgebra::DMatrix;
+
+    #[test]
+    fn blocked_cholesky_matches_nalgebras() {
+        // Sizes below, at and across panel boundaries.
+        for n in [1, 5, 192, 193, 500] {
+            let x = DMatrix::from_fn(n, n + 7, |i, j| {
+                (((i * 31 + j * 17) % 23) as f64 - 11.0) / 7.0
+            });
+            let h = &x * x.transpose() + DMatrix::identity(n, n) * 0.5;
+            let want = nalgebra::Cholesky::new(h.clone()).unwrap().unpack();
+            let mut got = h.clone();
+            super::cholesky_in_place(&mut got).unwrap();
+            let err = (&got - &want).abs().max();
+            assert!(err < 1e-9 * want.abs().max(), "n={n}: {err}");
+        }
+        let mut not_pd = DMatrix::from_row_slice(2, 2, &[1.0, 2.0, 2.0, 1.0]);
+        assert!(super::cholesky_in_place(&mut not_pd).is_none());
+    }
 }

@@ -230,6 +230,19 @@ impl ModelSource for LazyWeights {
         }
     }
 
+    fn f32(&self, name: &str) -> Result<(Vec<f32>, Vec<usize>)> {
+        let (_, stored) = self.names.get(name).ok_or_else(|| missing(name))?;
+        let permuted = self.config.family == crate::config::Family::Llama
+            && (name.ends_with("q_proj.weight") || name.ends_with("k_proj.weight"));
+        match &self.files {
+            Files::Gguf(f) if !permuted => Ok(f.tensor_f32(stored)?),
+            _ => {
+                let t = self.tensor(name)?;
+                Ok((t.to_f32()?, t.shape().to_vec()))
+            }
+        }
+    }
+
     /// SHA-256 over the bytes of every file it reads (about a second per GB).
     fn fingerprint(&self) -> [u8; 32] {
         let maps: Vec<&[u8]> = match &self.files {
@@ -466,16 +479,22 @@ impl<B: Backend> Layerwise<B> {
                     tg.len()
                 )));
             }
-            let logits = head_logits(x.clone(), &norm, &head, cfg.rms_eps, &mut cap);
-            let ids = crate::eval::ids_tensor::<B>(tg, cfg.vocab, &self.device)?;
-            let lp = log_softmax(logits, 2).gather(2, ids.reshape([1, t, 1]));
-            let mean: f64 = lp
-                .mean()
-                .into_data()
-                .convert::<f64>()
-                .to_vec::<f64>()
-                .expect("f64")[0];
-            total -= mean * t as f64;
+            // Positions in slices, so that the logits of a large vocabulary are never whole.
+            const SLICE: usize = 128;
+            for s in (0..t).step_by(SLICE) {
+                let n = SLICE.min(t - s);
+                let xs = x.clone().narrow(1, s, n);
+                let logits = head_logits(xs, &norm, &head, cfg.rms_eps, &mut cap);
+                let ids = crate::eval::ids_tensor::<B>(&tg[s..s + n], cfg.vocab, &self.device)?;
+                let lp = log_softmax(logits, 2).gather(2, ids.reshape([1, n, 1]));
+                let sum: f64 = lp
+                    .sum()
+                    .into_data()
+                    .convert::<f64>()
+                    .to_vec::<f64>()
+                    .expect("f64")[0];
+                total -= sum;
+            }
         }
         Ok(total)
     }

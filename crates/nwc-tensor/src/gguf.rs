@@ -271,6 +271,36 @@ impl GgufFile {
         &self.tensors
     }
 
+    /// One tensor's values as f32 and its shape, straight from the mapped bytes (no intermediate
+    /// [`Tensor`]: a large block-quantized matrix is held once, not twice).
+    ///
+    /// # Errors
+    /// [`TensorError::NotFound`] for an unknown name.
+    pub fn tensor_f32(&self, name: &str) -> Result<(Vec<f32>, Vec<usize>)> {
+        let info = self
+            .tensors
+            .iter()
+            .find(|t| t.name == name)
+            .ok_or_else(|| TensorError::NotFound(name.to_string()))?;
+        let bytes = &self.map[info.offset as usize..(info.offset + info.size) as usize];
+        let values = match info.ggml_type {
+            GgmlType::F32 => bytes
+                .chunks_exact(4)
+                .map(|b| f32::from_le_bytes(b.try_into().expect("4 bytes")))
+                .collect(),
+            GgmlType::F16 => bytes
+                .chunks_exact(2)
+                .map(|b| half::f16::from_le_bytes([b[0], b[1]]).to_f32())
+                .collect(),
+            GgmlType::BF16 => bytes
+                .chunks_exact(2)
+                .map(|b| half::bf16::from_le_bytes([b[0], b[1]]).to_f32())
+                .collect(),
+            q => dequantize(q, bytes),
+        };
+        Ok((values, info.shape.clone()))
+    }
+
     /// The whole file's bytes (memory-mapped).
     pub fn bytes(&self) -> &[u8] {
         &self.map

@@ -432,7 +432,10 @@ pub fn compress_llama_layerwise(
             block = l,
             of = cfg.layers,
             seconds = block_start.elapsed().as_secs_f64(),
-            "block compressed"
+            forward = times.forward,
+            factor = times.factor,
+            encode = times.encode,
+            "block compressed (stage seconds so far)"
         );
     }
 
