@@ -43,13 +43,15 @@ pub struct Llama<B: Backend> {
 /// Receives the input of every linear-layer group during a forward pass (`[tokens, width]`).
 pub type Capture<'a, B> = &'a mut dyn FnMut(Site, Tensor<B, 2>);
 
-/// `x @ wᵀ` for `x: [b, t, in]`, `w: [out, in]`.
+/// `x @ wᵀ` for `x: [b, t, in]`, `w: [out, in]`, computed as `(w @ xᵀ)ᵀ`: backends that need
+/// contiguous operands (burn-ndarray) then copy the activations, never the weight matrix (a
+/// 151936 × 1536 output projection is 933 MB).
 fn linear<B: Backend>(x: Tensor<B, 3>, w: &Tensor<B, 2>) -> Tensor<B, 3> {
     let [b, t, d] = x.dims();
-    let w = w.clone();
     let out = w.dims()[0];
-    x.reshape([b * t, d])
-        .matmul(w.transpose())
+    w.clone()
+        .matmul(x.reshape([b * t, d]).transpose())
+        .transpose()
         .reshape([b, t, out])
 }
 

@@ -10,7 +10,7 @@
 
 use std::fs::{File, OpenOptions};
 use std::io::{BufWriter, Seek, SeekFrom, Write};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::Instant;
 
 use nwc_codec::burn::backend::NdArray;
@@ -20,7 +20,7 @@ use nwc_tensor::Cursor;
 
 use crate::error::{NwcError, Result};
 use crate::llama::{CONFIG_RECORD, Calibration, Mode, TOKENIZER_RECORD, metadata};
-use crate::pipeline::{CompressReport, Compressor, TensorReport};
+use crate::pipeline::{CompressReport, Compressor, TensorReport, io_err, with_suffix};
 
 const MAGIC: &[u8; 8] = b"NWCRSUM1";
 
@@ -71,19 +71,6 @@ struct Checkpoint {
     reports: Vec<TensorReport>,
     /// Windows, tokens per window, then the values (empty when uncalibrated).
     activations: (usize, usize, Vec<f32>),
-}
-
-fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> NwcError + '_ {
-    move |source| NwcError::Io {
-        path: path.to_path_buf(),
-        source,
-    }
-}
-
-fn with_suffix(path: &Path, suffix: &str) -> PathBuf {
-    let mut name = path.file_name().unwrap_or_default().to_os_string();
-    name.push(suffix);
-    path.with_file_name(name)
 }
 
 impl Checkpoint {

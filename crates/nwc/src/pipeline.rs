@@ -201,7 +201,14 @@ impl std::fmt::Debug for Compressor<'_> {
     }
 }
 
-fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> NwcError + '_ {
+/// `path` with `suffix` appended to its file name (`model.nwc` → `model.nwc.partial`).
+pub(crate) fn with_suffix(path: &Path, suffix: &str) -> std::path::PathBuf {
+    let mut name = path.file_name().unwrap_or_default().to_os_string();
+    name.push(suffix);
+    path.with_file_name(name)
+}
+
+pub(crate) fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> NwcError + '_ {
     move |source| NwcError::Io {
         path: path.to_path_buf(),
         source,
@@ -590,11 +597,7 @@ impl<'c> Compressor<'c> {
         importance: &dyn Importance,
     ) -> Result<CompressReport> {
         let output = output.as_ref();
-        let tmp = {
-            let mut name = output.file_name().unwrap_or_default().to_os_string();
-            name.push(format!(".tmp-{}", std::process::id()));
-            output.with_file_name(name)
-        };
+        let tmp = with_suffix(output, &format!(".tmp-{}", std::process::id()));
         let file = std::fs::File::create(&tmp).map_err(io_err(&tmp))?;
         let result = self
             .compress_model(source, std::io::BufWriter::new(file), importance)
