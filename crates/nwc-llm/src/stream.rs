@@ -10,6 +10,7 @@ use burn::tensor::activation::log_softmax;
 use burn::tensor::backend::Backend;
 use burn::tensor::{Tensor, TensorData};
 use nwc_tensor::{GgufFile, SafetensorsFile, WeightSource};
+use sha2::{Digest, Sha256};
 
 use crate::config::LlamaConfig;
 use crate::error::{LlmError, Result, io_err};
@@ -243,13 +244,32 @@ impl ModelSource for LazyWeights {
         }
     }
 
-    /// SHA-256 over the bytes of every file it reads (about a second per GB).
+    /// SHA-256 over the bytes of every file it reads (streamed; about a second per GB), the same
+    /// digest as [`crate::fingerprint`] over their contents.
     fn fingerprint(&self) -> [u8; 32] {
-        let maps: Vec<&[u8]> = match &self.files {
-            Files::Gguf(f) => vec![f.bytes()],
-            Files::Hf(files) => files.iter().map(SafetensorsFile::bytes).collect(),
+        let paths: Vec<&Path> = match &self.files {
+            Files::Gguf(f) => vec![f.path()],
+            Files::Hf(files) => files.iter().map(SafetensorsFile::path).collect(),
         };
-        crate::calib::fingerprint(&maps)
+        let mut h = Sha256::new();
+        for p in paths {
+            // A file that cannot be read now hashes as empty: the run then fails at its first
+            // read, and a checkpoint never matches a model it cannot see.
+            let Ok(mut f) = std::fs::File::open(p) else {
+                h.update(0u64.to_le_bytes());
+                continue;
+            };
+            let len = f.metadata().map_or(0, |m| m.len());
+            h.update(len.to_le_bytes());
+            let mut buf = vec![0u8; 1 << 22];
+            loop {
+                match std::io::Read::read(&mut f, &mut buf) {
+                    Ok(0) | Err(_) => break,
+                    Ok(n) => h.update(&buf[..n]),
+                }
+            }
+        }
+        h.finalize().into()
     }
 }
 

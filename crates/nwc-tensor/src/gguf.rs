@@ -167,10 +167,12 @@ pub struct GgufTensorInfo {
     pub size: u64,
 }
 
-/// A GGUF file, memory-mapped.
+/// A GGUF file: metadata and tensor table parsed at open; tensor data read from the file on
+/// request (positioned reads, not a memory map, so a process that reads a model tensor by tensor
+/// holds only what it keeps).
 pub struct GgufFile {
     path: PathBuf,
-    map: memmap2::Mmap,
+    file: std::fs::File,
     version: u32,
     metadata: BTreeMap<String, GgufValue>,
     tensors: Vec<GgufTensorInfo>,
@@ -247,9 +249,14 @@ impl GgufFile {
         let path = path.as_ref().to_path_buf();
         let map = map_file(&path)?;
         let (version, metadata, tensors) = parse(&map)?;
+        drop(map);
+        let file = std::fs::File::open(&path).map_err(|source| TensorError::Io {
+            path: path.clone(),
+            source,
+        })?;
         Ok(Self {
             path,
-            map,
+            file,
             version,
             metadata,
             tensors,
@@ -282,7 +289,8 @@ impl GgufFile {
             .iter()
             .find(|t| t.name == name)
             .ok_or_else(|| TensorError::NotFound(name.to_string()))?;
-        let bytes = &self.map[info.offset as usize..(info.offset + info.size) as usize];
+        let bytes = self.read(info)?;
+        let bytes = bytes.as_slice();
         let values = match info.ggml_type {
             GgmlType::F32 => bytes
                 .chunks_exact(4)
@@ -301,9 +309,28 @@ impl GgufFile {
         Ok((values, info.shape.clone()))
     }
 
-    /// The whole file's bytes (memory-mapped).
-    pub fn bytes(&self) -> &[u8] {
-        &self.map
+    /// The data of one tensor, read from the file (offsets were checked against the file's
+    /// length at open).
+    fn read(&self, info: &GgufTensorInfo) -> Result<Vec<u8>> {
+        let io = |source| TensorError::Io {
+            path: self.path.clone(),
+            source,
+        };
+        let mut buf = vec![0u8; info.size as usize];
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::FileExt;
+            self.file.read_exact_at(&mut buf, info.offset).map_err(io)?;
+        }
+        #[cfg(not(unix))]
+        {
+            // A handle of its own: reads from several threads never share a position.
+            use std::io::{Read, Seek, SeekFrom};
+            let mut f = std::fs::File::open(&self.path).map_err(io)?;
+            f.seek(SeekFrom::Start(info.offset)).map_err(io)?;
+            f.read_exact(&mut buf).map_err(io)?;
+        }
+        Ok(buf)
     }
 
     /// The path it was opened from.
@@ -541,7 +568,8 @@ impl WeightSource for GgufFile {
             .iter()
             .find(|t| t.name == name)
             .ok_or_else(|| TensorError::NotFound(name.to_string()))?;
-        let bytes = &self.map[info.offset as usize..(info.offset + info.size) as usize];
+        let bytes = self.read(info)?;
+        let bytes = bytes.as_slice();
         match info.ggml_type {
             // Float types are passed through bit-exact in their own dtype.
             GgmlType::F32 => {

@@ -94,11 +94,6 @@ impl SafetensorsFile {
         Ok(Self { path, map, names })
     }
 
-    /// The whole file's bytes (memory-mapped).
-    pub fn bytes(&self) -> &[u8] {
-        &self.map
-    }
-
     /// The path it was opened from.
     pub fn path(&self) -> &Path {
         &self.path
