@@ -225,11 +225,10 @@ fn run_layerwise(a: &Args, model_path: &Path, eval_path: &Path, calib_path: &Pat
         cfg.vocab,
         t.elapsed().as_secs_f64()
     );
-    let mut a = Args {
-        ctx: Some(a.ctx.unwrap_or(256.min(cfg.max_positions))),
+    let a = Args {
+        ctx: Some(a.ctx.unwrap_or(256).min(cfg.max_positions)),
         ..a.clone()
     };
-    a.ctx = a.ctx.map(|c| c.min(cfg.max_positions));
     let ctx = a.ctx.expect("set");
     let eval_ids = src.tokenizer().encode(&read_text(eval_path)?)?;
     let calib_ids = src.tokenizer().encode(&read_text(calib_path)?)?;

@@ -32,13 +32,7 @@ impl Hessians {
     /// Empty accumulators for every site of `model`.
     pub fn new<B: Backend>(model: &Llama<B>) -> Self {
         let cfg = model.config();
-        Self {
-            sites: Site::all(cfg)
-                .into_iter()
-                .map(|s| (s, HessianAccumulator::new(s.dim(cfg))))
-                .collect(),
-            windows: 0,
-        }
+        Self::for_sites(cfg, &Site::all(cfg))
     }
 
     /// Empty accumulators for the given sites of a model configured by `cfg` (one decoder

@@ -21,6 +21,22 @@ pub struct Perplexity {
     pub ctx: usize,
 }
 
+impl Perplexity {
+    /// The measurement from the summed NLL (nats) of `windows` windows of `ctx` tokens, each
+    /// scoring `ctx - 1` tokens.
+    pub(crate) fn from_total(total: f64, windows: usize, ctx: usize) -> Self {
+        let tokens = windows * (ctx - 1);
+        let nll = total / tokens as f64;
+        Self {
+            ppl: nll.exp(),
+            nll,
+            tokens,
+            windows,
+            ctx,
+        }
+    }
+}
+
 /// Cuts `ids` into `n` non-overlapping windows of `ctx` tokens (fewer when the text is short).
 ///
 /// # Errors
@@ -75,13 +91,5 @@ pub fn perplexity<B: Backend>(
         total += nll * (ctx - 1) as f64;
         progress(i + 1, ws.len());
     }
-    let tokens = ws.len() * (ctx - 1);
-    let nll = total / tokens as f64;
-    Ok(Perplexity {
-        ppl: nll.exp(),
-        nll,
-        tokens,
-        windows: ws.len(),
-        ctx,
-    })
+    Ok(Perplexity::from_total(total, ws.len(), ctx))
 }

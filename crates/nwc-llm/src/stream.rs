@@ -34,6 +34,14 @@ pub trait ModelSource: Sync {
     /// [`LlmError::Weight`] for an unknown name; read or decode errors.
     fn tensor(&self, name: &str) -> Result<nwc_tensor::Tensor>;
 
+    /// The dtype [`ModelSource::tensor`] hands `name` out in (the default loads the tensor).
+    ///
+    /// # Errors
+    /// As [`ModelSource::tensor`].
+    fn dtype(&self, name: &str) -> Result<nwc_tensor::DType> {
+        Ok(self.tensor(name)?.dtype())
+    }
+
     /// A digest of everything the source would hand out (to tell whether a checkpoint of a long
     /// job belongs to it).
     fn fingerprint(&self) -> [u8; 32];
@@ -63,6 +71,13 @@ impl ModelSource for LlamaWeights {
 
     fn tensor(&self, name: &str) -> Result<nwc_tensor::Tensor> {
         self.tensors.get(name).cloned().ok_or_else(|| missing(name))
+    }
+
+    fn dtype(&self, name: &str) -> Result<nwc_tensor::DType> {
+        self.tensors
+            .get(name)
+            .map(nwc_tensor::Tensor::dtype)
+            .ok_or_else(|| missing(name))
     }
 
     fn fingerprint(&self) -> [u8; 32] {
@@ -231,12 +246,24 @@ impl ModelSource for LazyWeights {
         }
     }
 
+    fn dtype(&self, name: &str) -> Result<nwc_tensor::DType> {
+        let (i, stored) = self.names.get(name).ok_or_else(|| missing(name))?;
+        Ok(match &self.files {
+            // Unpermuted Q/K rows are rebuilt in f32.
+            Files::Gguf(_) if crate::weights::permuted_heads(&self.config, name).is_some() => {
+                nwc_tensor::DType::F32
+            }
+            Files::Gguf(f) => f.dtype(stored)?,
+            Files::Hf(files) => files[*i].dtype(stored)?,
+        })
+    }
+
     fn f32(&self, name: &str) -> Result<(Vec<f32>, Vec<usize>)> {
         let (_, stored) = self.names.get(name).ok_or_else(|| missing(name))?;
-        let permuted = self.config.family == crate::config::Family::Llama
-            && (name.ends_with("q_proj.weight") || name.ends_with("k_proj.weight"));
         match &self.files {
-            Files::Gguf(f) if !permuted => Ok(f.tensor_f32(stored)?),
+            Files::Gguf(f) if crate::weights::permuted_heads(&self.config, name).is_none() => {
+                Ok(f.tensor_f32(stored)?)
+            }
             _ => {
                 let t = self.tensor(name)?;
                 Ok((t.to_f32()?, t.shape().to_vec()))
@@ -402,14 +429,6 @@ impl<B: Backend> Layerwise<B> {
         }
     }
 
-    /// Like [`Layerwise::advance`] without changing the activations: only the captures.
-    pub fn capture(&self, w: &BlockTensors<B>, l: usize, cap: Capture<'_, B>) {
-        let mut cap = Some(cap);
-        for x in &self.xs {
-            let _ = block_forward(x.clone(), w, &self.ctx, l, &mut cap);
-        }
-    }
-
     /// The final norm's output of every window, handed to `cap` as [`Site::Head`]'s input (what
     /// calibrating the output projection needs, without computing logits).
     ///
@@ -546,13 +565,5 @@ pub fn layerwise_perplexity<B: Backend>(
     }
     let total = run.head_nll(src, &targets, None)?;
     progress(layers + 1, layers + 1);
-    let tokens = ws.len() * (ctx - 1);
-    let nll = total / tokens as f64;
-    Ok(Perplexity {
-        ppl: nll.exp(),
-        nll,
-        tokens,
-        windows: ws.len(),
-        ctx,
-    })
+    Ok(Perplexity::from_total(total, ws.len(), ctx))
 }

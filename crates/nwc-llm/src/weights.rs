@@ -307,14 +307,24 @@ pub(crate) fn gguf_tensor(
     hf: &str,
 ) -> Result<Tensor> {
     let t = file.tensor(name)?;
-    let permuted = cfg.family == crate::config::Family::Llama;
-    Ok(if permuted && hf.ends_with("q_proj.weight") {
-        unpermute(&t, hf, cfg.heads)?
-    } else if permuted && hf.ends_with("k_proj.weight") {
-        unpermute(&t, hf, cfg.kv_heads)?
-    } else {
-        rename(t, hf)
+    Ok(match permuted_heads(cfg, hf) {
+        Some(heads) => unpermute(&t, hf, heads)?,
+        None => rename(t, hf),
     })
+}
+
+/// The head count whose rows llama.cpp's converter permuted in the GGUF tensor stored for `hf`
+/// (Llama's Q and K), or `None` when it is stored as Hugging Face has it.
+pub(crate) fn permuted_heads(cfg: &LlamaConfig, hf: &str) -> Option<usize> {
+    if cfg.family != crate::config::Family::Llama {
+        None
+    } else if hf.ends_with("q_proj.weight") {
+        Some(cfg.heads)
+    } else if hf.ends_with("k_proj.weight") {
+        Some(cfg.kv_heads)
+    } else {
+        None
+    }
 }
 
 fn rename(t: Tensor, name: &str) -> Tensor {

@@ -278,35 +278,38 @@ impl GgufFile {
         &self.tensors
     }
 
-    /// One tensor's values as f32 and its shape, straight from the mapped bytes (no intermediate
-    /// [`Tensor`]: a large block-quantized matrix is held once, not twice).
+    /// One tensor's values as f32 and its shape, dequantized straight from the file's bytes (no
+    /// intermediate [`Tensor`] for block-quantized types: a large matrix is held once, not twice).
+    ///
+    /// # Errors
+    /// [`TensorError::NotFound`] for an unknown name; read errors.
+    pub fn tensor_f32(&self, name: &str) -> Result<(Vec<f32>, Vec<usize>)> {
+        let info = self.info(name)?;
+        let values = match info.ggml_type {
+            GgmlType::F32 | GgmlType::F16 | GgmlType::BF16 => self.tensor(name)?.to_f32()?,
+            q => dequantize(q, &self.read(info)?),
+        };
+        Ok((values, info.shape.clone()))
+    }
+
+    /// The dtype [`WeightSource::tensor`] hands this tensor out in (F32 for block-quantized
+    /// types), without reading it.
     ///
     /// # Errors
     /// [`TensorError::NotFound`] for an unknown name.
-    pub fn tensor_f32(&self, name: &str) -> Result<(Vec<f32>, Vec<usize>)> {
-        let info = self
-            .tensors
+    pub fn dtype(&self, name: &str) -> Result<DType> {
+        Ok(match self.info(name)?.ggml_type {
+            GgmlType::F16 => DType::F16,
+            GgmlType::BF16 => DType::BF16,
+            _ => DType::F32,
+        })
+    }
+
+    fn info(&self, name: &str) -> Result<&GgufTensorInfo> {
+        self.tensors
             .iter()
             .find(|t| t.name == name)
-            .ok_or_else(|| TensorError::NotFound(name.to_string()))?;
-        let bytes = self.read(info)?;
-        let bytes = bytes.as_slice();
-        let values = match info.ggml_type {
-            GgmlType::F32 => bytes
-                .chunks_exact(4)
-                .map(|b| f32::from_le_bytes(b.try_into().expect("4 bytes")))
-                .collect(),
-            GgmlType::F16 => bytes
-                .chunks_exact(2)
-                .map(|b| half::f16::from_le_bytes([b[0], b[1]]).to_f32())
-                .collect(),
-            GgmlType::BF16 => bytes
-                .chunks_exact(2)
-                .map(|b| half::bf16::from_le_bytes([b[0], b[1]]).to_f32())
-                .collect(),
-            q => dequantize(q, bytes),
-        };
-        Ok((values, info.shape.clone()))
+            .ok_or_else(|| TensorError::NotFound(name.to_string()))
     }
 
     /// The data of one tensor, read from the file (offsets were checked against the file's
@@ -563,25 +566,14 @@ impl WeightSource for GgufFile {
     }
 
     fn tensor(&self, name: &str) -> Result<Tensor> {
-        let info = self
-            .tensors
-            .iter()
-            .find(|t| t.name == name)
-            .ok_or_else(|| TensorError::NotFound(name.to_string()))?;
+        let info = self.info(name)?;
         let bytes = self.read(info)?;
-        let bytes = bytes.as_slice();
         match info.ggml_type {
             // Float types are passed through bit-exact in their own dtype.
-            GgmlType::F32 => {
-                Tensor::from_bytes(name, DType::F32, info.shape.clone(), bytes.to_vec())
-            }
-            GgmlType::F16 => {
-                Tensor::from_bytes(name, DType::F16, info.shape.clone(), bytes.to_vec())
-            }
-            GgmlType::BF16 => {
-                Tensor::from_bytes(name, DType::BF16, info.shape.clone(), bytes.to_vec())
-            }
-            q => Tensor::from_f32(name, DType::F32, info.shape.clone(), &dequantize(q, bytes)),
+            GgmlType::F32 => Tensor::from_bytes(name, DType::F32, info.shape.clone(), bytes),
+            GgmlType::F16 => Tensor::from_bytes(name, DType::F16, info.shape.clone(), bytes),
+            GgmlType::BF16 => Tensor::from_bytes(name, DType::BF16, info.shape.clone(), bytes),
+            q => Tensor::from_f32(name, DType::F32, info.shape.clone(), &dequantize(q, &bytes)),
         }
     }
 }

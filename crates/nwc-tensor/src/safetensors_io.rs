@@ -94,6 +94,18 @@ impl SafetensorsFile {
         Ok(Self { path, map, names })
     }
 
+    /// One tensor's dtype, from the header (its data is not copied).
+    ///
+    /// # Errors
+    /// [`TensorError::NotFound`] for an unknown name; an unsupported dtype.
+    pub fn dtype(&self, name: &str) -> Result<DType> {
+        let st = SafeTensors::deserialize(&self.map).map_err(malformed)?;
+        let view = st
+            .tensor(name)
+            .map_err(|_| TensorError::NotFound(name.to_string()))?;
+        from_st(view.dtype(), name)
+    }
+
     /// The path it was opened from.
     pub fn path(&self) -> &Path {
         &self.path

@@ -15,7 +15,7 @@ use std::time::Instant;
 
 use nwc_codec::burn::backend::NdArray;
 use nwc_format::{IndexEntry, Record, Writer};
-use nwc_llm::{Hessians, Layerwise, ModelSource, Site, site_of};
+use nwc_llm::{Capture, Hessians, Layerwise, ModelSource, Site, site_of};
 use nwc_tensor::Cursor;
 
 use crate::error::{NwcError, Result};
@@ -293,9 +293,9 @@ pub fn compress_llama_layerwise(
             let mut writer = Writer::new(BufWriter::new(f), compressor.header())?;
             let mut reports = Vec::new();
             let dtype_name = src
-                .tensor(nwc_llm::EMBED)
+                .dtype(nwc_llm::EMBED)
                 .ok()
-                .and_then(|t| nwc_llm::torch_dtype(t.dtype()))
+                .and_then(nwc_llm::torch_dtype)
                 .unwrap_or("float32");
             let mut meta = vec![metadata(CONFIG_RECORD, &cfg.to_hf_json(dtype_name))];
             if embed_tokenizer {
@@ -351,34 +351,18 @@ pub fn compress_llama_layerwise(
                 let t = Instant::now();
                 let w = run.load_block(src, l)?;
                 times.load += t.elapsed().as_secs_f64();
-                let t = Instant::now();
                 let sites = [
                     Site::AttnIn(l),
                     Site::AttnOut(l),
                     Site::MlpIn(l),
                     Site::MlpDown(l),
                 ];
-                let mut h = Hessians::for_sites(&cfg, &sites);
-                let mut err = None;
-                run.advance(
-                    &w,
-                    l,
-                    Some(&mut |site, x| {
-                        if let Err(e) = h.add(site, x)
-                            && err.is_none()
-                        {
-                            err = Some(e);
-                        }
-                    }),
-                );
-                if let Some(e) = err {
-                    return Err(e.into());
-                }
-                drop(w);
-                times.forward += t.elapsed().as_secs_f64();
-                let t = Instant::now();
-                let c = Calibration::take_all(h)?;
-                times.factor += t.elapsed().as_secs_f64();
+                // The block's weights go before its Hessians are factored.
+                let c = calibrate(&cfg, &sites, &mut times, move |cap| {
+                    run.advance(&w, l, Some(cap));
+                    drop(w);
+                    Ok(())
+                })?;
                 Some(c)
             }
             None => None,
@@ -430,24 +414,9 @@ pub fn compress_llama_layerwise(
     let rest: Vec<&String> = names.iter().filter(|n| block_of(n).is_none()).collect();
     let head = match run.as_ref() {
         Some(run) if rest.iter().any(|n| site_of(&cfg, n) == Some(Site::Head)) => {
-            let t = Instant::now();
-            let mut h = Hessians::for_sites(&cfg, &[Site::Head]);
-            let mut err = None;
-            run.head_input(src, &mut |site, x| {
-                if let Err(e) = h.add(site, x)
-                    && err.is_none()
-                {
-                    err = Some(e);
-                }
-            })?;
-            if let Some(e) = err {
-                return Err(e.into());
-            }
-            times.forward += t.elapsed().as_secs_f64();
-            let t = Instant::now();
-            let c = Calibration::take_all(h)?;
-            times.factor += t.elapsed().as_secs_f64();
-            Some(c)
+            Some(calibrate(&cfg, &[Site::Head], &mut times, |cap| {
+                Ok(run.head_input(src, cap)?)
+            })?)
         }
         _ => None,
     };
@@ -483,6 +452,34 @@ pub fn compress_llama_layerwise(
     })
 }
 
+/// Accumulates the Hessians of `sites` from what `forward` hands its capture, then factors them
+/// (each freed once factored), timing both stages.
+fn calibrate(
+    cfg: &nwc_llm::LlamaConfig,
+    sites: &[Site],
+    times: &mut StageTimes,
+    forward: impl FnOnce(Capture<'_, NdArray>) -> Result<()>,
+) -> Result<Calibration> {
+    let t = Instant::now();
+    let mut h = Hessians::for_sites(cfg, sites);
+    let mut err = None;
+    forward(&mut |site, x| {
+        if let Err(e) = h.add(site, x)
+            && err.is_none()
+        {
+            err = Some(e);
+        }
+    })?;
+    if let Some(e) = err {
+        return Err(e.into());
+    }
+    times.forward += t.elapsed().as_secs_f64();
+    let t = Instant::now();
+    let c = Calibration::take_all(h)?;
+    times.factor += t.elapsed().as_secs_f64();
+    Ok(c)
+}
+
 fn raw_report(r: &Record, bytes: u64) -> TensorReport {
     TensorReport {
         name: r.name.clone(),
@@ -509,51 +506,30 @@ fn code_tensors(
     mut sink: impl FnMut(Record, TensorReport) -> Result<()>,
 ) -> Result<()> {
     let cfg = src.config();
-    let work = |t: nwc_tensor::Tensor| {
-        let site = site_of(cfg, t.name()).filter(|_| compressor.options().policy.codes(&t));
-        match (calibration, site) {
-            (Some(c), Some(s)) if c.ldl(s).is_some() => {
-                let imp = c.importance(s);
-                if mode == Mode::LevelsLdlq {
-                    compressor.compress_tensor_ldlq(&t, imp, c.ldl(s).expect("checked"))
-                } else {
-                    compressor.compress_tensor(&t, imp)
-                }
-            }
-            _ => compressor.compress_tensor(&t, None),
-        }
-    };
     let t = Instant::now();
     let mut load_s = 0.0;
     let mut write_s = 0.0;
-    if parallel {
-        crate::pipeline::compress_in_order(
-            names.len(),
-            |i| {
-                let t = Instant::now();
-                let r = src.tensor(names[i]);
-                load_s += t.elapsed().as_secs_f64();
-                Ok(r?)
-            },
-            work,
-            |_, record, report| {
-                let t = Instant::now();
-                let r = sink(record, report);
-                write_s += t.elapsed().as_secs_f64();
-                r
-            },
-        )?;
-    } else {
-        for name in names {
+    crate::pipeline::compress_in_windows(
+        names.len(),
+        if parallel {
+            2 * rayon::current_num_threads()
+        } else {
+            1
+        },
+        |i| {
             let t = Instant::now();
-            let tensor = src.tensor(name)?;
+            let r = src.tensor(names[i]);
             load_s += t.elapsed().as_secs_f64();
-            let (record, report) = work(tensor)?;
+            Ok(r?)
+        },
+        |t| crate::llama::compress_llama_tensor(compressor, cfg, &t, calibration, mode),
+        |_, record, report| {
             let t = Instant::now();
-            sink(record, report)?;
+            let r = sink(record, report);
             write_s += t.elapsed().as_secs_f64();
-        }
-    }
+            r
+        },
+    )?;
     times.load += load_s;
     times.write += write_s;
     times.encode += t.elapsed().as_secs_f64() - load_s - write_s;

@@ -190,23 +190,7 @@ pub fn compress_llama<W: Write>(
     crate::pipeline::compress_in_order(
         n,
         |i| Ok(tensors[i]),
-        |(name, t)| {
-            let site = site_of(cfg, name).filter(|_| compressor.options().policy.codes(t));
-            match (cal, site) {
-                (Some(c), Some(s)) => {
-                    let imp = c.importance(s);
-                    match mode {
-                        Mode::LevelsLdlq | Mode::LevelsLdlqFt => compressor.compress_tensor_ldlq(
-                            t,
-                            imp,
-                            c.ldl(s).expect("every site is calibrated"),
-                        ),
-                        _ => compressor.compress_tensor(t, imp),
-                    }
-                }
-                _ => compressor.compress_tensor(t, None),
-            }
-        },
+        |(_, t)| compress_llama_tensor(compressor, cfg, t, cal, mode),
         |i, record, mut report| {
             report.bytes = writer.write(&record)?;
             tracing::debug!(tensor = %tensors[i].0, bits_per_param = report.bits_per_param(), nmse = report.nmse(), "compressed");
@@ -223,6 +207,29 @@ pub fn compress_llama<W: Write>(
         file_bytes,
         seconds: start.elapsed().as_secs_f64(),
     })
+}
+
+/// Codes one tensor of a Llama per `mode`: a matrix whose input site `calibration` holds gets
+/// that site's levels (and LDLQ in the LDLQ modes); everything else is coded uncalibrated (or
+/// stored, per the policy).
+pub(crate) fn compress_llama_tensor(
+    compressor: &Compressor<'_>,
+    cfg: &LlamaConfig,
+    t: &Tensor,
+    calibration: Option<&Calibration>,
+    mode: Mode,
+) -> Result<(Record, crate::pipeline::TensorReport)> {
+    let site = site_of(cfg, t.name()).filter(|_| compressor.options().policy.codes(t));
+    let calibrated = calibration
+        .zip(site)
+        .and_then(|(c, s)| Some((c.importance(s)?, c.ldl(s)?)));
+    match (calibrated, mode) {
+        (Some((imp, ldl)), Mode::LevelsLdlq | Mode::LevelsLdlqFt) => {
+            compressor.compress_tensor_ldlq(t, Some(imp), ldl)
+        }
+        (Some((imp, _)), _) => compressor.compress_tensor(t, Some(imp)),
+        (None, _) => compressor.compress_tensor(t, None),
+    }
 }
 
 /// Decodes a `.nwc` Llama back into weights. The tokenizer comes from the file when it holds
@@ -245,34 +252,42 @@ fn decode_llama_from(
     codec: &dyn WeightCodec,
     tokenizer: Option<TextTokenizer>,
 ) -> Result<LlamaWeights> {
-    let all = crate::pipeline::decode_records(reader, codec)?;
-    let mut config = None;
-    let mut tok = None;
-    let mut tensors = BTreeMap::new();
-    for t in all {
-        let text = || String::from_utf8(t.bytes().to_vec()).ok();
-        match t.name() {
-            CONFIG_RECORD => {
-                let s = text().ok_or_else(|| NwcError::Config("config is not UTF-8".into()))?;
-                config = Some(LlamaConfig::from_hf_json(&s)?);
-            }
-            TOKENIZER_RECORD => {
-                let s = text().ok_or_else(|| NwcError::Config("tokenizer is not UTF-8".into()))?;
-                tok = Some(TextTokenizer::from_json(&s)?);
-            }
-            name if nwc_format::is_metadata(name) => {}
-            name => {
-                tensors.insert(name.to_string(), t);
-            }
-        }
-    }
-    let config = config.ok_or_else(|| {
-        NwcError::Config(format!("the file has no {CONFIG_RECORD}: not a Llama .nwc"))
-    })?;
-    let tokenizer = tok
-        .or(tokenizer)
-        .ok_or_else(|| NwcError::Config("the file holds no tokenizer and none was given".into()))?;
+    let (config, tokenizer) = llama_metadata(reader, tokenizer)?;
+    let tensors = crate::pipeline::decode_records(reader, codec)?
+        .into_iter()
+        .filter(|t| !nwc_format::is_metadata(t.name()))
+        .map(|t| (t.name().to_string(), t))
+        .collect();
     Ok(LlamaWeights::from_parts(config, tensors, tokenizer)?)
+}
+
+/// The configuration and tokenizer records of a Llama `.nwc`; the tokenizer falls back to
+/// `tokenizer` when the file holds none.
+fn llama_metadata(
+    reader: &FileReader<'_>,
+    tokenizer: Option<TextTokenizer>,
+) -> Result<(LlamaConfig, TextTokenizer)> {
+    let text = |name: &str| -> Result<Option<String>> {
+        match reader.index().iter().position(|e| e.name == name) {
+            None => Ok(None),
+            Some(i) => match reader.record(i)?.payload {
+                Payload::Raw(b) => String::from_utf8(b)
+                    .map(Some)
+                    .map_err(|_| NwcError::Config(format!("{name} is not UTF-8"))),
+                Payload::Coded(_) => Err(NwcError::Config(format!("{name} is coded"))),
+            },
+        }
+    };
+    let config = LlamaConfig::from_hf_json(&text(CONFIG_RECORD)?.ok_or_else(|| {
+        NwcError::Config(format!("the file has no {CONFIG_RECORD}: not a Llama .nwc"))
+    })?)?;
+    let tokenizer = match text(TOKENIZER_RECORD)? {
+        Some(t) => TextTokenizer::from_json(&t)?,
+        None => tokenizer.ok_or_else(|| {
+            NwcError::Config("the file holds no tokenizer and none was given".into())
+        })?,
+    };
+    Ok((config, tokenizer))
 }
 
 /// A Llama `.nwc` file as a [`ModelSource`]: each tensor is decoded when asked for, so a
@@ -310,26 +325,7 @@ impl<'c> NwcLlamaSource<'c> {
         let file = NwcFile::open(path)?;
         let reader = file.reader()?;
         crate::pipeline::Decompressor::new(codec).check_header(reader.header())?;
-        let text = |name: &str| -> Result<Option<String>> {
-            match reader.index().iter().position(|e| e.name == name) {
-                None => Ok(None),
-                Some(i) => match reader.record(i)?.payload {
-                    Payload::Raw(b) => String::from_utf8(b)
-                        .map(Some)
-                        .map_err(|_| NwcError::Config(format!("{name} is not UTF-8"))),
-                    Payload::Coded(_) => Err(NwcError::Config(format!("{name} is coded"))),
-                },
-            }
-        };
-        let config = LlamaConfig::from_hf_json(&text(CONFIG_RECORD)?.ok_or_else(|| {
-            NwcError::Config(format!("the file has no {CONFIG_RECORD}: not a Llama .nwc"))
-        })?)?;
-        let tokenizer = match text(TOKENIZER_RECORD)? {
-            Some(t) => TextTokenizer::from_json(&t)?,
-            None => tokenizer.ok_or_else(|| {
-                NwcError::Config("the file holds no tokenizer and none was given".into())
-            })?,
-        };
+        let (config, tokenizer) = llama_metadata(&reader, tokenizer)?;
         let mut names: Vec<String> = reader
             .index()
             .iter()

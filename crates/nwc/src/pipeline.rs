@@ -619,12 +619,24 @@ impl<'c> Compressor<'c> {
 /// first error in order is returned and nothing after it reaches `sink`.
 pub(crate) fn compress_in_order<T: Send>(
     n: usize,
+    load: impl FnMut(usize) -> Result<T>,
+    work: impl Fn(T) -> Result<(Record, TensorReport)> + Sync,
+    sink: impl FnMut(usize, Record, TensorReport) -> Result<()>,
+) -> Result<()> {
+    compress_in_windows(n, 2 * rayon::current_num_threads(), load, work, sink)
+}
+
+/// [`compress_in_order`] with `window` tensors at a time (1 for tensors so large that one at a
+/// time is all memory allows; each is still coded in parallel inside).
+pub(crate) fn compress_in_windows<T: Send>(
+    n: usize,
+    window: usize,
     mut load: impl FnMut(usize) -> Result<T>,
     work: impl Fn(T) -> Result<(Record, TensorReport)> + Sync,
     mut sink: impl FnMut(usize, Record, TensorReport) -> Result<()>,
 ) -> Result<()> {
     use rayon::prelude::*;
-    let window = 2 * rayon::current_num_threads();
+    let window = window.max(1);
     let mut start = 0;
     while start < n {
         let end = (start + window).min(n);

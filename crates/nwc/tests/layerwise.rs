@@ -2,28 +2,19 @@
 //! pipeline, evaluation of the result one block at a time, and a compression killed midway
 //! (a real child process, SIGKILL) that resumes to the same bytes as an uninterrupted run.
 
-use std::path::{Path, PathBuf};
+mod common;
+
+use std::path::Path;
 use std::time::{Duration, Instant};
 
+use common::tiny;
 use nwc::codec_net::burn::backend::NdArray;
 use nwc::format::{FileReader, ReadOptions};
 use nwc::llama::{
     Calibration, Mode, NwcLlamaSource, compress_llama, compress_llama_layerwise, decode_llama,
 };
-use nwc::llm::{Hessians, Llama, LlamaWeights, layerwise_perplexity, perplexity};
+use nwc::llm::{Hessians, Llama, layerwise_perplexity, perplexity};
 use nwc::{Compressor, EcsqCodec, NwcFile};
-
-fn tiny_dir() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../examples/assets/tiny-llama")
-}
-
-fn tiny() -> (LlamaWeights, Vec<u32>, Vec<u32>) {
-    let w = LlamaWeights::open(tiny_dir()).unwrap();
-    let text = |f: &str| std::fs::read_to_string(tiny_dir().join(f)).unwrap();
-    let eval = w.tokenizer.encode(&text("eval.txt")).unwrap();
-    let calib = w.tokenizer.encode(&text("calibration.txt")).unwrap();
-    (w, eval, calib)
-}
 
 /// The calibration windows both pipelines use: 4 of 256 tokens.
 fn windows(calib: &[u32]) -> Vec<Vec<u32>> {

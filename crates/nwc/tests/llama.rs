@@ -6,8 +6,11 @@
 //! SmolLM2 test needs `cargo xtask fetch smollm2 canterbury` and fails without it unless
 //! `NWC_SKIP_REAL_DATA=1` is set.
 
+mod common;
+
 use std::path::PathBuf;
 
+use common::tiny;
 use nwc::codec_net::burn::backend::NdArray;
 use nwc::codec_net::burn::tensor::Tensor as BTensor;
 use nwc::format::Writer;
@@ -17,10 +20,6 @@ use nwc::llama::{Calibration, Mode, compress_llama, decode_llama};
 use nwc::llm::{FtConfig, Hessians, Llama, LlamaWeights, Proj, Site, finetune_blocks, perplexity};
 use nwc::tensor::DType;
 use nwc::{Compressor, Decompressor, EcsqCodec, NwcFile};
-
-fn tiny_dir() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../examples/assets/tiny-llama")
-}
 
 /// `n` windows of 128 tokens of the calibration text.
 fn ft_windows(calib: &[u32], n: usize) -> Vec<Vec<u32>> {
@@ -46,14 +45,6 @@ fn calibrated(w: &LlamaWeights, calib: &[u32]) -> (Llama<NdArray>, Hessians) {
     let h =
         Hessians::collect(&reference, calib, 256, 4, None, [0; 32], &device, |_, _| {}).unwrap();
     (reference, h)
-}
-
-fn tiny() -> (LlamaWeights, Vec<u32>, Vec<u32>) {
-    let w = LlamaWeights::open(tiny_dir()).unwrap();
-    let text = |f: &str| std::fs::read_to_string(tiny_dir().join(f)).unwrap();
-    let eval = w.tokenizer.encode(&text("eval.txt")).unwrap();
-    let calib = w.tokenizer.encode(&text("calibration.txt")).unwrap();
-    (w, eval, calib)
 }
 
 #[test]
