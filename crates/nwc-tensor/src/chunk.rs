@@ -109,63 +109,141 @@ fn scale_of(sum_sq: f64, n: usize, rounding: ScaleRounding) -> f16 {
 /// [`TensorError::Shape`] for an empty matrix or a chunk length outside `1..=64`.
 pub fn chunk(w: ArrayView2<'_, f32>, cfg: &ChunkConfig) -> Result<Chunked> {
     let (rows, cols) = w.dim();
-    let shape_err = |reason: String| TensorError::Shape {
-        name: String::new(),
-        reason,
-    };
-    if rows == 0 || cols == 0 {
-        return Err(shape_err(format!(
-            "cannot chunk an empty {rows}×{cols} matrix"
-        )));
+    let mut sums = ScaleSums::new(rows, cols, cfg)?;
+    sums.add(0, w)?;
+    chunk_with_scales(w, cfg, sums.finish())
+}
+
+/// The normalization scales of a matrix that arrives in row slabs (a matrix too large to hold
+/// twice is normalized slab by slab, with the scales of the whole): [`ScaleSums::add`] each
+/// slab, then [`ScaleSums::finish`]. [`chunk`] is this with one slab.
+#[derive(Debug, Clone)]
+pub struct ScaleSums {
+    rows: usize,
+    cols: usize,
+    cfg: ChunkConfig,
+    sums: Vec<f64>,
+}
+
+impl ScaleSums {
+    /// Sums for a `rows × cols` matrix.
+    ///
+    /// # Errors
+    /// [`TensorError::Shape`] for an empty matrix or a chunk length outside `1..=64`.
+    pub fn new(rows: usize, cols: usize, cfg: &ChunkConfig) -> Result<Self> {
+        let shape_err = |reason: String| TensorError::Shape {
+            name: String::new(),
+            reason,
+        };
+        if rows == 0 || cols == 0 {
+            return Err(shape_err(format!(
+                "cannot chunk an empty {rows}×{cols} matrix"
+            )));
+        }
+        if cfg.chunk_len == 0 || cfg.chunk_len > MAX_CHUNK_LEN {
+            return Err(shape_err(format!(
+                "chunk length {} outside 1..={MAX_CHUNK_LEN}",
+                cfg.chunk_len
+            )));
+        }
+        let n = match cfg.axis {
+            ScaleAxis::Column => cols,
+            ScaleAxis::Row => rows,
+        };
+        Ok(Self {
+            rows,
+            cols,
+            cfg: *cfg,
+            sums: vec![0.0; n],
+        })
     }
-    if cfg.chunk_len == 0 || cfg.chunk_len > MAX_CHUNK_LEN {
-        return Err(shape_err(format!(
-            "chunk length {} outside 1..={MAX_CHUNK_LEN}",
-            cfg.chunk_len
-        )));
-    }
-    if let Some(((row, col), &value)) = w.indexed_iter().find(|(_, v)| !v.is_finite()) {
-        return Err(TensorError::NonFinite { value, row, col });
-    }
-    let scales: Vec<f16> = match cfg.axis {
-        ScaleAxis::Column => {
-            let mut sums = vec![0.0f64; cols];
-            for row in w.rows() {
-                for (s, &v) in sums.iter_mut().zip(row) {
-                    *s += f64::from(v) * f64::from(v);
+
+    /// Adds the rows `first ..` of the matrix.
+    ///
+    /// # Errors
+    /// [`TensorError::NonFinite`] (with the row in the whole matrix) for a NaN or infinity;
+    /// [`TensorError::Shape`] when the slab does not fit the matrix.
+    pub fn add(&mut self, first: usize, slab: ArrayView2<'_, f32>) -> Result<()> {
+        let (rows, cols) = slab.dim();
+        if cols != self.cols || first + rows > self.rows {
+            return Err(TensorError::Shape {
+                name: String::new(),
+                reason: format!(
+                    "rows {first}..{} × {cols} of a {}×{} matrix",
+                    first + rows,
+                    self.rows,
+                    self.cols
+                ),
+            });
+        }
+        if let Some(((row, col), &value)) = slab.indexed_iter().find(|(_, v)| !v.is_finite()) {
+            return Err(TensorError::NonFinite {
+                value,
+                row: first + row,
+                col,
+            });
+        }
+        match self.cfg.axis {
+            ScaleAxis::Column => {
+                for row in slab.rows() {
+                    for (s, &v) in self.sums.iter_mut().zip(row) {
+                        *s += f64::from(v) * f64::from(v);
+                    }
                 }
             }
-            sums.iter()
-                .map(|&s| scale_of(s, rows, cfg.rounding))
-                .collect()
+            ScaleAxis::Row => {
+                for (s, r) in self.sums[first..].iter_mut().zip(slab.rows()) {
+                    *s += r.iter().map(|&v| f64::from(v) * f64::from(v)).sum::<f64>();
+                }
+            }
         }
-        ScaleAxis::Row => w
-            .rows()
-            .into_iter()
-            .map(|r| {
-                let s: f64 = r.iter().map(|&v| f64::from(v) * f64::from(v)).sum();
-                scale_of(s, cols, cfg.rounding)
-            })
-            .collect(),
-    };
-    let l = cfg.chunk_len;
-    let blocks = rows.div_ceil(l);
-    let mut data = vec![0.0f32; cols * blocks * l];
-    let scale = |r: usize, c: usize| match cfg.axis {
-        ScaleAxis::Column => scales[c].to_f32(),
-        ScaleAxis::Row => scales[r].to_f32(),
-    };
-    for ((r, c), &v) in w.indexed_iter() {
-        data[c * blocks * l + r] = v / scale(r, c);
+        Ok(())
     }
-    Ok(Chunked {
-        rows,
-        cols,
-        chunk_len: l,
-        axis: cfg.axis,
-        scales,
-        data,
-    })
+
+    /// The scales (one per column or per row, as the configuration's axis says).
+    pub fn finish(self) -> Vec<f16> {
+        let n = match self.cfg.axis {
+            ScaleAxis::Column => self.rows,
+            ScaleAxis::Row => self.cols,
+        };
+        self.sums
+            .iter()
+            .map(|&s| scale_of(s, n, self.cfg.rounding))
+            .collect()
+    }
+}
+
+/// Normalizes and chunks a matrix (or a slab of rows of one) with given scales: one per column,
+/// or one per row of `w` for [`ScaleAxis::Row`].
+///
+/// # Errors
+/// [`TensorError::Shape`] for an empty matrix, a chunk length outside `1..=64` or a wrong number
+/// of scales (scales that are not finite and positive too).
+pub fn chunk_with_scales(
+    w: ArrayView2<'_, f32>,
+    cfg: &ChunkConfig,
+    scales: Vec<f16>,
+) -> Result<Chunked> {
+    let (rows, cols) = w.dim();
+    let l = cfg.chunk_len;
+    let blocks = rows.div_ceil(l.max(1));
+    let mut data = vec![0.0f32; cols * blocks * l];
+    {
+        let n = match cfg.axis {
+            ScaleAxis::Column => cols,
+            ScaleAxis::Row => rows,
+        };
+        if scales.len() == n {
+            let scale = |r: usize, c: usize| match cfg.axis {
+                ScaleAxis::Column => scales[c].to_f32(),
+                ScaleAxis::Row => scales[r].to_f32(),
+            };
+            for ((r, c), &v) in w.indexed_iter() {
+                data[c * blocks * l + r] = v / scale(r, c);
+            }
+        }
+    }
+    Chunked::from_parts(rows, cols, l, cfg.axis, scales, data)
 }
 
 impl Chunked {

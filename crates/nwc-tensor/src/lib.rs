@@ -37,7 +37,9 @@ mod safetensors_io;
 mod source;
 mod tensor;
 
-pub use chunk::{ChunkConfig, Chunked, MAX_CHUNK_LEN, ScaleAxis, ScaleRounding, chunk};
+pub use chunk::{
+    ChunkConfig, Chunked, MAX_CHUNK_LEN, ScaleAxis, ScaleRounding, ScaleSums, chunk, chunk_with_scales,
+};
 pub use ctranslate2::CTranslate2File;
 pub use cursor::Cursor;
 pub use data::data_dir;

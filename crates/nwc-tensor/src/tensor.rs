@@ -197,7 +197,30 @@ impl Tensor {
     /// # Errors
     /// [`TensorError::UnsupportedDtype`] for non-float dtypes.
     pub fn to_f32(&self) -> Result<Vec<f32>> {
-        let b = &self.bytes;
+        self.elements_f32(0..self.numel())
+    }
+
+    /// Rows `rows` of the [`Tensor::matrix_dims`] view as f32, row-major: a slab of a matrix too
+    /// large to convert whole.
+    ///
+    /// # Errors
+    /// [`TensorError::Shape`] for a tensor that is not a matrix or rows past its end;
+    /// [`TensorError::UnsupportedDtype`] for non-float dtypes.
+    pub fn rows_f32(&self, rows: std::ops::Range<usize>) -> Result<Vec<f32>> {
+        match self.matrix_dims() {
+            Some((n, cols)) if rows.start <= rows.end && rows.end <= n => {
+                self.elements_f32(rows.start * cols..rows.end * cols)
+            }
+            _ => Err(TensorError::Shape {
+                name: self.name.clone(),
+                reason: format!("rows {rows:?} of a tensor of shape {:?}", self.shape),
+            }),
+        }
+    }
+
+    fn elements_f32(&self, range: std::ops::Range<usize>) -> Result<Vec<f32>> {
+        let size = self.dtype.size();
+        let b = &self.bytes[range.start * size..range.end * size];
         Ok(match self.dtype {
             DType::F32 => b
                 .chunks_exact(4)

@@ -10,7 +10,10 @@ use nwc_entropy::{Coder, Table};
 use nwc_format::{
     CodecKind, CodedPayload, FileReader, Header, Payload, ReadOptions, Record, TableRecord, Writer,
 };
-use nwc_tensor::{ChunkConfig, Chunked, DType, LevelBands, ScaleAxis, Tensor, WeightSource, chunk};
+use nwc_tensor::{
+    ChunkConfig, Chunked, DType, LevelBands, ScaleAxis, ScaleSums, Tensor, WeightSource,
+    chunk_with_scales,
+};
 
 use crate::codec::{Quantized, WeightCodec};
 use crate::error::{NwcError, Result};
@@ -64,6 +67,12 @@ pub struct CompressOptions {
     /// Whether [`Compressor::compress_tensor`] decodes what it coded to report the error (the
     /// report's `sq_error` is NaN without). Rate searches turn it off.
     pub report_error: bool,
+    /// Matrices with more values than this are coded in row slabs of a quarter of it, so that
+    /// coding one holds the tensor, its symbols and one slab's work instead of several copies
+    /// of the matrix (the embedding and output projection of a large vocabulary). Scales and
+    /// levels always come from the whole matrix; codecs that fit statistics to what they are
+    /// given (TCQ's rate model) fit them per slab.
+    pub slab_values: usize,
 }
 
 impl Default for CompressOptions {
@@ -74,6 +83,7 @@ impl Default for CompressOptions {
             policy: TensorPolicy::default(),
             bands: LevelBands::default(),
             report_error: true,
+            slab_values: 1 << 25,
         }
     }
 }
@@ -300,42 +310,70 @@ impl<'c> Compressor<'c> {
             };
             return Ok((record, report));
         }
-        let p = self.prepare(t, importance)?;
-        let l = p.chunked.chunk_len();
-        let q = self
-            .codec
-            .quantize(t.name(), p.chunked.data(), l, &p.chunk_levels)?;
-        if !self.options.report_error {
-            return self.coded(t, p, q, None);
+        let plan = self.plan(t, importance)?;
+        let (name, l, cols) = (t.name(), plan.chunk_len, plan.cols);
+        let mut coded = SlabSymbols::new(&plan);
+        let mut sq_error = 0.0f64;
+        let mut sq_signal = 0.0f64;
+        let mut single = None;
+        for rows in plan.slabs() {
+            let values = t.rows_f32(rows.clone())?;
+            sq_signal += sum_sq(&values);
+            let w = ArrayView2::from_shape((rows.len(), cols), &values).expect("dims match");
+            let ch = chunk_with_scales(w, &self.options.chunk, plan.slab_scales(&rows))
+                .map_err(|e| with_name(e, name))?;
+            let lv = chunk_levels(&plan.levels, ch.blocks());
+            let q = self.codec.quantize(name, ch.data(), l, &lv)?;
+            coded.place(&rows, &q.symbols, &q.params, name)?;
+            if self.options.report_error {
+                // What the decoder will reconstruct, for the report.
+                let layout = Layout {
+                    rows: rows.len(),
+                    cols,
+                    chunk_len: l,
+                    axis: plan.axis,
+                    scales: plan.slab_scales(&rows),
+                };
+                let out = reconstruct(
+                    self.codec,
+                    name,
+                    t.dtype(),
+                    vec![rows.len(), cols],
+                    layout,
+                    &q.symbols,
+                    &lv,
+                    &q.params,
+                )?
+                .to_f32()?;
+                sq_error += sum_sq_diff(&values, &out);
+            } else {
+                sq_error = f64::NAN;
+            }
+            if rows.len() == plan.rows {
+                single = Some((q.tables, q.table_map));
+            }
         }
-        // What the decoder will reconstruct, for the report.
-        let layout = Layout {
-            rows: p.rows,
-            cols: p.cols,
-            chunk_len: l,
-            axis: p.chunked.axis(),
-            scales: p.chunked.scales().to_vec(),
+        // One slab: the codec's own tables; several: tables fitted to all the symbols.
+        let (symbols, params) = coded.finish();
+        let (tables, table_map) = match single {
+            Some(t) => t,
+            None => self
+                .codec
+                .fit_tables(&symbols, l, &plan.chunk_levels())?,
         };
-        let out = reconstruct(
-            self.codec,
-            t.name(),
-            t.dtype(),
-            t.shape().to_vec(),
-            layout,
-            &q.symbols,
-            &p.chunk_levels,
-            &q.params,
-        )?
-        .to_f32()?;
-        self.coded(t, p, q, Some(&out))
+        let q = Quantized {
+            symbols,
+            params,
+            tables,
+            table_map,
+        };
+        self.coded(t, &plan, q, sq_error, sq_signal)
     }
 
-    /// Normalizes and chunks a matrix the policy codes, and assigns its quality levels.
-    fn prepare(&self, t: &Tensor, importance: Option<&[f32]>) -> Result<Prepared> {
+    /// The scales (from the whole matrix) and quality levels of a matrix the policy codes.
+    fn plan(&self, t: &Tensor, importance: Option<&[f32]>) -> Result<Plan> {
         let (rows, cols) = t.matrix_dims().expect("policy only codes matrices");
-        let values = t.to_f32()?;
-        let w = ArrayView2::from_shape((rows, cols), &values).expect("dims match numel");
-        let chunked = chunk(w, &self.options.chunk).map_err(|e| with_name(e, t.name()))?;
+        let cfg = &self.options.chunk;
         let levels = match importance {
             Some(imp) if imp.len() != cols => {
                 return Err(NwcError::Config(format!(
@@ -347,63 +385,64 @@ impl<'c> Compressor<'c> {
             Some(imp) => self.options.bands.assign(imp)?,
             None => vec![0u8; cols],
         };
-        let chunk_levels = chunk_levels(&levels, chunked.blocks());
-        Ok(Prepared {
+        let mut sums = ScaleSums::new(rows, cols, cfg).map_err(|e| with_name(e, t.name()))?;
+        let mut plan = Plan {
             rows,
             cols,
-            values,
-            chunked,
+            chunk_len: cfg.chunk_len,
+            axis: cfg.axis,
+            scales: Vec::new(),
             levels,
-            chunk_levels,
-        })
+            slab_values: self.options.slab_values,
+        };
+        for r in plan.slabs() {
+            let values = t.rows_f32(r.clone())?;
+            let w = ArrayView2::from_shape((r.len(), cols), &values).expect("dims match");
+            sums.add(r.start, w).map_err(|e| with_name(e, t.name()))?;
+        }
+        plan.scales = sums.finish();
+        Ok(plan)
     }
 
-    /// Entropy-codes a prepared matrix's symbols into a record, and reports the error of `out`
-    /// (what the decoder returns) against the original values; NaN without `out`.
+    /// Entropy-codes a matrix's symbols into a record, and reports the squared error the decoder
+    /// will see (`sq_error`, NaN when not measured) against the original's energy.
     fn coded(
         &self,
         t: &Tensor,
-        p: Prepared,
+        plan: &Plan,
         q: Quantized,
-        out: Option<&[f32]>,
+        sq_error: f64,
+        sq_signal: f64,
     ) -> Result<(Record, TensorReport)> {
-        let l = p.chunked.chunk_len();
+        let l = plan.chunk_len;
         let tables: &[Table] = if q.tables.is_empty() {
             self.codec.tables()
         } else {
             &q.tables
         };
         let coder = Coder::new(tables, &q.table_map, l)?.with_contexts(self.codec.contexts())?;
-        let segments =
-            coder.encode_all(&q.symbols, &p.chunk_levels, self.options.chunks_per_segment)?;
-        let mut report = TensorReport {
+        let segments = coder.encode_all(
+            &q.symbols,
+            &plan.chunk_levels(),
+            self.options.chunks_per_segment,
+        )?;
+        let report = TensorReport {
             name: t.name().to_string(),
             n_params: t.numel() as u64,
             bytes: 0,
             coded: true,
-            sq_error: 0.0,
-            sq_signal: 0.0,
+            sq_error,
+            sq_signal,
         };
-        for a in &p.values {
-            report.sq_signal += f64::from(*a) * f64::from(*a);
-        }
-        match out {
-            Some(out) => {
-                for (a, b) in p.values.iter().zip(out) {
-                    report.sq_error += f64::from(a - b) * f64::from(a - b);
-                }
-            }
-            None => report.sq_error = f64::NAN,
-        }
         let payload = Payload::Coded(CodedPayload {
             method: self.codec.kind(),
             chunk_len: l as u8,
-            scale_axis: p.chunked.axis().code(),
+            scale_axis: plan.axis.code(),
             n_levels: self.codec.n_levels() as u8,
-            rows: p.rows as u64,
-            cols: p.cols as u64,
-            scales: p.chunked.scales().iter().map(|s| s.to_bits()).collect(),
-            levels: p.levels,
+            rows: plan.rows as u64,
+            cols: plan.cols as u64,
+            scales: plan.scales.iter().map(|s| s.to_bits()).collect(),
+            levels: plan.levels.clone(),
             params: q.params,
             tables: q
                 .tables
@@ -434,8 +473,9 @@ impl<'c> Compressor<'c> {
     /// decoder will reproduce.
     ///
     /// Scales are fixed from the original matrix before the loop, so normalization stays
-    /// invertible. The report's error is the loop's own reconstruction (for f32 tensors exactly
-    /// what the decoder returns; other dtypes add one rounding).
+    /// invertible. The feedback never crosses rows, so a large matrix runs the loop one slab of
+    /// rows at a time. The report's error is the loop's own reconstruction (for f32 tensors
+    /// exactly what the decoder returns; other dtypes add one rounding).
     ///
     /// # Errors
     /// As [`Compressor::compress_tensor`], plus [`NwcError::Config`] when the tensor is not a
@@ -447,7 +487,7 @@ impl<'c> Compressor<'c> {
         ldl: &nwc_ldl::BlockLdl,
     ) -> Result<(Record, TensorReport)> {
         let name = t.name();
-        let Some((rows, cols)) = t.matrix_dims().filter(|_| self.options.policy.codes(t)) else {
+        let Some((_, cols)) = t.matrix_dims().filter(|_| self.options.policy.codes(t)) else {
             return Err(NwcError::Config(format!(
                 "{name}: LDLQ needs a matrix the policy codes"
             )));
@@ -458,66 +498,68 @@ impl<'c> Compressor<'c> {
                 ldl.l().nrows()
             )));
         }
-        let p = self.prepare(t, importance)?;
-        let blocks = p.chunked.blocks();
-        let l = p.chunked.chunk_len();
-        let per_col = blocks * l;
-        let scales: Vec<f32> = p.chunked.scales().iter().map(|s| s.to_f32()).collect();
-        let scale = |r: usize, c: usize| match p.chunked.axis() {
-            ScaleAxis::Column => scales[c],
-            ScaleAxis::Row => scales[r],
-        };
-        let mut symbols = vec![0i32; cols * per_col];
-        let mut params: Option<Vec<u8>> = None;
-        let mut failure: Option<NwcError> = None;
-        let out = nwc_ldl::ldlq(&p.values, rows, cols, ldl, |s, target| {
-            let bw = target.len() / rows;
-            let mut data = vec![0.0f32; bw * per_col];
-            for r in 0..rows {
-                for c in 0..bw {
-                    data[c * per_col + r] = target[r * bw + c] / scale(r, s + c);
-                }
-            }
-            let lv = &p.chunk_levels[s * blocks..(s + bw) * blocks];
-            let mut step = || -> Result<Vec<f32>> {
-                let q = self.codec.quantize(name, &data, l, lv)?;
-                let recon = self.codec.dequantize(name, &q.symbols, l, lv, &q.params)?;
-                symbols[s * per_col..(s + bw) * per_col].copy_from_slice(&q.symbols);
-                match &params {
-                    Some(p) if *p != q.params => {
-                        return Err(NwcError::Config(format!(
-                            "{name}: the codec's parameters changed between blocks"
-                        )));
-                    }
-                    Some(_) => {}
-                    None => params = Some(q.params),
-                }
-                let mut o = vec![0.0f32; rows * bw];
-                for r in 0..rows {
-                    for c in 0..bw {
-                        o[r * bw + c] = recon[c * per_col + r] * scale(r, s + c);
-                    }
-                }
-                Ok(o)
+        let plan = self.plan(t, importance)?;
+        let l = plan.chunk_len;
+        let scales: Vec<f32> = plan.scales.iter().map(|s| s.to_f32()).collect();
+        let mut coded = SlabSymbols::new(&plan);
+        let mut sq_error = 0.0f64;
+        let mut sq_signal = 0.0f64;
+        for rows in plan.slabs() {
+            let values = t.rows_f32(rows.clone())?;
+            sq_signal += sum_sq(&values);
+            let n = rows.len();
+            let blocks = n.div_ceil(l);
+            let per_col = blocks * l;
+            let scale = |r: usize, c: usize| match plan.axis {
+                ScaleAxis::Column => scales[c],
+                ScaleAxis::Row => scales[rows.start + r],
             };
-            step().map_err(|e| {
-                let msg = e.to_string();
-                failure.get_or_insert(e);
-                msg
-            })
-        });
-        let out = match (out, failure) {
-            (_, Some(e)) => return Err(e),
-            (r, None) => r?,
-        };
-        let (tables, table_map) = self.codec.fit_tables(&symbols, l, &p.chunk_levels)?;
+            let slab_levels = chunk_levels(&plan.levels, blocks);
+            let mut failure: Option<NwcError> = None;
+            let out = nwc_ldl::ldlq(&values, n, cols, ldl, |s, target| {
+                let bw = target.len() / n;
+                let mut data = vec![0.0f32; bw * per_col];
+                for r in 0..n {
+                    for c in 0..bw {
+                        data[c * per_col + r] = target[r * bw + c] / scale(r, s + c);
+                    }
+                }
+                let lv = &slab_levels[s * blocks..(s + bw) * blocks];
+                let mut step = || -> Result<Vec<f32>> {
+                    let q = self.codec.quantize(name, &data, l, lv)?;
+                    let recon = self.codec.dequantize(name, &q.symbols, l, lv, &q.params)?;
+                    coded.place_columns(&rows, s, bw, &q.symbols, &q.params, name)?;
+                    let mut o = vec![0.0f32; n * bw];
+                    for r in 0..n {
+                        for c in 0..bw {
+                            o[r * bw + c] = recon[c * per_col + r] * scale(r, s + c);
+                        }
+                    }
+                    Ok(o)
+                };
+                step().map_err(|e| {
+                    let msg = e.to_string();
+                    failure.get_or_insert(e);
+                    msg
+                })
+            });
+            let out = match (out, failure) {
+                (_, Some(e)) => return Err(e),
+                (r, None) => r?,
+            };
+            sq_error += sum_sq_diff(&values, &out);
+        }
+        let (symbols, params) = coded.finish();
+        let (tables, table_map) = self
+            .codec
+            .fit_tables(&symbols, l, &plan.chunk_levels())?;
         let q = Quantized {
             symbols,
-            params: params.unwrap_or_default(),
+            params,
             tables,
             table_map,
         };
-        self.coded(t, p, q, Some(&out))
+        self.coded(t, &plan, q, sq_error, sq_signal)
     }
 
     /// Compresses every tensor of `source` into a `.nwc` stream, one tensor in memory at a time.
@@ -804,14 +846,128 @@ impl<'c> Decompressor<'c> {
     }
 }
 
-/// A matrix the policy codes, normalized and chunked, with its quality levels.
-struct Prepared {
+/// How a matrix the policy codes is coded: its shape, scales (from the whole matrix) and
+/// per-column quality levels.
+struct Plan {
     rows: usize,
     cols: usize,
-    values: Vec<f32>,
-    chunked: Chunked,
+    chunk_len: usize,
+    axis: ScaleAxis,
+    scales: Vec<f16>,
     levels: Vec<u8>,
-    chunk_levels: Vec<u8>,
+    /// [`CompressOptions::slab_values`].
+    slab_values: usize,
+}
+
+impl Plan {
+    /// The row ranges the matrix is coded in: all of it, or slabs whose lengths are multiples
+    /// of the chunk length (so a chunk never straddles two).
+    fn slabs(&self) -> Vec<std::ops::Range<usize>> {
+        let per = if self.rows * self.cols <= self.slab_values {
+            self.rows
+        } else {
+            (self.slab_values / 4 / self.cols / self.chunk_len * self.chunk_len)
+                .max(self.chunk_len)
+        };
+        (0..self.rows)
+            .step_by(per)
+            .map(|r| r..(r + per).min(self.rows))
+            .collect()
+    }
+
+    /// The scales that apply to rows `rows`.
+    fn slab_scales(&self, rows: &std::ops::Range<usize>) -> Vec<f16> {
+        match self.axis {
+            ScaleAxis::Column => self.scales.clone(),
+            ScaleAxis::Row => self.scales[rows.clone()].to_vec(),
+        }
+    }
+
+    /// Chunks per column.
+    fn blocks(&self) -> usize {
+        self.rows.div_ceil(self.chunk_len)
+    }
+
+    /// The level of every chunk of the whole matrix.
+    fn chunk_levels(&self) -> Vec<u8> {
+        chunk_levels(&self.levels, self.blocks())
+    }
+}
+
+/// The whole matrix's symbols, filled slab by slab (chunk `c · blocks + b` of the whole holds
+/// column `c`'s rows `b · chunk_len ..`), and the codec parameters every slab must agree on.
+struct SlabSymbols {
+    per_col: usize,
+    symbols: Vec<i32>,
+    params: Option<Vec<u8>>,
+}
+
+impl SlabSymbols {
+    fn new(plan: &Plan) -> Self {
+        let per_col = plan.blocks() * plan.chunk_len;
+        Self {
+            per_col,
+            symbols: vec![0; plan.cols * per_col],
+            params: None,
+        }
+    }
+
+    /// Places a slab's symbols (all its columns).
+    fn place(
+        &mut self,
+        rows: &std::ops::Range<usize>,
+        symbols: &[i32],
+        params: &[u8],
+        name: &str,
+    ) -> Result<()> {
+        let cols = self.symbols.len() / self.per_col;
+        self.place_columns(rows, 0, cols, symbols, params, name)
+    }
+
+    /// Places the symbols of columns `first .. first + n` of the slab of rows `rows` (chunked as
+    /// the slab: each column padded to whole chunks).
+    fn place_columns(
+        &mut self,
+        rows: &std::ops::Range<usize>,
+        first: usize,
+        n: usize,
+        symbols: &[i32],
+        params: &[u8],
+        name: &str,
+    ) -> Result<()> {
+        match &self.params {
+            Some(p) if p != params => {
+                return Err(NwcError::Config(format!(
+                    "{name}: the codec's parameters changed between blocks"
+                )));
+            }
+            Some(_) => {}
+            None => self.params = Some(params.to_vec()),
+        }
+        let slab_per_col = symbols.len() / n.max(1);
+        for (c, col) in symbols.chunks_exact(slab_per_col).enumerate() {
+            let at = (first + c) * self.per_col + rows.start;
+            // The last slab's padding is the whole matrix's padding.
+            let len = slab_per_col.min(self.per_col - rows.start);
+            self.symbols[at..at + len].copy_from_slice(&col[..len]);
+        }
+        Ok(())
+    }
+
+    fn finish(self) -> (Vec<i32>, Vec<u8>) {
+        (self.symbols, self.params.unwrap_or_default())
+    }
+}
+
+fn sum_sq(values: &[f32]) -> f64 {
+    values.iter().map(|&a| f64::from(a) * f64::from(a)).sum()
+}
+
+fn sum_sq_diff(a: &[f32], b: &[f32]) -> f64 {
+    a.iter()
+        .zip(b)
+        .map(|(&a, &b)| f64::from(a - b) * f64::from(a - b))
+        .sum()
 }
 
 /// Where a coded tensor's chunks sit: the matrix view, the chunk length and the scales.

@@ -174,3 +174,78 @@ fn missing_and_wrong_files_are_clear_errors() {
     std::fs::write(dir.path().join("x.nwc"), b"\x89NWC").unwrap();
     assert!(nwc::NwcFile::open(dir.path().join("x.nwc")).is_err());
 }
+
+/// A large matrix is coded in row slabs (scales and levels from the whole): with a per-value
+/// codec the record is byte for byte the one-piece record, with and without LDLQ; with TCQ
+/// (whose rate model is fitted per slab) it still decodes to what the report measured.
+#[test]
+fn row_slabs_code_like_one_piece() {
+    use nalgebra::DMatrix;
+    use nwc::ldl::BlockLdl;
+    let (rows, cols) = (200, 24);
+    let v = matrix(rows, cols, |r, c| {
+        let x = ((r * 131 + c * 71) % 97) as f32 / 97.0 - 0.5;
+        x * (1.0 + c as f32 * 0.1) + if (r + c) % 53 == 0 { 3.0 } else { 0.0 }
+    });
+    let t = Tensor::from_f32("w", DType::F32, vec![rows, cols], &v).unwrap();
+    let imp: Vec<f32> = (0..cols).map(|c| 1.0 + (c % 5) as f32).collect();
+    // A Hessian with correlated columns, so LDLQ feeds errors across columns.
+    let h = DMatrix::<f64>::from_fn(cols, cols, |i, j| {
+        0.6f64.powi((i as i32 - j as i32).abs()) + if i == j { 0.1 } else { 0.0 }
+    });
+    let ldl = BlockLdl::new(&h, 4).unwrap();
+    let with_slabs = |slab_values| CompressOptions {
+        slab_values,
+        ..small_policy()
+    };
+    // Slabs of a quarter of 4·16·24 values: 16 rows (one chunk) each, 13 slabs for 200 rows.
+    let (whole, slabbed) = (with_slabs(usize::MAX), with_slabs(4 * 16 * 24));
+    let ecsq = EcsqCodec::with_step(0.3).unwrap();
+    let tcq = nwc::TcqCodec::with_step(0.3).unwrap();
+    for (codec, same_bytes) in [(&ecsq as &dyn WeightCodec, true), (&tcq, false)] {
+        for ldlq in [false, true] {
+            let run = |o: &CompressOptions| {
+                let c = Compressor::new(codec).with_options(o.clone()).unwrap();
+                if ldlq {
+                    c.compress_tensor_ldlq(&t, Some(&imp), &ldl).unwrap()
+                } else {
+                    c.compress_tensor(&t, Some(&imp)).unwrap()
+                }
+            };
+            let ((r1, rep1), (r2, rep2)) = (run(&whole), run(&slabbed));
+            let what = format!("{:?} ldlq={ldlq}", codec.kind());
+            if same_bytes {
+                assert_eq!(r1, r2, "{what}");
+                // Summed slab by slab: the same terms in another grouping.
+                assert!(
+                    (rep1.sq_error - rep2.sq_error).abs() <= 1e-12 * rep1.sq_signal,
+                    "{what}"
+                );
+            }
+            // The slabbed record decodes to exactly the error its report gives.
+            let out = Decompressor::new(codec).decompress_record(&r2).unwrap();
+            let err: f64 = out
+                .to_f32()
+                .unwrap()
+                .iter()
+                .zip(&v)
+                .map(|(a, b)| f64::from(a - b).powi(2))
+                .sum();
+            assert!(
+                (err - rep2.sq_error).abs() <= 1e-9 * rep2.sq_signal,
+                "{what}: decoded {err} vs reported {}",
+                rep2.sq_error
+            );
+            assert!(
+                (rep1.sq_signal - rep2.sq_signal).abs() <= 1e-12 * rep1.sq_signal,
+                "{what}"
+            );
+            assert!(
+                rep2.nmse() < 1.2 * rep1.nmse() + 1e-4,
+                "{what}: slabs {} vs whole {}",
+                rep2.nmse(),
+                rep1.nmse()
+            );
+        }
+    }
+}
