@@ -38,7 +38,8 @@ mod source;
 mod tensor;
 
 pub use chunk::{
-    ChunkConfig, Chunked, MAX_CHUNK_LEN, ScaleAxis, ScaleRounding, ScaleSums, chunk, chunk_with_scales,
+    ChunkConfig, Chunked, MAX_CHUNK_LEN, ScaleAxis, ScaleRounding, ScaleSums, chunk,
+    chunk_with_scales,
 };
 pub use ctranslate2::CTranslate2File;
 pub use cursor::Cursor;

@@ -142,24 +142,36 @@ impl Tensor {
         values: &[f32],
     ) -> Result<Self> {
         let name = name.into();
-        let bytes: Vec<u8> = match dtype {
-            DType::F32 => values.iter().flat_map(|v| v.to_le_bytes()).collect(),
-            DType::F16 => values
-                .iter()
-                .flat_map(|&v| f16::from_f32(v).to_le_bytes())
-                .collect(),
-            DType::BF16 => values
-                .iter()
-                .flat_map(|&v| bf16::from_f32(v).to_le_bytes())
-                .collect(),
+        let mut bytes = Vec::with_capacity(values.len() * dtype.size());
+        Self::extend_bytes_f32(&name, dtype, values, &mut bytes)?;
+        Self::from_bytes(name, dtype, shape, bytes)
+    }
+
+    /// Appends `values` to `out` as little-endian `dtype` elements, rounded to nearest even:
+    /// the bytes of [`Tensor::from_f32`], for a tensor built a slab of rows at a time.
+    ///
+    /// # Errors
+    /// [`TensorError::UnsupportedDtype`] (naming `name`) for non-float dtypes.
+    pub fn extend_bytes_f32(
+        name: &str,
+        dtype: DType,
+        values: &[f32],
+        out: &mut Vec<u8>,
+    ) -> Result<()> {
+        match dtype {
+            DType::F32 => out.extend(values.iter().flat_map(|v| v.to_le_bytes())),
+            DType::F16 => out.extend(values.iter().flat_map(|&v| f16::from_f32(v).to_le_bytes())),
+            DType::BF16 => {
+                out.extend(values.iter().flat_map(|&v| bf16::from_f32(v).to_le_bytes()));
+            }
             other => {
                 return Err(TensorError::UnsupportedDtype {
-                    name,
+                    name: name.to_string(),
                     dtype: other.to_string(),
                 });
             }
-        };
-        Self::from_bytes(name, dtype, shape, bytes)
+        }
+        Ok(())
     }
 
     /// The tensor's name.

@@ -343,6 +343,7 @@ impl<'c> Compressor<'c> {
                     &q.symbols,
                     &lv,
                     &q.params,
+                    usize::MAX,
                 )?
                 .to_f32()?;
                 sq_error += sum_sq_diff(&values, &out);
@@ -357,9 +358,7 @@ impl<'c> Compressor<'c> {
         let (symbols, params) = coded.finish();
         let (tables, table_map) = match single {
             Some(t) => t,
-            None => self
-                .codec
-                .fit_tables(&symbols, l, &plan.chunk_levels())?,
+            None => self.codec.fit_tables(&symbols, l, &plan.chunk_levels())?,
         };
         let q = Quantized {
             symbols,
@@ -550,9 +549,7 @@ impl<'c> Compressor<'c> {
             sq_error += sum_sq_diff(&values, &out);
         }
         let (symbols, params) = coded.finish();
-        let (tables, table_map) = self
-            .codec
-            .fit_tables(&symbols, l, &plan.chunk_levels())?;
+        let (tables, table_map) = self.codec.fit_tables(&symbols, l, &plan.chunk_levels())?;
         let q = Quantized {
             symbols,
             params,
@@ -842,6 +839,7 @@ impl<'c> Decompressor<'c> {
             &symbols,
             &chunk_levels,
             &c.params,
+            DECODE_SLAB_VALUES,
         )
     }
 }
@@ -863,16 +861,13 @@ impl Plan {
     /// The row ranges the matrix is coded in: all of it, or slabs whose lengths are multiples
     /// of the chunk length (so a chunk never straddles two).
     fn slabs(&self) -> Vec<std::ops::Range<usize>> {
-        let per = if self.rows * self.cols <= self.slab_values {
-            self.rows
-        } else {
-            (self.slab_values / 4 / self.cols / self.chunk_len * self.chunk_len)
-                .max(self.chunk_len)
-        };
-        (0..self.rows)
-            .step_by(per)
-            .map(|r| r..(r + per).min(self.rows))
-            .collect()
+        row_slabs(
+            self.rows,
+            self.cols,
+            self.chunk_len,
+            self.slab_values,
+            self.slab_values / 4,
+        )
     }
 
     /// The scales that apply to rows `rows`.
@@ -979,9 +974,35 @@ struct Layout {
     scales: Vec<f16>,
 }
 
+/// Values per row slab when a decoder reassembles a large matrix (dequantization is per chunk,
+/// so the slab size never changes the result, only the memory: the symbols, the output and one
+/// slab in between; test `slab_decoding_is_whole_decoding`).
+const DECODE_SLAB_VALUES: usize = 1 << 23;
+
+/// The row ranges of a `rows × cols` matrix: all of it when it has at most `whole` values, else
+/// slabs of about `slab` values whose lengths are multiples of `chunk_len` (so no chunk
+/// straddles two).
+fn row_slabs(
+    rows: usize,
+    cols: usize,
+    chunk_len: usize,
+    whole: usize,
+    slab: usize,
+) -> Vec<std::ops::Range<usize>> {
+    let per = if rows.saturating_mul(cols) <= whole {
+        rows
+    } else {
+        (slab / cols.max(1) / chunk_len * chunk_len).max(chunk_len)
+    };
+    (0..rows)
+        .step_by(per.max(1))
+        .map(|r| r..(r + per).min(rows))
+        .collect()
+}
+
 /// Symbols to the tensor a decoder returns: the codec's dequantization, chunks reassembled with
-/// their scales, rounding to `dtype`. The decoder and the compressor's error report share it, so
-/// the report measures exactly what decoding yields.
+/// their scales, rounding to `dtype`, a slab of rows at a time. The decoder and the
+/// compressor's error report share it, so the report measures exactly what decoding yields.
 #[allow(clippy::too_many_arguments)]
 fn reconstruct(
     codec: &dyn WeightCodec,
@@ -992,22 +1013,70 @@ fn reconstruct(
     symbols: &[i32],
     chunk_levels: &[u8],
     params: &[u8],
+    slab_values: usize,
 ) -> Result<Tensor> {
     let Layout {
         rows,
         cols,
-        chunk_len,
+        chunk_len: l,
         axis,
         scales,
     } = layout;
-    let recon = codec.dequantize(name, symbols, chunk_len, chunk_levels, params)?;
-    let m = Chunked::from_parts(rows, cols, chunk_len, axis, scales, recon)?.to_matrix();
-    Ok(Tensor::from_f32(
-        name,
-        dtype,
-        shape,
-        m.as_slice().expect("standard layout"),
-    )?)
+    let corrupt = |reason: String| NwcError::Corrupt {
+        name: name.to_string(),
+        reason,
+    };
+    let blocks = rows.div_ceil(l.max(1));
+    let n_scales = match axis {
+        ScaleAxis::Column => cols,
+        ScaleAxis::Row => rows,
+    };
+    if l == 0
+        || scales.len() != n_scales
+        || Some(chunk_levels.len()) != cols.checked_mul(blocks)
+        || Some(symbols.len()) != chunk_levels.len().checked_mul(l)
+    {
+        return Err(corrupt(format!(
+            "{} symbols, {} chunk levels and {} scales for {rows}×{cols} in chunks of {l}",
+            symbols.len(),
+            chunk_levels.len(),
+            scales.len()
+        )));
+    }
+    let per_col = blocks * l;
+    let slabs = row_slabs(rows, cols, l, slab_values, slab_values);
+    let mut bytes = Vec::with_capacity(rows * cols * dtype.size());
+    for slab in &slabs {
+        let sb = slab.len().div_ceil(l);
+        let (s, lv) = if slabs.len() == 1 {
+            (
+                std::borrow::Cow::Borrowed(symbols),
+                std::borrow::Cow::Borrowed(chunk_levels),
+            )
+        } else {
+            let first = slab.start / l;
+            let mut s = Vec::with_capacity(cols * sb * l);
+            let mut lv = Vec::with_capacity(cols * sb);
+            for c in 0..cols {
+                s.extend_from_slice(&symbols[c * per_col + slab.start..][..sb * l]);
+                lv.extend_from_slice(&chunk_levels[c * blocks + first..][..sb]);
+            }
+            (s.into(), lv.into())
+        };
+        let recon = codec.dequantize(name, &s, l, &lv, params)?;
+        let slab_scales = match axis {
+            ScaleAxis::Column => scales.clone(),
+            ScaleAxis::Row => scales[slab.clone()].to_vec(),
+        };
+        let m = Chunked::from_parts(slab.len(), cols, l, axis, slab_scales, recon)?.to_matrix();
+        Tensor::extend_bytes_f32(
+            name,
+            dtype,
+            m.as_slice().expect("standard layout"),
+            &mut bytes,
+        )?;
+    }
+    Ok(Tensor::from_bytes(name, dtype, shape, bytes)?)
 }
 
 fn hex(b: &[u8]) -> String {
@@ -1169,6 +1238,61 @@ pub fn builtin_decoder(h: &Header) -> Result<Box<dyn WeightCodec>> {
                 )));
             }
             Ok(Box::new(codec))
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Decoding a matrix a slab of rows at a time gives the tensor decoding it whole gives, for
+    /// both scale axes, a trellis codec (state carried along each chunk) and a row count that
+    /// leaves a partial last chunk.
+    #[test]
+    fn slab_decoding_is_whole_decoding() {
+        let (rows, cols, l) = (203, 5, 16);
+        let values: Vec<f32> = (0..rows * cols)
+            .map(|i| ((i * 37 % 101) as f32 / 101.0 - 0.5) * (1.0 + (i % cols) as f32))
+            .collect();
+        let tcq = crate::tcq::TcqCodec::with_step(0.2).unwrap();
+        for axis in [ScaleAxis::Column, ScaleAxis::Row] {
+            let cfg = ChunkConfig {
+                chunk_len: l,
+                axis,
+                ..ChunkConfig::default()
+            };
+            let ch =
+                nwc_tensor::chunk(ArrayView2::from_shape((rows, cols), &values).unwrap(), &cfg)
+                    .unwrap();
+            let lv: Vec<u8> = (0..ch.n_chunks()).map(|k| (k % 3) as u8).collect();
+            let q = tcq.quantize("w", ch.data(), l, &lv).unwrap();
+            let decode = |slab_values| {
+                let layout = Layout {
+                    rows,
+                    cols,
+                    chunk_len: l,
+                    axis,
+                    scales: ch.scales().to_vec(),
+                };
+                reconstruct(
+                    &tcq,
+                    "w",
+                    DType::F32,
+                    vec![rows, cols],
+                    layout,
+                    &q.symbols,
+                    &lv,
+                    &q.params,
+                    slab_values,
+                )
+                .unwrap()
+            };
+            let whole = decode(usize::MAX);
+            // 32 rows per slab: 7 slabs, the last of 11 rows.
+            assert_eq!(row_slabs(rows, cols, l, 160, 160).len(), 7);
+            assert_eq!(decode(160), whole, "{axis:?}");
+            assert_eq!(decode(1), whole, "{axis:?}");
         }
     }
 }
