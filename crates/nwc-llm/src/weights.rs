@@ -266,11 +266,18 @@ impl LlamaWeights {
             ))
         })?;
         std::fs::create_dir_all(dir).map_err(io_err(dir))?;
-        let cfg_path = dir.join("config.json");
-        std::fs::write(&cfg_path, self.config.to_hf_json(torch_dtype))
-            .map_err(io_err(&cfg_path))?;
-        let tok_path = dir.join("tokenizer.json");
-        std::fs::write(&tok_path, self.tokenizer.to_json()?).map_err(io_err(&tok_path))?;
+        // Each file whole or not at all (written beside, renamed when complete).
+        let write = |name: &str, text: String| {
+            let path = dir.join(name);
+            nwc_tensor::write_whole(&path, |tmp| {
+                std::fs::write(tmp, &text).map_err(|source| nwc_tensor::TensorError::Write {
+                    path: path.clone(),
+                    source,
+                })
+            })
+        };
+        write("config.json", self.config.to_hf_json(torch_dtype))?;
+        write("tokenizer.json", self.tokenizer.to_json()?)?;
         let tensors = self
             .tensors
             .iter()

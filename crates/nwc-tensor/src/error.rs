@@ -14,6 +14,14 @@ pub enum TensorError {
         /// The underlying error.
         source: std::io::Error,
     },
+    /// Writing a file failed (nothing is left at its path).
+    #[error("cannot write {path}: {source}")]
+    Write {
+        /// The file.
+        path: PathBuf,
+        /// The underlying error.
+        source: std::io::Error,
+    },
     /// The file is not a valid safetensors or GGUF file.
     #[error("malformed {format} file: {reason}")]
     Malformed {

@@ -47,6 +47,6 @@ pub use data::data_dir;
 pub use error::{Result, TensorError};
 pub use gguf::{GgmlType, GgufFile, GgufTensorInfo, GgufValue, dequantize};
 pub use levels::LevelBands;
-pub use safetensors_io::{SafetensorsFile, write_safetensors};
+pub use safetensors_io::{SafetensorsFile, write_safetensors, write_whole};
 pub use source::{WeightSource, open_weights};
 pub use tensor::{DType, Tensor, numel};

@@ -128,11 +128,12 @@ impl WeightSource for SafetensorsFile {
 }
 
 /// Writes tensors to a safetensors file (what other runtimes load), with the header metadata
-/// `{"format": "pt"}`.
+/// `{"format": "pt"}`, whole or not at all: the bytes go to `PATH.partial`, which is renamed
+/// over `path` only when complete.
 ///
 /// # Errors
-/// [`TensorError::Io`] when writing fails, [`TensorError::Malformed`] when the tensors cannot be
-/// serialized (for example duplicate names).
+/// [`TensorError::Write`] when writing fails, [`TensorError::Malformed`] when the tensors cannot be
+/// serialized (for example duplicate names). `path` is then untouched.
 pub fn write_safetensors(path: impl AsRef<Path>, tensors: &[Tensor]) -> Result<()> {
     let path = path.as_ref();
     let views: Vec<(String, safetensors::tensor::TensorView<'_>)> = tensors
@@ -145,11 +146,45 @@ pub fn write_safetensors(path: impl AsRef<Path>, tensors: &[Tensor]) -> Result<(
         .collect::<Result<_>>()?;
     // `format: pt` is what PyTorch-side loaders (transformers) look for in the header metadata.
     let metadata = std::collections::HashMap::from([("format".to_string(), "pt".to_string())]);
-    safetensors::serialize_to_file(views, Some(metadata), path).map_err(|e| match e {
-        safetensors::SafeTensorError::IoError(source) => TensorError::Io {
-            path: path.to_path_buf(),
-            source,
-        },
-        other => malformed(other),
+    write_whole(path, |tmp| {
+        safetensors::serialize_to_file(views, Some(metadata), tmp).map_err(|e| match e {
+            safetensors::SafeTensorError::IoError(source) => TensorError::Write {
+                path: path.to_path_buf(),
+                source,
+            },
+            other => malformed(other),
+        })
     })
+}
+
+/// Writes `path` whole or not at all: `write` fills `PATH.partial`, which is synced and renamed
+/// over `path` when `write` succeeds and removed when it fails.
+///
+/// # Errors
+/// `write`'s error, or [`TensorError::Write`] (naming `path`) when syncing or renaming fails.
+pub fn write_whole(path: &Path, write: impl FnOnce(&Path) -> Result<()>) -> Result<()> {
+    let mut name = path.file_name().unwrap_or_default().to_os_string();
+    name.push(".partial");
+    let tmp = path.with_file_name(name);
+    let io = |source| TensorError::Write {
+        path: path.to_path_buf(),
+        source,
+    };
+    let done = write(&tmp).and_then(|()| {
+        let f = std::fs::File::open(&tmp).map_err(io)?;
+        f.sync_all().map_err(io)?;
+        // safetensors writes through a private (0600) temporary file; a model file is readable
+        // like any other file the user writes.
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            f.set_permissions(std::fs::Permissions::from_mode(0o644))
+                .map_err(io)?;
+        }
+        std::fs::rename(&tmp, path).map_err(io)
+    });
+    if done.is_err() {
+        let _ = std::fs::remove_file(&tmp);
+    }
+    done
 }

@@ -45,6 +45,14 @@ pub enum NwcError {
         /// What is wrong.
         reason: String,
     },
+    /// A file could not be used; `source` says why.
+    #[error("{path}: {source}")]
+    InFile {
+        /// The file.
+        path: std::path::PathBuf,
+        /// What went wrong.
+        source: Box<NwcError>,
+    },
     /// An I/O error outside the container (opening or creating a file).
     #[error("{path}: {source}")]
     Io {

@@ -290,6 +290,44 @@ fn llama_metadata(
     Ok((config, tokenizer))
 }
 
+impl NwcFile {
+    /// Whether the file is a Llama `.nwc` (it holds the model's configuration).
+    ///
+    /// # Errors
+    /// As [`NwcFile::reader`].
+    pub fn is_llama(&self) -> Result<bool> {
+        Ok(self
+            .reader()?
+            .index()
+            .iter()
+            .any(|e| e.name == CONFIG_RECORD))
+    }
+
+    /// Decodes the file to `output` with `codec` (see [`NwcFile::decoder`] for the file's own):
+    /// a Llama `.nwc` becomes a Hugging Face directory (`config.json`, `tokenizer.json`,
+    /// `model.safetensors` in `dtype`, F16 by default) unless `output` ends in `.safetensors`;
+    /// any other file a safetensors file with the original dtypes (or `dtype`). Every file is
+    /// written whole or not at all.
+    ///
+    /// # Errors
+    /// Decoding errors; [`NwcError::Config`] for a dtype that is not F32, F16 or BF16 (or, for
+    /// a Hugging Face directory, any other dtype save_hf refuses); I/O errors naming the path.
+    pub fn decode_to(
+        &self,
+        codec: &dyn WeightCodec,
+        output: impl AsRef<std::path::Path>,
+        dtype: Option<DType>,
+    ) -> Result<()> {
+        let output = output.as_ref();
+        let safetensors = output.extension().is_some_and(|e| e == "safetensors");
+        if !self.is_llama()? || safetensors {
+            return self.to_safetensors(codec, output, dtype);
+        }
+        decode_llama(self, codec, None)?.save_hf(output, dtype.unwrap_or(DType::F16))?;
+        Ok(())
+    }
+}
+
 /// A Llama `.nwc` file as a [`ModelSource`]: each tensor is decoded when asked for, so a
 /// compressed model larger than memory can be evaluated one block at a time
 /// ([`nwc_llm::layerwise_perplexity`]).

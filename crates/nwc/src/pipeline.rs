@@ -1101,8 +1101,8 @@ impl NwcFile {
     /// Opens a file and checks its header, index and footer.
     ///
     /// # Errors
-    /// [`NwcError::Io`] when it cannot be read, [`NwcError::Format`] when it is not a valid,
-    /// complete `.nwc` file.
+    /// [`NwcError::Io`] when it cannot be read, [`NwcError::InFile`] (a
+    /// [`NwcError::Format`] and the path) when it is not a valid, complete `.nwc` file.
     pub fn open(path: impl AsRef<Path>) -> Result<Self> {
         let path = path.as_ref();
         let file = std::fs::File::open(path).map_err(io_err(path))?;
@@ -1111,7 +1111,10 @@ impl NwcFile {
         #[allow(unsafe_code)]
         let map = unsafe { memmap2::Mmap::map(&file) }.map_err(io_err(path))?;
         let options = ReadOptions::default();
-        FileReader::new(&map, options)?;
+        FileReader::new(&map, options).map_err(|e| NwcError::InFile {
+            path: path.to_path_buf(),
+            source: Box::new(e.into()),
+        })?;
         Ok(Self { map, options })
     }
 
@@ -1176,14 +1179,64 @@ impl NwcFile {
         d.decompress_record(&r.record_by_name(name)?)
     }
 
-    /// Decodes the whole file into a safetensors file (dtypes and shapes as in the original).
+    /// The codec that decodes this file, found from its header: ECSQ and TCQ files need nothing
+    /// more; a learned-codec file needs the checkpoint this build embeds (matched by hash) or,
+    /// given `checkpoint`, that checkpoint file.
     ///
     /// # Errors
-    /// As [`NwcFile::for_each_tensor`], plus I/O errors.
-    pub fn to_safetensors(&self, codec: &dyn WeightCodec, output: impl AsRef<Path>) -> Result<()> {
+    /// [`NwcError::CodecMismatch`] when the checkpoint's hash is not the one the file names;
+    /// [`NwcError::Config`] for a checkpoint file that cannot be read.
+    pub fn decoder(&self, checkpoint: Option<&Path>) -> Result<Box<dyn WeightCodec>> {
+        let header = *self.reader()?.header();
+        match (checkpoint, header.codec) {
+            (Some(path), CodecKind::Nwc | CodecKind::NwcTrellis) => {
+                let c = nwc_codec::Checkpoint::load(path)
+                    .map_err(|e| NwcError::Config(format!("{}: {e}", path.display())))?;
+                let codec = crate::learned::NwcCodec::<nwc_codec::burn::backend::NdArray>::new(
+                    c,
+                    &Default::default(),
+                )?;
+                if codec.checkpoint_hash() != header.codec_hash {
+                    return Err(NwcError::CodecMismatch(format!(
+                        "the file needs the NWC checkpoint {}, {} is {}",
+                        hex(&header.codec_hash),
+                        path.display(),
+                        hex(&codec.checkpoint_hash())
+                    )));
+                }
+                Ok(Box::new(codec))
+            }
+            _ => builtin_decoder(&header),
+        }
+    }
+
+    /// Decodes the whole file into a safetensors file: shapes as in the original, dtypes too
+    /// unless `dtype` (a float dtype) is given for the float tensors; metadata records are left
+    /// out. Written whole or not at all.
+    ///
+    /// # Errors
+    /// As [`NwcFile::for_each_tensor`], plus I/O errors; [`NwcError::Config`] for a `dtype` that
+    /// is not F32, F16 or BF16.
+    pub fn to_safetensors(
+        &self,
+        codec: &dyn WeightCodec,
+        output: impl AsRef<Path>,
+        dtype: Option<DType>,
+    ) -> Result<()> {
+        if let Some(d) = dtype.filter(|d| !d.is_float()) {
+            return Err(NwcError::Config(format!("cannot write weights as {d}")));
+        }
         let mut all = Vec::new();
         self.for_each_tensor(codec, |t| {
-            all.push(t);
+            if nwc_format::is_metadata(t.name()) {
+                return Ok(());
+            }
+            all.push(match dtype {
+                Some(d) if d != t.dtype() && t.dtype().is_float() => {
+                    Tensor::from_f32(t.name(), d, t.shape().to_vec(), &t.to_f32()?)?
+                }
+                _ => t,
+            });
             Ok(())
         })?;
         nwc_tensor::write_safetensors(output, &all)?;
