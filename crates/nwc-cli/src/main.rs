@@ -49,8 +49,8 @@ enum Command {
     /// file. Llama-family models (Llama, Qwen2) are compressed one decoder block at a time,
     /// with optional calibration; any other model tensor by tensor at the target rate.
     Compress(CompressArgs),
-    /// Decode a .nwc file: to a .safetensors file, or (a Llama .nwc) to a Hugging Face
-    /// directory.
+    /// Decode a .nwc file: to a .safetensors file, or (a Llama .nwc) to a .gguf file llama.cpp
+    /// loads or a Hugging Face directory.
     Decompress(DecompressArgs),
     /// List a .nwc file's codec, checkpoint and tensors with their measured bits per parameter.
     Inspect(InspectArgs),
@@ -114,7 +114,8 @@ struct CompressArgs {
 struct DecompressArgs {
     /// The .nwc file.
     input: PathBuf,
-    /// Where to write: a path ending in .safetensors, or a directory (Llama .nwc files).
+    /// Where to write: a path ending in .safetensors, or (Llama .nwc files) in .gguf, or a
+    /// directory (Hugging Face layout).
     #[arg(short, long)]
     output: PathBuf,
     /// dtype of the decoded weights: f32, f16 or bf16 (default: the original's; f16 for a
@@ -368,12 +369,6 @@ fn compress_generic(a: &CompressArgs, input: &Path) -> Result<CompressReport> {
 }
 
 fn decompress(a: &DecompressArgs) -> Result<()> {
-    if a.output.extension().is_some_and(|e| e == "gguf") {
-        bail!(
-            "{}: GGUF output is not supported yet (write .safetensors or a directory)",
-            a.output.display()
-        );
-    }
     let dtype = a.dtype.as_deref().map(parse_dtype).transpose()?;
     let t = Instant::now();
     let file = NwcFile::open(&a.input)?;

@@ -192,7 +192,23 @@ fn tiny_llama_compresses_decodes_and_evaluates_the_same() {
             .as_f64()
             .unwrap()
     };
+    let gguf = dir.path().join("decoded.gguf");
+    nwc_json(&[
+        "decompress",
+        s(&out),
+        "-o",
+        s(&gguf),
+        "--dtype",
+        "f32",
+        "--json",
+    ]);
+    let from_gguf = ppl(&gguf);
     let (reference, coded, decoded) = (ppl(&tiny_llama()), ppl(&out), ppl(&hf));
+    // The GGUF export read back by nwc's GGUF reader (Q/K rows permuted and unpermuted).
+    assert!(
+        (coded - from_gguf).abs() < 1e-6 * coded,
+        "{coded} vs {from_gguf}"
+    );
     // The .nwc evaluated directly and its f32 export are the same model.
     assert!(
         (coded - decoded).abs() < 1e-6 * coded,

@@ -171,6 +171,35 @@ impl LlamaConfig {
         Ok(cfg)
     }
 
+    /// The configuration as GGUF metadata (`general.architecture` and the `{arch}.*` keys
+    /// llama.cpp reads; [`LlamaConfig::from_gguf`] reads them back).
+    pub fn gguf_metadata(&self) -> Vec<(String, GgufValue)> {
+        let arch = self.family.name();
+        let u = |v: usize| GgufValue::U32(v as u32);
+        let mut m = vec![(
+            "general.architecture".to_string(),
+            GgufValue::String(arch.into()),
+        )];
+        for (k, v) in [
+            ("context_length", u(self.max_positions)),
+            ("embedding_length", u(self.hidden)),
+            ("block_count", u(self.layers)),
+            ("feed_forward_length", u(self.intermediate)),
+            ("attention.head_count", u(self.heads)),
+            ("attention.head_count_kv", u(self.kv_heads)),
+            ("rope.dimension_count", u(self.head_dim())),
+            ("rope.freq_base", GgufValue::F32(self.rope_theta as f32)),
+            (
+                "attention.layer_norm_rms_epsilon",
+                GgufValue::F32(self.rms_eps as f32),
+            ),
+            ("vocab_size", u(self.vocab)),
+        ] {
+            m.push((format!("{arch}.{k}"), v));
+        }
+        m
+    }
+
     /// Parses a Hugging Face `config.json` (`LlamaForCausalLM` or `Qwen2ForCausalLM`).
     ///
     /// # Errors

@@ -204,6 +204,96 @@ impl TextTokenizer {
         self.inner.get_vocab_size(true)
     }
 
+    /// The tokenizer as GGUF metadata (`tokenizer.ggml.*`, byte-level BPE as llama.cpp reads it):
+    /// tokens by id, their types (3 = control for special added tokens, 4 = user-defined for
+    /// other added tokens, 1 = normal), merges, and the pre-tokenizer name this crate's
+    /// [`TextTokenizer::from_gguf`] would rebuild it from (`smollm`, `qwen2`, or none).
+    ///
+    /// # Errors
+    /// [`LlmError::Tokenizer`] for a tokenizer that is not byte-level BPE or has gaps in its ids.
+    pub fn gguf_metadata(&self) -> Result<Vec<(String, GgufValue)>> {
+        let j: Value = serde_json::from_str(&self.to_json()?).map_err(tok_err)?;
+        if j["model"]["type"] != "BPE" {
+            return Err(LlmError::Tokenizer(format!(
+                "GGUF output needs a BPE tokenizer, not {}",
+                j["model"]["type"]
+            )));
+        }
+        let mut tokens: Vec<Option<(String, i32)>> = Vec::new();
+        let mut put = |id: u64, text: &str, ty: i32| {
+            let id = id as usize;
+            if tokens.len() <= id {
+                tokens.resize(id + 1, None);
+            }
+            tokens[id] = Some((text.to_string(), ty));
+        };
+        for (text, id) in j["model"]["vocab"].as_object().into_iter().flatten() {
+            put(id.as_u64().unwrap_or(u64::MAX >> 1), text, 1);
+        }
+        for t in j["added_tokens"].as_array().into_iter().flatten() {
+            let special = t["special"].as_bool().unwrap_or(false);
+            put(
+                t["id"].as_u64().unwrap_or(u64::MAX >> 1),
+                t["content"].as_str().unwrap_or_default(),
+                if special { 3 } else { 4 },
+            );
+        }
+        if tokens.len() > 1 << 24 {
+            return Err(LlmError::Tokenizer("token ids out of range".into()));
+        }
+        let (texts, types): (Vec<GgufValue>, Vec<GgufValue>) = tokens
+            .into_iter()
+            .enumerate()
+            .map(|(i, t)| {
+                t.map(|(s, ty)| (GgufValue::String(s), GgufValue::I32(ty)))
+                    .ok_or_else(|| LlmError::Tokenizer(format!("no token has id {i}")))
+            })
+            .collect::<Result<Vec<_>>>()?
+            .into_iter()
+            .unzip();
+        let merges: Vec<GgufValue> = j["model"]["merges"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .map(|m| match m {
+                Value::Array(pair) => GgufValue::String(format!(
+                    "{} {}",
+                    pair.first().and_then(Value::as_str).unwrap_or_default(),
+                    pair.get(1).and_then(Value::as_str).unwrap_or_default()
+                )),
+                other => GgufValue::String(other.as_str().unwrap_or_default().to_string()),
+            })
+            .collect();
+        let pre = j["pre_tokenizer"].to_string();
+        let mut meta = vec![
+            (
+                "tokenizer.ggml.model".to_string(),
+                GgufValue::String("gpt2".into()),
+            ),
+            ("tokenizer.ggml.tokens".to_string(), GgufValue::Array(texts)),
+            (
+                "tokenizer.ggml.token_type".to_string(),
+                GgufValue::Array(types),
+            ),
+            (
+                "tokenizer.ggml.merges".to_string(),
+                GgufValue::Array(merges),
+            ),
+        ];
+        if pre.contains("\"individual_digits\":true") {
+            meta.push((
+                "tokenizer.ggml.pre".into(),
+                GgufValue::String("smollm".into()),
+            ));
+        } else if pre.contains("\"Split\"") && j["normalizer"]["type"] == "NFC" {
+            meta.push((
+                "tokenizer.ggml.pre".into(),
+                GgufValue::String("qwen2".into()),
+            ));
+        }
+        Ok(meta)
+    }
+
     /// The tokenizer as `tokenizer.json` text.
     ///
     /// # Errors

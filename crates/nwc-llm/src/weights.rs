@@ -289,6 +289,52 @@ impl LlamaWeights {
         Ok(())
     }
 
+    /// Writes the model as a GGUF file llama.cpp loads: its configuration and tokenizer as
+    /// metadata, every tensor in `dtype` (F32, F16 or BF16) under its GGUF name, Llama's Q/K
+    /// rows in the order llama.cpp's converter gives them. Written whole or not at all.
+    ///
+    /// # Errors
+    /// [`LlmError::Config`] for another dtype; [`LlmError::Tokenizer`] for a tokenizer GGUF
+    /// cannot hold; write errors naming the path.
+    pub fn save_gguf(&self, path: &Path, dtype: DType) -> Result<()> {
+        if torch_dtype(dtype).is_none() {
+            return Err(LlmError::Config(format!(
+                "cannot export weights as {dtype} (F32, F16 or BF16)"
+            )));
+        }
+        let mut meta = self.config.gguf_metadata();
+        let file_type = match dtype {
+            DType::F32 => 0,
+            DType::F16 => 1,
+            _ => 32,
+        };
+        meta.push((
+            "general.file_type".into(),
+            nwc_tensor::GgufValue::U32(file_type),
+        ));
+        meta.extend(self.tokenizer.gguf_metadata()?);
+        let names = hf_to_gguf_names(&self.config);
+        let mut tensors = Vec::with_capacity(self.tensors.len());
+        for (hf, t) in &self.tensors {
+            let name = names.get(hf.as_str()).ok_or_else(|| LlmError::Weight {
+                name: hf.clone(),
+                reason: "no GGUF name".into(),
+            })?;
+            let v = match permuted_heads(&self.config, hf) {
+                Some(heads) => permute(t, hf, heads)?,
+                None => t.to_f32()?,
+            };
+            tensors.push(Tensor::from_f32(
+                name.clone(),
+                dtype,
+                t.shape().to_vec(),
+                &v,
+            )?);
+        }
+        nwc_tensor::write_gguf(path, &meta, &tensors)?;
+        Ok(())
+    }
+
     /// Parameters in all tensors.
     pub fn n_params(&self) -> usize {
         self.tensors.values().map(Tensor::numel).sum()
@@ -368,6 +414,66 @@ fn unpermute(t: &Tensor, name: &str, heads: usize) -> Result<Tensor> {
     Ok(Tensor::from_f32(name, DType::F32, vec![rows, cols], &out)?)
 }
 
+/// llama.cpp's converter's row order for Llama's Q/K (the inverse of [`unpermute`]): GGUF row
+/// `2i + j` of a head is HF row `j·(d/2) + i`.
+fn permute(t: &Tensor, name: &str, heads: usize) -> Result<Vec<f32>> {
+    let (rows, cols) = t.matrix_dims().ok_or_else(|| LlmError::Weight {
+        name: name.to_string(),
+        reason: "not a matrix".into(),
+    })?;
+    if heads == 0 || rows % heads != 0 || !(rows / heads).is_multiple_of(2) {
+        return Err(LlmError::Weight {
+            name: name.to_string(),
+            reason: format!("{rows} rows do not split into {heads} heads of even width"),
+        });
+    }
+    let v = t.to_f32()?;
+    let hd = rows / heads;
+    let half = hd / 2;
+    let mut out = vec![0.0f32; v.len()];
+    for h in 0..heads {
+        for i in 0..half {
+            for j in 0..2 {
+                let dst = h * hd + 2 * i + j;
+                let src = h * hd + j * half + i;
+                out[dst * cols..][..cols].copy_from_slice(&v[src * cols..][..cols]);
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// The GGUF name of every Hugging Face tensor name of a model of this configuration (the
+/// inverse of [`gguf_to_hf`], built from it).
+fn hf_to_gguf_names(cfg: &LlamaConfig) -> BTreeMap<String, String> {
+    let mut gguf = vec![
+        "token_embd.weight".to_string(),
+        "output_norm.weight".to_string(),
+        "output.weight".to_string(),
+    ];
+    for l in 0..cfg.layers {
+        for part in [
+            "attn_q.weight",
+            "attn_k.weight",
+            "attn_v.weight",
+            "attn_output.weight",
+            "ffn_gate.weight",
+            "ffn_up.weight",
+            "ffn_down.weight",
+            "attn_norm.weight",
+            "ffn_norm.weight",
+            "attn_q.bias",
+            "attn_k.bias",
+            "attn_v.bias",
+        ] {
+            gguf.push(format!("blk.{l}.{part}"));
+        }
+    }
+    gguf.into_iter()
+        .filter_map(|g| Some((gguf_to_hf(&g)?, g)))
+        .collect()
+}
+
 /// Hugging Face name of a GGUF tensor name (`None` for tensors with no role here).
 pub fn gguf_to_hf(name: &str) -> Option<String> {
     match name {
@@ -433,6 +539,9 @@ mod tests {
         let back = unpermute(&t, "q", heads).unwrap().to_f32().unwrap();
         assert_eq!(back, hf);
         assert!(unpermute(&t, "q", 3).is_err());
+        // And the exporter's permutation is the converter's.
+        let hf_t = Tensor::from_f32("q", DType::F32, vec![rows, cols], &hf).unwrap();
+        assert_eq!(permute(&hf_t, "q", heads).unwrap(), gguf);
     }
 
     #[test]

@@ -45,7 +45,7 @@ pub use ctranslate2::CTranslate2File;
 pub use cursor::Cursor;
 pub use data::data_dir;
 pub use error::{Result, TensorError};
-pub use gguf::{GgmlType, GgufFile, GgufTensorInfo, GgufValue, dequantize};
+pub use gguf::{GgmlType, GgufFile, GgufTensorInfo, GgufValue, dequantize, write_gguf};
 pub use levels::LevelBands;
 pub use safetensors_io::{SafetensorsFile, write_safetensors, write_whole};
 pub use source::{WeightSource, open_weights};

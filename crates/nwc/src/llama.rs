@@ -304,10 +304,11 @@ impl NwcFile {
     }
 
     /// Decodes the file to `output` with `codec` (see [`NwcFile::decoder`] for the file's own):
-    /// a Llama `.nwc` becomes a Hugging Face directory (`config.json`, `tokenizer.json`,
-    /// `model.safetensors` in `dtype`, F16 by default) unless `output` ends in `.safetensors`;
-    /// any other file a safetensors file with the original dtypes (or `dtype`). Every file is
-    /// written whole or not at all.
+    /// a Llama `.nwc` becomes a GGUF file llama.cpp loads when `output` ends in `.gguf`, else a
+    /// Hugging Face directory (`config.json`, `tokenizer.json`, `model.safetensors`) unless
+    /// `output` ends in `.safetensors` (weights in `dtype`, F16 by default); any other file a
+    /// safetensors file with the original dtypes (or `dtype`). Every file is written whole or
+    /// not at all.
     ///
     /// # Errors
     /// Decoding errors; [`NwcError::Config`] for a dtype that is not F32, F16 or BF16 (or, for
@@ -319,11 +320,22 @@ impl NwcFile {
         dtype: Option<DType>,
     ) -> Result<()> {
         let output = output.as_ref();
-        let safetensors = output.extension().is_some_and(|e| e == "safetensors");
-        if !self.is_llama()? || safetensors {
-            return self.to_safetensors(codec, output, dtype);
+        let ext = |e: &str| output.extension().is_some_and(|x| x == e);
+        match (self.is_llama()?, ext("gguf")) {
+            (true, true) => {
+                decode_llama(self, codec, None)?.save_gguf(output, dtype.unwrap_or(DType::F16))?;
+            }
+            (false, true) => {
+                return Err(NwcError::Config(format!(
+                    "{}: GGUF output needs a Llama-family .nwc",
+                    output.display()
+                )));
+            }
+            (true, false) if !ext("safetensors") => {
+                decode_llama(self, codec, None)?.save_hf(output, dtype.unwrap_or(DType::F16))?;
+            }
+            _ => self.to_safetensors(codec, output, dtype)?,
         }
-        decode_llama(self, codec, None)?.save_hf(output, dtype.unwrap_or(DType::F16))?;
         Ok(())
     }
 }
