@@ -249,3 +249,56 @@ fn row_slabs_code_like_one_piece() {
         }
     }
 }
+
+/// The disk filling up mid-write: a writer that fails after `n` bytes makes compression fail
+/// with the I/O error (never a panic, never a success), wherever the failure lands.
+#[test]
+fn a_writer_that_fails_midway_is_an_error() {
+    struct Full(usize);
+    impl std::io::Write for Full {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            if self.0 == 0 {
+                return Err(std::io::Error::new(
+                    std::io::ErrorKind::StorageFull,
+                    "no space left on device",
+                ));
+            }
+            let n = buf.len().min(self.0);
+            self.0 -= n;
+            Ok(n)
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+    struct Two(Vec<Tensor>);
+    impl nwc::tensor::WeightSource for Two {
+        fn names(&self) -> Vec<String> {
+            self.0.iter().map(|t| t.name().to_string()).collect()
+        }
+        fn tensor(&self, name: &str) -> nwc::tensor::Result<Tensor> {
+            Ok(self.0.iter().find(|t| t.name() == name).unwrap().clone())
+        }
+    }
+    let codec = EcsqCodec::with_step(0.05).unwrap();
+    let v = matrix(64, 32, |r, c| ((r * 5 + c * 3) % 17) as f32 * 0.01 - 0.08);
+    let src = Two(vec![
+        Tensor::from_f32("a", DType::F32, vec![64, 32], &v).unwrap(),
+        Tensor::from_f32("b", DType::F16, vec![64, 32], &v).unwrap(),
+    ]);
+    let c = Compressor::new(&codec)
+        .with_options(small_policy())
+        .unwrap();
+    let full = c.compress_model(&src, Vec::new(), &nwc::Uniform).unwrap();
+    let size = full.file_bytes as usize;
+    for n in [0, 1, 40, size / 3, size / 2, size - 1] {
+        let err = c
+            .compress_model(&src, Full(n), &nwc::Uniform)
+            .expect_err("a full disk is an error");
+        assert!(
+            err.to_string().contains("no space left"),
+            "after {n} bytes: {err}"
+        );
+    }
+    assert!(c.compress_model(&src, Full(size), &nwc::Uniform).is_ok());
+}
