@@ -388,35 +388,19 @@ fn rename(t: Tensor, name: &str) -> Tensor {
 /// llama.cpp's converter reorders each head's Q/K rows from "two halves" (Hugging Face's RoPE) to
 /// "interleaved pairs": GGUF row `2i + j` of a head is HF row `j·(d/2) + i`. This undoes it.
 fn unpermute(t: &Tensor, name: &str, heads: usize) -> Result<Tensor> {
-    let (rows, cols) = t.matrix_dims().ok_or_else(|| LlmError::Weight {
-        name: name.to_string(),
-        reason: "not a matrix".into(),
-    })?;
-    if heads == 0 || rows % heads != 0 || !(rows / heads).is_multiple_of(2) {
-        return Err(LlmError::Weight {
-            name: name.to_string(),
-            reason: format!("{rows} rows do not split into {heads} heads of even width"),
-        });
-    }
-    let v = t.to_f32()?;
-    let hd = rows / heads;
-    let half = hd / 2;
-    let mut out = vec![0.0f32; v.len()];
-    for h in 0..heads {
-        for i in 0..half {
-            for j in 0..2 {
-                let src = h * hd + 2 * i + j;
-                let dst = h * hd + j * half + i;
-                out[dst * cols..][..cols].copy_from_slice(&v[src * cols..][..cols]);
-            }
-        }
-    }
+    let (rows, cols) = t.matrix_dims().unwrap_or_default();
+    let out = reorder_heads(t, name, heads, false)?;
     Ok(Tensor::from_f32(name, DType::F32, vec![rows, cols], &out)?)
 }
 
-/// llama.cpp's converter's row order for Llama's Q/K (the inverse of [`unpermute`]): GGUF row
-/// `2i + j` of a head is HF row `j·(d/2) + i`.
+/// llama.cpp's converter's row order for Llama's Q/K (the inverse of [`unpermute`]).
 fn permute(t: &Tensor, name: &str, heads: usize) -> Result<Vec<f32>> {
+    reorder_heads(t, name, heads, true)
+}
+
+/// Moves each head's rows between Hugging Face order and llama.cpp's (GGUF row `2i + j` of a
+/// head is HF row `j·(d/2) + i`): to GGUF order when `to_gguf`, back otherwise.
+fn reorder_heads(t: &Tensor, name: &str, heads: usize, to_gguf: bool) -> Result<Vec<f32>> {
     let (rows, cols) = t.matrix_dims().ok_or_else(|| LlmError::Weight {
         name: name.to_string(),
         reason: "not a matrix".into(),
@@ -434,8 +418,8 @@ fn permute(t: &Tensor, name: &str, heads: usize) -> Result<Vec<f32>> {
     for h in 0..heads {
         for i in 0..half {
             for j in 0..2 {
-                let dst = h * hd + 2 * i + j;
-                let src = h * hd + j * half + i;
+                let (gguf, hf) = (h * hd + 2 * i + j, h * hd + j * half + i);
+                let (src, dst) = if to_gguf { (hf, gguf) } else { (gguf, hf) };
                 out[dst * cols..][..cols].copy_from_slice(&v[src * cols..][..cols]);
             }
         }

@@ -355,18 +355,7 @@ impl<'c> Compressor<'c> {
             }
         }
         // One slab: the codec's own tables; several: tables fitted to all the symbols.
-        let (symbols, params) = coded.finish();
-        let (tables, table_map) = match single {
-            Some(t) => t,
-            None => self.codec.fit_tables(&symbols, l, &plan.chunk_levels())?,
-        };
-        let q = Quantized {
-            symbols,
-            params,
-            tables,
-            table_map,
-        };
-        self.coded(t, &plan, q, sq_error, sq_signal)
+        self.coded(t, &plan, coded, single, sq_error, sq_signal)
     }
 
     /// The scales (from the whole matrix) and quality levels of a matrix the policy codes.
@@ -403,17 +392,30 @@ impl<'c> Compressor<'c> {
         Ok(plan)
     }
 
-    /// Entropy-codes a matrix's symbols into a record, and reports the squared error the decoder
-    /// will see (`sq_error`, NaN when not measured) against the original's energy.
+    /// Entropy-codes a matrix's symbols into a record, with `tables` (table list and map) when
+    /// given, else tables the codec fits to all the symbols, and reports the squared error the
+    /// decoder will see (`sq_error`, NaN when not measured) against the original's energy.
     fn coded(
         &self,
         t: &Tensor,
         plan: &Plan,
-        q: Quantized,
+        symbols: SlabSymbols,
+        tables: Option<(Vec<Table>, Vec<u16>)>,
         sq_error: f64,
         sq_signal: f64,
     ) -> Result<(Record, TensorReport)> {
         let l = plan.chunk_len;
+        let (symbols, params) = symbols.finish();
+        let (tables, table_map) = match tables {
+            Some(t) => t,
+            None => self.codec.fit_tables(&symbols, l, &plan.chunk_levels())?,
+        };
+        let q = Quantized {
+            symbols,
+            params,
+            tables,
+            table_map,
+        };
         let tables: &[Table] = if q.tables.is_empty() {
             self.codec.tables()
         } else {
@@ -548,15 +550,7 @@ impl<'c> Compressor<'c> {
             };
             sq_error += sum_sq_diff(&values, &out);
         }
-        let (symbols, params) = coded.finish();
-        let (tables, table_map) = self.codec.fit_tables(&symbols, l, &plan.chunk_levels())?;
-        let q = Quantized {
-            symbols,
-            params,
-            tables,
-            table_map,
-        };
-        self.coded(t, &plan, q, sq_error, sq_signal)
+        self.coded(t, &plan, coded, None, sq_error, sq_signal)
     }
 
     /// Compresses every tensor of `source` into a `.nwc` stream, one tensor in memory at a time.
@@ -1192,19 +1186,7 @@ impl NwcFile {
             (Some(path), CodecKind::Nwc | CodecKind::NwcTrellis) => {
                 let c = nwc_codec::Checkpoint::load(path)
                     .map_err(|e| NwcError::Config(format!("{}: {e}", path.display())))?;
-                let codec = crate::learned::NwcCodec::<nwc_codec::burn::backend::NdArray>::new(
-                    c,
-                    &Default::default(),
-                )?;
-                if codec.checkpoint_hash() != header.codec_hash {
-                    return Err(NwcError::CodecMismatch(format!(
-                        "the file needs the NWC checkpoint {}, {} is {}",
-                        hex(&header.codec_hash),
-                        path.display(),
-                        hex(&codec.checkpoint_hash())
-                    )));
-                }
-                Ok(Box::new(codec))
+                learned_decoder(c, &header, &format!("{} is", path.display()))
             }
             _ => builtin_decoder(&header),
         }
@@ -1279,20 +1261,30 @@ pub fn builtin_decoder(h: &Header) -> Result<Box<dyn WeightCodec>> {
             };
             let checkpoint = nwc_codec::Checkpoint::from_bytes(bytes)
                 .map_err(|e| NwcError::Config(format!("shipped checkpoint: {e}")))?;
-            let codec = crate::learned::NwcCodec::<nwc_codec::burn::backend::NdArray>::new(
-                checkpoint,
-                &Default::default(),
-            )?;
-            if codec.checkpoint_hash() != h.codec_hash {
-                return Err(NwcError::CodecMismatch(format!(
-                    "the file needs the NWC checkpoint {}, this build carries {}",
-                    hex(&h.codec_hash),
-                    hex(&codec.checkpoint_hash())
-                )));
-            }
-            Ok(Box::new(codec))
+            learned_decoder(checkpoint, h, "this build carries")
         }
     }
+}
+
+/// The learned codec of `checkpoint` on the CPU, if it is the one header `h` names (`what`
+/// says where the checkpoint came from in the mismatch error).
+fn learned_decoder(
+    checkpoint: nwc_codec::Checkpoint,
+    h: &Header,
+    what: &str,
+) -> Result<Box<dyn WeightCodec>> {
+    let codec = crate::learned::NwcCodec::<nwc_codec::burn::backend::NdArray>::new(
+        checkpoint,
+        &Default::default(),
+    )?;
+    if codec.checkpoint_hash() != h.codec_hash {
+        return Err(NwcError::CodecMismatch(format!(
+            "the file needs the NWC checkpoint {}, {what} {}",
+            hex(&h.codec_hash),
+            hex(&codec.checkpoint_hash())
+        )));
+    }
+    Ok(Box::new(codec))
 }
 
 #[cfg(test)]
