@@ -372,10 +372,10 @@ fn decompress(a: &DecompressArgs) -> Result<()> {
     let dtype = a.dtype.as_deref().map(parse_dtype).transpose()?;
     let t = Instant::now();
     let file = NwcFile::open(&a.input)?;
-    let codec = file.decoder(a.checkpoint.as_deref())?;
-    file.decode_to(codec.as_ref(), &a.output, dtype)
+    let codec = nwc::decoder(&file, a.checkpoint.as_deref())?;
+    nwc::llama::decode_to(&file, codec.as_ref(), &a.output, dtype)
         .with_context(|| format!("decoding {} to {}", a.input.display(), a.output.display()))?;
-    let (llama, seconds) = (file.is_llama()?, t.elapsed().as_secs_f64());
+    let (llama, seconds) = (nwc::llama::is_llama(&file)?, t.elapsed().as_secs_f64());
     if a.json {
         println!(
             "{}",
@@ -442,7 +442,7 @@ fn inspect(a: &InspectArgs) -> Result<()> {
                 "file_bytes": r.file_len(),
                 "params": r.n_params(),
                 "bits_per_param": bits,
-                "llama": file.is_llama()?,
+                "llama": nwc::llama::is_llama(&file)?,
                 "tensors": rows,
             })
         );
@@ -485,7 +485,7 @@ fn eval(a: &EvalArgs) -> Result<()> {
     let text = read_text(&a.text)?;
     if is_nwc(&a.model) {
         let file = NwcFile::open(&a.model)?;
-        let codec = file.decoder(a.checkpoint.as_deref())?;
+        let codec = nwc::decoder(&file, a.checkpoint.as_deref())?;
         let src = NwcLlamaSource::open(&a.model, codec.as_ref(), None)
             .with_context(|| format!("opening {}", a.model.display()))?;
         eval_source(a, &src, &text)

@@ -24,6 +24,7 @@ mod error;
 mod model;
 mod refine;
 mod train;
+mod weight_codec;
 
 pub use burn;
 
@@ -43,3 +44,4 @@ pub use model::{EntropyBottleneck, NwcModel, Refiner, ResBlock, TrainOutput, Tra
 pub use nwc_entropy::tcq_step_for_bits;
 pub use refine::{EVAL_BITS, RefineConfig, RefineStats, evaluate_refiner, train_refiner};
 pub use train::{LEVEL_WEIGHTS, TrainConfig, TrainStats, evaluate, train};
+pub use weight_codec::{Codecs, NwcCodec};

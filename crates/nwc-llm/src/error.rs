@@ -65,3 +65,11 @@ pub(crate) fn io_err(path: &std::path::Path) -> impl FnOnce(std::io::Error) -> L
         source,
     }
 }
+
+/// A model error inside the pipeline's error (the compressor and decoder of `nwc-pipeline`
+/// report model failures as [`nwc_pipeline::NwcError::Model`]).
+impl From<LlmError> for nwc_pipeline::NwcError {
+    fn from(e: LlmError) -> Self {
+        nwc_pipeline::NwcError::Model(Box::new(e))
+    }
+}

@@ -18,6 +18,7 @@
 #![deny(missing_docs)]
 
 mod calib;
+pub mod compress;
 mod config;
 mod error;
 mod eval;

@@ -27,30 +27,30 @@
 //! ```
 //!
 //! Whole models go through [`Compressor::compress_file`] (safetensors or GGUF in, `.nwc` out)
-//! and [`NwcFile`] (inspect, decode tensor by tensor, or export to safetensors).
+//! and [`NwcFile`] (inspect, decode tensor by tensor, or export); [`decode`] turns a `.nwc`
+//! file back into weights with nothing but the file.
+//!
+//! This crate is a facade: the work is done by the crates it re-exports. Cargo features choose
+//! the heavy parts: `learned` (the learned codec, burn on the CPU; default), `llm` (the Llama /
+//! Qwen2 pipeline: calibration, LDLQ, fine-tuning, perplexity, HF/GGUF export; default),
+//! `wgpu` and `cuda` (GPU backends). With default features off, nwc compresses and decodes
+//! ECSQ and TCQ files and never builds burn.
 #![deny(missing_docs)]
 
-mod codec;
-mod error;
-mod layerwise;
-mod learned;
-pub mod llama;
-mod pipeline;
-mod rate;
-mod tcq;
+use std::path::Path;
 
-pub use codec::{EcsqCodec, LEVEL_STEP_RATIOS, Quantized, WeightCodec};
-pub use error::{NwcError, Result};
-pub use learned::NwcCodec;
-pub use pipeline::{
-    CompressOptions, CompressReport, Compressor, Decompressor, Importance, NwcFile, ProgressFn,
-    TensorPolicy, TensorReport, Uniform, builtin_decoder, round_trip_tensor,
+pub use nwc_pipeline::{
+    Builtin, CodecRegistry, CompressOptions, CompressReport, Compressor, DEFAULT_TCQ_LAMBDA,
+    DEFAULT_TCQ_RUN, Decompressor, EcsqCodec, Importance, LEVEL_STEP_RATIOS, NwcError, NwcFile,
+    ProgressFn, Quantized, RATE_TOLERANCE, RateControl, Result, TcqCodec, TensorPolicy,
+    TensorReport, Uniform, WeightCodec, compress_file_to_rate, round_trip_tensor, tune_to_rate,
 };
-pub use rate::{RATE_TOLERANCE, RateControl, compress_file_to_rate, tune_to_rate};
-pub use tcq::{DEFAULT_TCQ_LAMBDA, DEFAULT_TCQ_RUN, TcqCodec};
 
 /// The learned codec network crate (burn), including `burn` itself.
+#[cfg(feature = "learned")]
 pub use nwc_codec as codec_net;
+#[cfg(feature = "learned")]
+pub use nwc_codec::{Codecs, NwcCodec};
 /// The entropy-coding crate (tables, prior, rANS).
 pub use nwc_entropy as entropy;
 /// The container crate (records, readers, writer).
@@ -58,11 +58,58 @@ pub use nwc_format as format;
 /// The Hessian and LDL crate (accumulation, damping, LDLQ, RTN/GPTQ baselines).
 pub use nwc_ldl as ldl;
 /// The language-model crate (Llama forward pass, loaders, perplexity, calibration).
+#[cfg(feature = "llm")]
 pub use nwc_llm as llm;
+/// Compressing Llama-architecture language models (`nwc_llm::compress`).
+#[cfg(feature = "llm")]
+pub use nwc_llm::compress as llama;
+/// The burn-free pipeline crate (codec trait, ECSQ, TCQ, compressor, `.nwc` files).
+pub use nwc_pipeline as pipeline;
 /// The preprocessing crate (loading, chunking, levels).
 pub use nwc_tensor as tensor;
 
+/// The codec that decodes `file`, found from its header with every codec this build has: ECSQ
+/// and TCQ always; with the `learned` feature the learned codec on the CPU (the checkpoint this
+/// build embeds, matched by hash, or the checkpoint file `checkpoint`).
+///
+/// # Errors
+/// [`NwcError::CodecMismatch`] when the file needs a codec or checkpoint this build lacks.
+pub fn decoder(file: &NwcFile, checkpoint: Option<&Path>) -> Result<Box<dyn WeightCodec>> {
+    #[cfg(feature = "learned")]
+    let registry = Codecs::<nwc_codec::burn::backend::NdArray>::default();
+    #[cfg(not(feature = "learned"))]
+    let registry = Builtin;
+    file.decoder(&registry, checkpoint)
+}
+
+/// Decodes the `.nwc` file `input` to `output` with nothing but the file (and `checkpoint` for
+/// a learned-codec file made with a checkpoint this build does not embed). With the `llm`
+/// feature a Llama `.nwc` becomes a GGUF file (`.gguf`), a safetensors file (`.safetensors`) or
+/// a Hugging Face directory (anything else); every other file becomes a safetensors file.
+/// Float weights are written in `dtype` when given. Outputs are written whole or not at all.
+///
+/// ```no_run
+/// nwc::decode("model.nwc", "model.safetensors", None, None)?;
+/// # Ok::<(), nwc::NwcError>(())
+/// ```
+///
+/// # Errors
+/// [`NwcError::InFile`] for a missing or invalid file; as [`decoder`]; decoding and I/O errors.
+pub fn decode(
+    input: impl AsRef<Path>,
+    output: impl AsRef<Path>,
+    dtype: Option<nwc_tensor::DType>,
+    checkpoint: Option<&Path>,
+) -> Result<()> {
+    let file = NwcFile::open(input)?;
+    let codec = decoder(&file, checkpoint)?;
+    #[cfg(feature = "llm")]
+    return llama::decode_to(&file, &*codec, output, dtype);
+    #[cfg(not(feature = "llm"))]
+    file.to_safetensors(&*codec, output, dtype)
+}
+
 /// The README's example compiles (it is run as a doctest with `no_run`).
-#[cfg(doctest)]
+#[cfg(all(doctest, feature = "learned", feature = "llm"))]
 #[doc = include_str!("../../../README.md")]
 pub struct ReadmeDoctests;

@@ -212,13 +212,14 @@ impl std::fmt::Debug for Compressor<'_> {
 }
 
 /// `path` with `suffix` appended to its file name (`model.nwc` → `model.nwc.partial`).
-pub(crate) fn with_suffix(path: &Path, suffix: &str) -> std::path::PathBuf {
+pub fn with_suffix(path: &Path, suffix: &str) -> std::path::PathBuf {
     let mut name = path.file_name().unwrap_or_default().to_os_string();
     name.push(suffix);
     path.with_file_name(name)
 }
 
-pub(crate) fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> NwcError + '_ {
+/// Maps an I/O error on `path` to [`NwcError::Io`] naming it.
+pub fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> NwcError + '_ {
     move |source| NwcError::Io {
         path: path.to_path_buf(),
         source,
@@ -232,6 +233,14 @@ impl<'c> Compressor<'c> {
             codec,
             options: CompressOptions::for_codec(codec),
             progress: None,
+        }
+    }
+
+    /// Tells the progress callback ([`Compressor::with_progress`]) that `done` of `total`
+    /// tensors are finished, the last with `report` (for model loops outside this crate).
+    pub fn report_progress(&self, report: &TensorReport, done: usize, total: usize) {
+        if let Some(p) = &self.progress {
+            p(report, done, total);
         }
     }
 
@@ -650,7 +659,10 @@ impl<'c> Compressor<'c> {
 /// (LDLQ's column blocks, small matrices); the window bounds memory to a few tensors. The
 /// output does not depend on the thread count: every tensor's coding is deterministic. The
 /// first error in order is returned and nothing after it reaches `sink`.
-pub(crate) fn compress_in_order<T: Send>(
+///
+/// # Errors
+/// The first error of `load`, `work` or `sink`, in order.
+pub fn compress_in_order<T: Send>(
     n: usize,
     load: impl FnMut(usize) -> Result<T>,
     work: impl Fn(T) -> Result<(Record, TensorReport)> + Sync,
@@ -661,7 +673,10 @@ pub(crate) fn compress_in_order<T: Send>(
 
 /// [`compress_in_order`] with `window` tensors at a time (1 for tensors so large that one at a
 /// time is all memory allows; each is still coded in parallel inside).
-pub(crate) fn compress_in_windows<T: Send>(
+///
+/// # Errors
+/// As [`compress_in_order`].
+pub fn compress_in_windows<T: Send>(
     n: usize,
     window: usize,
     mut load: impl FnMut(usize) -> Result<T>,
@@ -685,10 +700,10 @@ pub(crate) fn compress_in_windows<T: Send>(
 }
 
 /// Every record of a parsed container, decoded in parallel on the rayon pool, in file order.
-pub(crate) fn decode_records(
-    reader: &FileReader<'_>,
-    codec: &dyn WeightCodec,
-) -> Result<Vec<Tensor>> {
+///
+/// # Errors
+/// [`NwcError::CodecMismatch`] when `codec` is not the file's; the first decoding error.
+pub fn decode_records(reader: &FileReader<'_>, codec: &dyn WeightCodec) -> Result<Vec<Tensor>> {
     use rayon::prelude::*;
     let d = Decompressor::new(codec);
     d.check_header(reader.header())?;
@@ -1073,7 +1088,8 @@ fn reconstruct(
     Ok(Tensor::from_bytes(name, dtype, shape, bytes)?)
 }
 
-fn hex(b: &[u8]) -> String {
+/// Lower-case hex of `b` (checkpoint hashes in messages).
+pub fn hex(b: &[u8]) -> String {
     b.iter().map(|x| format!("{x:02x}")).collect()
 }
 
@@ -1112,8 +1128,16 @@ impl NwcFile {
         Ok(Self { map, options })
     }
 
+    /// Whether the file holds a record named `name` (a tensor or a metadata record).
+    ///
+    /// # Errors
+    /// As [`NwcFile::reader`].
+    pub fn has_record(&self, name: &str) -> Result<bool> {
+        Ok(self.reader()?.index().iter().any(|e| e.name == name))
+    }
+
     /// The whole file's bytes.
-    pub(crate) fn bytes(&self) -> &[u8] {
+    pub fn bytes(&self) -> &[u8] {
         &self.map
     }
 
@@ -1173,23 +1197,20 @@ impl NwcFile {
         d.decompress_record(&r.record_by_name(name)?)
     }
 
-    /// The codec that decodes this file, found from its header: ECSQ and TCQ files need nothing
-    /// more; a learned-codec file needs the checkpoint this build embeds (matched by hash) or,
-    /// given `checkpoint`, that checkpoint file.
+    /// The codec that decodes this file, found from its header by `registry`: [`Builtin`]
+    /// knows lossless, ECSQ and TCQ files; `nwc_codec::Codecs` adds the learned codec (the
+    /// checkpoint this build embeds, matched by hash, or the checkpoint file `checkpoint`). The
+    /// `nwc` facade's `nwc::decoder` picks the widest registry its features allow.
     ///
     /// # Errors
-    /// [`NwcError::CodecMismatch`] when the checkpoint's hash is not the one the file names;
-    /// [`NwcError::Config`] for a checkpoint file that cannot be read.
-    pub fn decoder(&self, checkpoint: Option<&Path>) -> Result<Box<dyn WeightCodec>> {
-        let header = *self.reader()?.header();
-        match (checkpoint, header.codec) {
-            (Some(path), CodecKind::Nwc | CodecKind::NwcTrellis) => {
-                let c = nwc_codec::Checkpoint::load(path)
-                    .map_err(|e| NwcError::Config(format!("{}: {e}", path.display())))?;
-                learned_decoder(c, &header, &format!("{} is", path.display()))
-            }
-            _ => builtin_decoder(&header),
-        }
+    /// [`NwcError::CodecMismatch`] when the file's codec is not in `registry` or the checkpoint's
+    /// hash is not the one the file names; the registry's errors for a checkpoint file.
+    pub fn decoder(
+        &self,
+        registry: &dyn CodecRegistry,
+        checkpoint: Option<&Path>,
+    ) -> Result<Box<dyn WeightCodec>> {
+        registry.decoder(self.reader()?.header(), checkpoint)
     }
 
     /// Decodes the whole file into a safetensors file: shapes as in the original, dtypes too
@@ -1244,47 +1265,37 @@ pub fn round_trip_tensor(
     Ok((out, report))
 }
 
-/// A CPU decoder for any file this build can decode without outside help: lossless-only and
-/// ECSQ files, and NWC files made with the shipped checkpoint.
-///
-/// # Errors
-/// [`NwcError::CodecMismatch`] for a file that needs another learned-codec checkpoint.
-pub fn builtin_decoder(h: &Header) -> Result<Box<dyn WeightCodec>> {
-    match h.codec {
-        CodecKind::None | CodecKind::Ecsq => Ok(Box::new(crate::codec::EcsqCodec::with_step(1.0)?)),
-        CodecKind::Tcq => Ok(Box::new(crate::tcq::TcqCodec::with_step(1.0)?)),
-        CodecKind::Nwc | CodecKind::NwcTrellis => {
-            let bytes = if h.codec == CodecKind::Nwc {
-                nwc_codec::AUTOENCODER_CHECKPOINT
-            } else {
-                nwc_codec::DEFAULT_CHECKPOINT
-            };
-            let checkpoint = nwc_codec::Checkpoint::from_bytes(bytes)
-                .map_err(|e| NwcError::Config(format!("shipped checkpoint: {e}")))?;
-            learned_decoder(checkpoint, h, "this build carries")
-        }
-    }
+/// Builds the codec that decodes a file, from the file's header: the seam through which codec
+/// crates above this one (the learned codec) make their files decodable from the file alone.
+pub trait CodecRegistry {
+    /// The decoder for a file with header `h`; `checkpoint` is a checkpoint file the caller
+    /// supplies for codecs that need one (ignored by the others).
+    ///
+    /// # Errors
+    /// [`NwcError::CodecMismatch`] when the registry does not know the file's codec or the
+    /// checkpoint is not the one the file names.
+    fn decoder(&self, h: &Header, checkpoint: Option<&Path>) -> Result<Box<dyn WeightCodec>>;
 }
 
-/// The learned codec of `checkpoint` on the CPU, if it is the one header `h` names (`what`
-/// says where the checkpoint came from in the mismatch error).
-fn learned_decoder(
-    checkpoint: nwc_codec::Checkpoint,
-    h: &Header,
-    what: &str,
-) -> Result<Box<dyn WeightCodec>> {
-    let codec = crate::learned::NwcCodec::<nwc_codec::burn::backend::NdArray>::new(
-        checkpoint,
-        &Default::default(),
-    )?;
-    if codec.checkpoint_hash() != h.codec_hash {
-        return Err(NwcError::CodecMismatch(format!(
-            "the file needs the NWC checkpoint {}, {what} {}",
-            hex(&h.codec_hash),
-            hex(&codec.checkpoint_hash())
-        )));
+/// The codecs of this crate: lossless-only, ECSQ and TCQ files decode on the CPU with nothing
+/// more. A learned-codec file is a [`NwcError::CodecMismatch`] naming the missing feature.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Builtin;
+
+impl CodecRegistry for Builtin {
+    fn decoder(&self, h: &Header, _checkpoint: Option<&Path>) -> Result<Box<dyn WeightCodec>> {
+        match h.codec {
+            CodecKind::None | CodecKind::Ecsq => {
+                Ok(Box::new(crate::codec::EcsqCodec::with_step(1.0)?))
+            }
+            CodecKind::Tcq => Ok(Box::new(crate::tcq::TcqCodec::with_step(1.0)?)),
+            CodecKind::Nwc | CodecKind::NwcTrellis => Err(NwcError::CodecMismatch(format!(
+                "the file is coded with the learned codec (checkpoint {}), which needs nwc's \
+                 `learned` feature (nwc_codec::Codecs)",
+                hex(&h.codec_hash)
+            ))),
+        }
     }
-    Ok(Box::new(codec))
 }
 
 #[cfg(test)]

@@ -6,21 +6,23 @@ use std::collections::BTreeMap;
 use std::io::Write;
 use std::time::Instant;
 
+use crate::{
+    BlockFt, FtConfig, Hessians, LlamaConfig, LlamaWeights, Proj, Site, TextTokenizer, site_of,
+};
 use half::f16;
 use nwc_format::{FileReader, Payload, ReadOptions, Record, Writer};
 use nwc_ldl::{BlockLdl, GroupRtn};
-use nwc_llm::{
-    BlockFt, FtConfig, Hessians, LlamaConfig, LlamaWeights, Proj, Site, TextTokenizer, site_of,
-};
 use nwc_tensor::{DType, ScaleAxis, Tensor};
 
-pub use crate::layerwise::{
+mod layerwise;
+
+pub use self::layerwise::{
     LayerwiseProgress, LayerwiseReport, StageTimes, compress_llama_layerwise,
 };
 
-use crate::codec::WeightCodec;
-use crate::error::{NwcError, Result};
-use crate::pipeline::{CompressReport, Compressor, NwcFile, TensorPolicy};
+use nwc_pipeline::{
+    CompressReport, Compressor, NwcError, NwcFile, Result, TensorPolicy, WeightCodec,
+};
 
 /// Metadata record holding the model's `config.json` (`docs/format.md`).
 pub const CONFIG_RECORD: &str = "nwc.llama.config.json";
@@ -37,7 +39,7 @@ pub enum Mode {
     /// Levels, and LDLQ error feedback through the block LDL factor of H.
     LevelsLdlq,
     /// Levels, LDLQ, then block-wise recovery fine-tuning of per-column scales and norms
-    /// ([`nwc_llm::finetune_blocks`]; needs [`Calibration::with_finetune`]).
+    /// ([`crate::finetune_blocks`]; needs [`Calibration::with_finetune`]).
     LevelsLdlqFt,
 }
 
@@ -177,8 +179,8 @@ pub fn compress_llama<W: Write>(
     let mut writer = Writer::new(out, compressor.header())?;
     let dtype_name = weights
         .tensors
-        .get(nwc_llm::EMBED)
-        .and_then(|t| nwc_llm::torch_dtype(t.dtype()))
+        .get(crate::EMBED)
+        .and_then(|t| crate::torch_dtype(t.dtype()))
         .unwrap_or("float32");
     writer.write(&metadata(CONFIG_RECORD, &cfg.to_hf_json(dtype_name)))?;
     if embed_tokenizer {
@@ -187,16 +189,14 @@ pub fn compress_llama<W: Write>(
     let tensors: Vec<(&String, &Tensor)> = weights.tensors.iter().collect();
     let n = tensors.len();
     let mut reports = Vec::with_capacity(n);
-    crate::pipeline::compress_in_order(
+    nwc_pipeline::compress_in_order(
         n,
         |i| Ok(tensors[i]),
         |(_, t)| compress_llama_tensor(compressor, cfg, t, cal, mode),
         |i, record, mut report| {
             report.bytes = writer.write(&record)?;
             tracing::debug!(tensor = %tensors[i].0, bits_per_param = report.bits_per_param(), nmse = report.nmse(), "compressed");
-            if let Some(p) = &compressor.progress {
-                p(&report, i + 1, n);
-            }
+            compressor.report_progress(&report, i + 1, n);
             reports.push(report);
             Ok(())
         },
@@ -218,7 +218,7 @@ pub(crate) fn compress_llama_tensor(
     t: &Tensor,
     calibration: Option<&Calibration>,
     mode: Mode,
-) -> Result<(Record, crate::pipeline::TensorReport)> {
+) -> Result<(Record, nwc_pipeline::TensorReport)> {
     let site = site_of(cfg, t.name()).filter(|_| compressor.options().policy.codes(t));
     let calibrated = calibration
         .zip(site)
@@ -253,7 +253,7 @@ fn decode_llama_from(
     tokenizer: Option<TextTokenizer>,
 ) -> Result<LlamaWeights> {
     let (config, tokenizer) = llama_metadata(reader, tokenizer)?;
-    let tensors = crate::pipeline::decode_records(reader, codec)?
+    let tensors = nwc_pipeline::decode_records(reader, codec)?
         .into_iter()
         .filter(|t| !nwc_format::is_metadata(t.name()))
         .map(|t| (t.name().to_string(), t))
@@ -290,59 +290,53 @@ fn llama_metadata(
     Ok((config, tokenizer))
 }
 
-impl NwcFile {
-    /// Whether the file is a Llama `.nwc` (it holds the model's configuration).
-    ///
-    /// # Errors
-    /// As [`NwcFile::reader`].
-    pub fn is_llama(&self) -> Result<bool> {
-        Ok(self
-            .reader()?
-            .index()
-            .iter()
-            .any(|e| e.name == CONFIG_RECORD))
-    }
-
-    /// Decodes the file to `output` with `codec` (see [`NwcFile::decoder`] for the file's own):
-    /// a Llama `.nwc` becomes a GGUF file llama.cpp loads when `output` ends in `.gguf`, else a
-    /// Hugging Face directory (`config.json`, `tokenizer.json`, `model.safetensors`) unless
-    /// `output` ends in `.safetensors` (weights in `dtype`, F16 by default); any other file a
-    /// safetensors file with the original dtypes (or `dtype`). Every file is written whole or
-    /// not at all.
-    ///
-    /// # Errors
-    /// Decoding errors; [`NwcError::Config`] for a dtype that is not F32, F16 or BF16 (or, for
-    /// a Hugging Face directory, any other dtype save_hf refuses); I/O errors naming the path.
-    pub fn decode_to(
-        &self,
-        codec: &dyn WeightCodec,
-        output: impl AsRef<std::path::Path>,
-        dtype: Option<DType>,
-    ) -> Result<()> {
-        let output = output.as_ref();
-        let ext = |e: &str| output.extension().is_some_and(|x| x == e);
-        match (self.is_llama()?, ext("gguf")) {
-            (true, true) => {
-                decode_llama(self, codec, None)?.save_gguf(output, dtype.unwrap_or(DType::F16))?;
-            }
-            (false, true) => {
-                return Err(NwcError::Config(format!(
-                    "{}: GGUF output needs a Llama-family .nwc",
-                    output.display()
-                )));
-            }
-            (true, false) if !ext("safetensors") => {
-                decode_llama(self, codec, None)?.save_hf(output, dtype.unwrap_or(DType::F16))?;
-            }
-            _ => self.to_safetensors(codec, output, dtype)?,
-        }
-        Ok(())
-    }
+/// Whether `file` is a Llama `.nwc` (it holds the model's configuration).
+///
+/// # Errors
+/// As [`NwcFile::reader`].
+pub fn is_llama(file: &NwcFile) -> Result<bool> {
+    file.has_record(CONFIG_RECORD)
 }
 
-/// A Llama `.nwc` file as a [`ModelSource`]: each tensor is decoded when asked for, so a
+/// Decodes `file` to `output` with `codec` (see [`NwcFile::decoder`] for the file's own): a
+/// Llama `.nwc` becomes a GGUF file llama.cpp loads when `output` ends in `.gguf`, else a
+/// Hugging Face directory (`config.json`, `tokenizer.json`, `model.safetensors`) unless
+/// `output` ends in `.safetensors` (weights in `dtype`, F16 by default); any other file a
+/// safetensors file with the original dtypes (or `dtype`). Every file is written whole or not
+/// at all.
+///
+/// # Errors
+/// Decoding errors; [`NwcError::Config`] for a dtype that is not F32, F16 or BF16 (or, for a
+/// Hugging Face directory, any other dtype save_hf refuses); I/O errors naming the path.
+pub fn decode_to(
+    file: &NwcFile,
+    codec: &dyn WeightCodec,
+    output: impl AsRef<std::path::Path>,
+    dtype: Option<DType>,
+) -> Result<()> {
+    let output = output.as_ref();
+    let ext = |e: &str| output.extension().is_some_and(|x| x == e);
+    match (is_llama(file)?, ext("gguf")) {
+        (true, true) => {
+            decode_llama(file, codec, None)?.save_gguf(output, dtype.unwrap_or(DType::F16))?;
+        }
+        (false, true) => {
+            return Err(NwcError::Config(format!(
+                "{}: GGUF output needs a Llama-family .nwc",
+                output.display()
+            )));
+        }
+        (true, false) if !ext("safetensors") => {
+            decode_llama(file, codec, None)?.save_hf(output, dtype.unwrap_or(DType::F16))?;
+        }
+        _ => file.to_safetensors(codec, output, dtype)?,
+    }
+    Ok(())
+}
+
+/// A Llama `.nwc` file as a [`ModelSource`](crate::ModelSource): each tensor is decoded when asked for, so a
 /// compressed model larger than memory can be evaluated one block at a time
-/// ([`nwc_llm::layerwise_perplexity`]).
+/// ([`crate::layerwise_perplexity`]).
 pub struct NwcLlamaSource<'c> {
     file: NwcFile,
     codec: &'c dyn WeightCodec,
@@ -374,7 +368,7 @@ impl<'c> NwcLlamaSource<'c> {
     ) -> Result<Self> {
         let file = NwcFile::open(path)?;
         let reader = file.reader()?;
-        crate::pipeline::Decompressor::new(codec).check_header(reader.header())?;
+        nwc_pipeline::Decompressor::new(codec).check_header(reader.header())?;
         let (config, tokenizer) = llama_metadata(&reader, tokenizer)?;
         let mut names: Vec<String> = reader
             .index()
@@ -394,7 +388,7 @@ impl<'c> NwcLlamaSource<'c> {
     }
 }
 
-impl nwc_llm::ModelSource for NwcLlamaSource<'_> {
+impl crate::ModelSource for NwcLlamaSource<'_> {
     fn config(&self) -> &LlamaConfig {
         &self.config
     }
@@ -407,17 +401,17 @@ impl nwc_llm::ModelSource for NwcLlamaSource<'_> {
         self.names.clone()
     }
 
-    fn tensor(&self, name: &str) -> nwc_llm::Result<Tensor> {
+    fn tensor(&self, name: &str) -> crate::Result<Tensor> {
         self.file
             .tensor(self.codec, name)
-            .map_err(|e| nwc_llm::LlmError::Source {
+            .map_err(|e| crate::LlmError::Source {
                 name: name.to_string(),
                 source: Box::new(e),
             })
     }
 
     fn fingerprint(&self) -> [u8; 32] {
-        nwc_llm::fingerprint(&[self.file.bytes()])
+        crate::fingerprint(&[self.file.bytes()])
     }
 }
 
@@ -510,7 +504,7 @@ fn compress_llama_ft<W: Write>(
     embed_tokenizer: bool,
     out: W,
 ) -> Result<CompressReport> {
-    use nwc_codec::burn::backend::{Autodiff, NdArray};
+    use burn::backend::{Autodiff, NdArray};
     let start = Instant::now();
     let (windows, ft) = calibration.finetune.as_ref().ok_or_else(|| {
         NwcError::Config(format!(
@@ -530,25 +524,19 @@ fn compress_llama_ft<W: Write>(
     let reader = FileReader::new(&buf, ReadOptions::default())?;
     let decoded = decode_llama_from(&reader, compressor.codec(), Some(weights.tokenizer.clone()))?;
     let device = Default::default();
-    let original = nwc_llm::Llama::<NdArray>::from_weights(weights, &device)?;
-    let quantized = nwc_llm::Llama::<NdArray>::from_weights(&decoded, &device)?;
+    let original = crate::Llama::<NdArray>::from_weights(weights, &device)?;
+    let quantized = crate::Llama::<NdArray>::from_weights(&decoded, &device)?;
     let w: Vec<&[u32]> = windows.iter().map(Vec::as_slice).collect();
     let t = Instant::now();
-    let blocks = nwc_llm::finetune_blocks::<Autodiff<NdArray>>(
-        &original,
-        &quantized,
-        &w,
-        ft,
-        &device,
-        |b| {
+    let blocks =
+        crate::finetune_blocks::<Autodiff<NdArray>>(&original, &quantized, &w, ft, &device, |b| {
             tracing::debug!(
                 layer = b.layer,
                 before = b.heldout_before,
                 after = b.heldout_after,
                 "fine-tuned"
             );
-        },
-    )?;
+        })?;
     let (before, after) = blocks.iter().fold((0.0, 0.0), |(a, b), f| {
         (a + f.heldout_before, b + f.heldout_after)
     });

@@ -223,7 +223,7 @@ impl TcqCodec {
 
     /// Grid positions (in fine steps) of union indices, chunk by chunk (`chunk_len` values, the
     /// trellis restarting with each).
-    pub(crate) fn grid(&self, symbols: &[i32], chunk_len: usize) -> Vec<f32> {
+    pub fn grid(&self, symbols: &[i32], chunk_len: usize) -> Vec<f32> {
         let mut out = vec![0.0f32; symbols.len()];
         out.par_chunks_mut(chunk_len)
             .zip(symbols.par_chunks(chunk_len))
@@ -232,7 +232,11 @@ impl TcqCodec {
     }
 }
 
-pub(crate) fn check_levels(name: &str, chunk_levels: &[u8]) -> Result<()> {
+/// Checks that every chunk level is one of TCQ's four (a decoded record's levels are data).
+///
+/// # Errors
+/// [`NwcError::Corrupt`] naming the first bad level.
+pub fn check_levels(name: &str, chunk_levels: &[u8]) -> Result<()> {
     match chunk_levels.iter().find(|&&l| l >= 4) {
         Some(l) => Err(NwcError::Corrupt {
             name: name.to_string(),

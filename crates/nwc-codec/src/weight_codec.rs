@@ -1,18 +1,21 @@
-//! The learned NWC codec behind the [`WeightCodec`] interface, generic over the burn backend.
+//! The learned NWC codec behind the pipeline's [`WeightCodec`] interface, generic over the burn
+//! backend, and the [`Codecs`] registry that decodes learned-codec files from their header.
 
 use std::sync::Mutex;
 
 use rayon::prelude::*;
 
-use nwc_codec::burn::tensor::backend::Backend;
-use nwc_codec::burn::tensor::{Int, Tensor, TensorData};
-use nwc_codec::{Checkpoint, NwcModel, Refiner, Variant};
-use nwc_entropy::{ContextModel, Table};
-use nwc_format::CodecKind;
+use std::path::Path;
 
-use crate::codec::{Quantized, WeightCodec};
-use crate::error::{NwcError, Result};
-use crate::tcq::TcqCodec;
+use burn::tensor::backend::Backend;
+use burn::tensor::{Int, Tensor, TensorData};
+use nwc_entropy::{ContextModel, Table};
+use nwc_format::{CodecKind, Header};
+use nwc_pipeline::{
+    Builtin, CodecRegistry, NwcError, Quantized, RateControl, Result, TcqCodec, WeightCodec,
+};
+
+use crate::{Checkpoint, NwcModel, Refiner, Variant};
 
 /// Chunks per network call. Batches are independent (every op is per row), so they run in
 /// parallel on the rayon pool; at this size one batch's activations stay in a core's cache.
@@ -94,7 +97,7 @@ impl<B: Backend> NwcCodec<B> {
                 cfg.latent, cfg.chunk_len
             )));
         }
-        let config = |e: nwc_codec::CodecError| NwcError::Config(e.to_string());
+        let config = |e: crate::CodecError| NwcError::Config(e.to_string());
         let net = match cfg.variant {
             Variant::Autoencoder => Net::Autoencoder(Box::new(Pool::new(
                 checkpoint.model::<B>(device).map_err(config)?,
@@ -110,7 +113,7 @@ impl<B: Backend> NwcCodec<B> {
             .min_by(|a, b| (a.1 - 1.0).abs().total_cmp(&(b.1 - 1.0).abs()))
             .map_or(0, |(i, _)| i);
         // The refiner's TCQ runs must be whole network chunks.
-        let run = (crate::tcq::DEFAULT_TCQ_RUN / cfg.chunk_len).max(1) * cfg.chunk_len;
+        let run = (nwc_pipeline::DEFAULT_TCQ_RUN / cfg.chunk_len).max(1) * cfg.chunk_len;
         let tcq = TcqCodec::for_bits(4.0)?.run_len(run.min(64))?;
         Ok(Self {
             checkpoint,
@@ -147,7 +150,7 @@ impl<B: Backend> NwcCodec<B> {
     /// # Errors
     /// Never for the shipped checkpoint (its validity is tested).
     pub fn default_on(device: &B::Device) -> Result<Self> {
-        let c = Checkpoint::from_bytes(nwc_codec::DEFAULT_CHECKPOINT)
+        let c = Checkpoint::from_bytes(crate::DEFAULT_CHECKPOINT)
             .map_err(|e| NwcError::Config(format!("shipped checkpoint: {e}")))?;
         Self::new(c, device)
     }
@@ -436,8 +439,8 @@ where
             self.check_trellis_chunks(chunk_len)
                 .map_err(|e| corrupt(e.to_string()))?;
             // Grid positions in steps (the TCQ decode at unit steps), then the refiner.
-            crate::tcq::check_levels(name, chunk_levels)?;
-            let steps = crate::codec::parse_steps(name, params, 4, "NWC trellis")?;
+            nwc_pipeline::check_levels(name, chunk_levels)?;
+            let steps = nwc_pipeline::parse_steps(name, params, 4, "NWC trellis")?;
             let grid = self.tcq.grid(symbols, chunk_len);
             let l = self.checkpoint.config().chunk_len;
             let per = chunk_len / l;
@@ -485,5 +488,72 @@ impl<B: Backend> NwcCodec<B> {
             )));
         }
         Ok(())
+    }
+}
+
+impl<B: Backend> RateControl for NwcCodec<B>
+where
+    B::Device: Send + Sync,
+{
+    fn log2_step(&self) -> f32 {
+        self.step().log2()
+    }
+
+    fn with_log2_step(&self, log2_step: f32) -> Result<Self> {
+        NwcCodec::new(self.checkpoint().clone(), self.device())?.with_step(log2_step.exp2())
+    }
+}
+
+/// Every codec this build can decode from a file header, on backend `B`'s `device`: the
+/// pipeline's [`Builtin`] ones and the learned codec (the checkpoint this crate embeds, matched
+/// by hash, or a checkpoint file the caller supplies).
+#[derive(Debug, Clone, Default)]
+pub struct Codecs<B: Backend> {
+    device: B::Device,
+}
+
+impl<B: Backend> Codecs<B> {
+    /// The registry for decoding on `device`.
+    pub fn on(device: &B::Device) -> Self {
+        Self {
+            device: device.clone(),
+        }
+    }
+}
+
+impl<B: Backend> CodecRegistry for Codecs<B>
+where
+    B::Device: Send + Sync,
+{
+    fn decoder(&self, h: &Header, checkpoint: Option<&Path>) -> Result<Box<dyn WeightCodec>> {
+        if !matches!(h.codec, CodecKind::Nwc | CodecKind::NwcTrellis) {
+            return Builtin.decoder(h, checkpoint);
+        }
+        let (c, what) = match checkpoint {
+            Some(path) => (
+                Checkpoint::load(path)
+                    .map_err(|e| NwcError::Config(format!("{}: {e}", path.display())))?,
+                format!("{} is", path.display()),
+            ),
+            None => {
+                let bytes = if h.codec == CodecKind::Nwc {
+                    crate::AUTOENCODER_CHECKPOINT
+                } else {
+                    crate::DEFAULT_CHECKPOINT
+                };
+                let c = Checkpoint::from_bytes(bytes)
+                    .map_err(|e| NwcError::Config(format!("shipped checkpoint: {e}")))?;
+                (c, "this build carries".to_string())
+            }
+        };
+        let codec = NwcCodec::<B>::new(c, &self.device)?;
+        if codec.checkpoint_hash() != h.codec_hash {
+            return Err(NwcError::CodecMismatch(format!(
+                "the file needs the NWC checkpoint {}, {what} {}",
+                nwc_pipeline::hex(&h.codec_hash),
+                nwc_pipeline::hex(&codec.checkpoint_hash())
+            )));
+        }
+        Ok(Box::new(codec))
     }
 }

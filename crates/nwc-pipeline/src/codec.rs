@@ -191,7 +191,10 @@ const MAX_ABS_SYMBOL: f32 = (1u32 << 30) as f32;
 
 /// Steps from a record's parameters: one positive finite `f32` per level (`what` names the
 /// method in errors).
-pub(crate) fn parse_steps(name: &str, params: &[u8], n: usize, what: &str) -> Result<Vec<f32>> {
+///
+/// # Errors
+/// [`NwcError::Corrupt`] for a wrong length or a step that is not positive and finite.
+pub fn parse_steps(name: &str, params: &[u8], n: usize, what: &str) -> Result<Vec<f32>> {
     let corrupt = |reason: String| NwcError::Corrupt {
         name: name.to_string(),
         reason,

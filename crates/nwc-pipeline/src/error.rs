@@ -1,4 +1,4 @@
-//! The error type of the `nwc` facade.
+//! The one error type of `nwc-pipeline` (re-exported by the `nwc` facade).
 
 /// Everything the nwc pipeline can fail with. Lower crates' errors are wrapped whole, so the
 /// distinction between "bad input data" and "I/O failed" survives.
@@ -18,9 +18,10 @@ pub enum NwcError {
     /// Hessian or LDL failure (a singular Hessian, mismatched shapes).
     #[error(transparent)]
     Ldl(#[from] nwc_ldl::LdlError),
-    /// Loading, running or calibrating a language model failed.
+    /// Loading, running or calibrating a model failed in a crate above this one (the language
+    /// model crate's `LlmError`, which converts into this variant; downcast to inspect it).
     #[error(transparent)]
-    Llm(#[from] nwc_llm::LlmError),
+    Model(Box<dyn std::error::Error + Send + Sync>),
     /// The file needs a different codec (or checkpoint) than the one given.
     #[error("codec mismatch: {0}")]
     CodecMismatch(String),

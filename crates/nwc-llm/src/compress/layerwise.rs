@@ -13,14 +13,16 @@ use std::io::{BufWriter, Seek, SeekFrom, Write};
 use std::path::Path;
 use std::time::Instant;
 
-use nwc_codec::burn::backend::NdArray;
+use crate::{Capture, Hessians, Layerwise, ModelSource, Site, site_of};
+use burn::backend::NdArray;
 use nwc_format::{IndexEntry, Record, Writer};
-use nwc_llm::{Capture, Hessians, Layerwise, ModelSource, Site, site_of};
 use nwc_tensor::Cursor;
 
-use crate::error::{NwcError, Result};
-use crate::llama::{CONFIG_RECORD, Calibration, Mode, TOKENIZER_RECORD, metadata};
-use crate::pipeline::{CompressReport, Compressor, TensorReport, io_err, with_suffix};
+use nwc_pipeline::{
+    CompressReport, Compressor, NwcError, Result, TensorReport, io_err, with_suffix,
+};
+
+use super::{CONFIG_RECORD, Calibration, Mode, TOKENIZER_RECORD, metadata};
 
 const MAGIC: &[u8; 8] = b"NWCRSUM1";
 
@@ -43,7 +45,7 @@ pub struct StageTimes {
 /// What a layer-by-layer compression did.
 #[derive(Debug, Clone)]
 pub struct LayerwiseReport {
-    /// Per-tensor report and the file size, as [`crate::llama::compress_llama`] gives.
+    /// Per-tensor report and the file size, as [`super::compress_llama`] gives.
     pub report: CompressReport,
     /// Time per stage.
     pub stages: StageTimes,
@@ -98,7 +100,7 @@ impl Checkpoint {
         for x in v {
             b.extend(x.to_le_bytes());
         }
-        let digest = nwc_llm::fingerprint(&[&b]);
+        let digest = crate::fingerprint(&[&b]);
         b.extend(digest);
         b
     }
@@ -109,7 +111,7 @@ impl Checkpoint {
             return Err("not a resume checkpoint".into());
         }
         let (body, digest) = bytes.split_at(bytes.len() - 32);
-        if nwc_llm::fingerprint(&[body]) != digest {
+        if crate::fingerprint(&[body]) != digest {
             return Err("checksum mismatch (damaged)".into());
         }
         if &body[8..40] != fingerprint {
@@ -191,7 +193,7 @@ fn job_fingerprint(
                 .chain(w.iter().flat_map(|i| i.to_le_bytes()))
         })
         .collect();
-    nwc_llm::fingerprint(&[
+    crate::fingerprint(&[
         &src.fingerprint(),
         &[header.codec as u8],
         &header.codec_hash,
@@ -206,7 +208,7 @@ fn job_fingerprint(
 /// module documentation), resuming from a checkpoint of the same job when one is found beside
 /// `output`. `windows` are the calibration windows (token ids, one length; unused for
 /// [`Mode::DataFree`]); Hessians are those of the original model's activations, as in
-/// [`crate::llama::compress_llama`]. `output` appears only when complete.
+/// [`super::compress_llama`]. `output` appears only when complete.
 ///
 /// # Errors
 /// [`NwcError::Config`] for [`Mode::LevelsLdlqFt`] (fine-tuning runs on the whole model) or a
@@ -293,9 +295,9 @@ pub fn compress_llama_layerwise(
             let mut writer = Writer::new(BufWriter::new(f), compressor.header())?;
             let mut reports = Vec::new();
             let dtype_name = src
-                .dtype(nwc_llm::EMBED)
+                .dtype(crate::EMBED)
                 .ok()
-                .and_then(nwc_llm::torch_dtype)
+                .and_then(crate::torch_dtype)
                 .unwrap_or("float32");
             let mut meta = vec![metadata(CONFIG_RECORD, &cfg.to_hf_json(dtype_name))];
             if embed_tokenizer {
@@ -455,7 +457,7 @@ pub fn compress_llama_layerwise(
 /// Accumulates the Hessians of `sites` from what `forward` hands its capture, then factors them
 /// (each freed once factored), timing both stages.
 fn calibrate(
-    cfg: &nwc_llm::LlamaConfig,
+    cfg: &crate::LlamaConfig,
     sites: &[Site],
     times: &mut StageTimes,
     forward: impl FnOnce(Capture<'_, NdArray>) -> Result<()>,
@@ -509,7 +511,7 @@ fn code_tensors(
     let t = Instant::now();
     let mut load_s = 0.0;
     let mut write_s = 0.0;
-    crate::pipeline::compress_in_windows(
+    nwc_pipeline::compress_in_windows(
         names.len(),
         if parallel {
             2 * rayon::current_num_threads()
@@ -522,7 +524,7 @@ fn code_tensors(
             load_s += t.elapsed().as_secs_f64();
             Ok(r?)
         },
-        |t| crate::llama::compress_llama_tensor(compressor, cfg, &t, calibration, mode),
+        |t| super::compress_llama_tensor(compressor, cfg, &t, calibration, mode),
         |_, record, report| {
             let t = Instant::now();
             let r = sink(record, report);

@@ -14,7 +14,7 @@ use nwc_tensor::WeightSource;
 
 use crate::error::{NwcError, Result};
 use crate::pipeline::{CompressOptions, CompressReport, Compressor, Importance};
-use crate::{EcsqCodec, NwcCodec, TcqCodec, WeightCodec};
+use crate::{EcsqCodec, TcqCodec, WeightCodec};
 
 /// Relative tolerance the search stops at (the guarantee is ±1 %).
 pub const RATE_TOLERANCE: f64 = 0.004;
@@ -48,19 +48,6 @@ impl RateControl for TcqCodec {
 
     fn with_log2_step(&self, log2_step: f32) -> Result<Self> {
         self.with_level0_step(log2_step.exp2())
-    }
-}
-
-impl<B: nwc_codec::burn::tensor::backend::Backend> RateControl for NwcCodec<B>
-where
-    B::Device: Send + Sync,
-{
-    fn log2_step(&self) -> f32 {
-        self.step().log2()
-    }
-
-    fn with_log2_step(&self, log2_step: f32) -> Result<Self> {
-        NwcCodec::new(self.checkpoint().clone(), self.device())?.with_step(log2_step.exp2())
     }
 }
 

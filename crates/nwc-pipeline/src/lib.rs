@@ -1,0 +1,39 @@
+//! **nwc-pipeline** — the burn-free core of nwc: the [`WeightCodec`] trait, the ECSQ and TCQ
+//! codecs, the tensor and model [`Compressor`] / [`Decompressor`], rate targeting and
+//! [`NwcFile`]. It never builds burn: a program that only decodes ECSQ or TCQ files depends on
+//! this crate (or on `nwc` with default features off) and nothing heavier.
+//!
+//! ```
+//! use nwc_pipeline::{Builtin, Compressor, Decompressor, EcsqCodec};
+//! use nwc_tensor::{DType, Tensor};
+//!
+//! let values: Vec<f32> = (0..128 * 64).map(|i| ((i * 37 % 101) as f32 - 50.0) / 500.0).collect();
+//! let w = Tensor::from_f32("layer.weight", DType::F32, vec![128, 64], &values)?;
+//! let codec = EcsqCodec::for_bits(4.0)?;
+//! let compressor = Compressor::new(&codec);
+//! let (record, report) = compressor.compress_tensor(&w, None)?;
+//! assert!(report.coded && report.nmse() < 0.01);
+//!
+//! // A decoder found from the header alone, as `NwcFile::decoder` does for a file.
+//! let decoder = nwc_pipeline::CodecRegistry::decoder(&Builtin, &compressor.header(), None)?;
+//! let back = Decompressor::new(&*decoder).decompress_record(&record)?;
+//! assert_eq!(back.shape(), &[128, 64]);
+//! # Ok::<(), nwc_pipeline::NwcError>(())
+//! ```
+#![deny(missing_docs)]
+
+mod codec;
+mod error;
+mod pipeline;
+mod rate;
+mod tcq;
+
+pub use codec::{EcsqCodec, LEVEL_STEP_RATIOS, Quantized, WeightCodec, parse_steps};
+pub use error::{NwcError, Result};
+pub use pipeline::{
+    Builtin, CodecRegistry, CompressOptions, CompressReport, Compressor, Decompressor, Importance,
+    NwcFile, ProgressFn, TensorPolicy, TensorReport, Uniform, compress_in_order,
+    compress_in_windows, decode_records, hex, io_err, round_trip_tensor, with_suffix,
+};
+pub use rate::{RATE_TOLERANCE, RateControl, compress_file_to_rate, tune_to_rate};
+pub use tcq::{DEFAULT_TCQ_LAMBDA, DEFAULT_TCQ_RUN, TcqCodec, check_levels};
