@@ -7,7 +7,8 @@
 
 use libfuzzer_sys::fuzz_target;
 use nwc::format::{FileReader, ReadOptions, StreamReader};
-use nwc::{Decompressor, EcsqCodec, TcqCodec, WeightCodec, builtin_decoder};
+use nwc::codec_net::burn::backend::NdArray;
+use nwc::{CodecRegistry, Codecs, Decompressor, EcsqCodec, TcqCodec, WeightCodec};
 
 fuzz_target!(|data: &[u8]| {
     let Some((&flags, bytes)) = data.split_first() else {
@@ -23,7 +24,7 @@ fuzz_target!(|data: &[u8]| {
     let tcq = TcqCodec::with_step(1.0).unwrap();
     let named = FileReader::new(bytes, opts)
         .ok()
-        .and_then(|r| builtin_decoder(r.header()).ok());
+        .and_then(|r| Codecs::<NdArray>::default().decoder(r.header(), None).ok());
     let codec: &dyn WeightCodec = match &named {
         Some(c) => c.as_ref(),
         None if flags & 2 == 2 => &tcq,

@@ -5,6 +5,7 @@ mod bench_perf;
 mod bench_rd;
 mod fetch;
 mod plot;
+mod test;
 mod train;
 mod train_llama;
 
@@ -47,6 +48,14 @@ enum Command {
     /// SmolLM2 compression with and without LDLQ. Writes docs/perf.md; the last line is
     /// `perf: entropy_decode_msym_s=<…> nwc_decode_mparams_s=<…> ecsq_decode_mparams_s=<…>`.
     BenchPerf(bench_perf::PerfArgs),
+    /// The test command (README, CI): fetch the data the tests read, check that `nwc` with
+    /// default features off depends on no burn crate and builds, then `cargo test --workspace`
+    /// (extra arguments go to `cargo test`).
+    Test {
+        /// Passed on to `cargo test --workspace`.
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
     /// Train the small byte-level Llama that `compress_llama` uses by default (Canterbury texts,
     /// Alice in Wonderland held out) and write it as a Hugging Face directory
     /// (examples/assets/tiny-llama).
@@ -69,5 +78,6 @@ fn main() -> anyhow::Result<()> {
         Command::BenchPerf(args) => bench_perf::run(&args),
         Command::BenchLlm(args) => bench_llm::run(&args),
         Command::TrainLlama(args) => train_llama::run(&args),
+        Command::Test { args } => test::run(&args),
     }
 }
