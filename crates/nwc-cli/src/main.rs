@@ -178,7 +178,7 @@ fn main() -> ExitCode {
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("error: {e:#}");
+            eprintln!("error: {}", message(&e));
             ExitCode::FAILURE
         }
     }
@@ -534,4 +534,20 @@ fn eval_source(a: &EvalArgs, src: &dyn ModelSource, text: &str) -> Result<()> {
         );
     }
     Ok(())
+}
+
+/// The error and its causes, each cause left out when the message before it already says it
+/// (the library's errors name their file and include their cause's text).
+fn message(e: &anyhow::Error) -> String {
+    let mut out = String::new();
+    for cause in e.chain() {
+        let text = cause.to_string();
+        if !out.contains(&text) {
+            if !out.is_empty() {
+                out.push_str(": ");
+            }
+            out.push_str(&text);
+        }
+    }
+    out
 }

@@ -75,7 +75,7 @@ impl Header {
         let crc = u32::from_le_bytes(b[52..56].try_into().expect("4 bytes"));
         if opts.verify_checksums && crc != crc32fast::hash(&b[..52]) {
             return Err(FormatError::ChecksumMismatch {
-                what: "header".into(),
+                what: "the header (bytes 0..56)".into(),
             });
         }
         let codec = CodecKind::from_code(b[12])
@@ -317,7 +317,7 @@ impl<'a> FileReader<'a> {
         let idx = &data[index_offset as usize..footer_start as usize];
         if opts.verify_checksums && crc32fast::hash(idx) != index_crc {
             return Err(FormatError::ChecksumMismatch {
-                what: "index".into(),
+                what: format!("the index at byte {index_offset}"),
             });
         }
         let index = parse_index(idx, index_offset)?;
@@ -369,6 +369,7 @@ impl<'a> FileReader<'a> {
             header: self.header,
             opts: self.opts,
             done: false,
+            offset: e.offset,
         };
         let rec = s
             .next_record()?
@@ -451,6 +452,8 @@ pub struct StreamReader<R: Read> {
     header: Header,
     opts: ReadOptions,
     done: bool,
+    /// File offset of the next record (for error messages).
+    offset: u64,
 }
 
 impl<R: Read> StreamReader<R> {
@@ -467,6 +470,7 @@ impl<R: Read> StreamReader<R> {
             header,
             opts,
             done: false,
+            offset: HEADER_LEN as u64,
         })
     }
 
@@ -482,6 +486,11 @@ impl<R: Read> StreamReader<R> {
     /// [`FormatError::ChecksumMismatch`], [`FormatError::Corrupt`], [`FormatError::TooLarge`],
     /// [`FormatError::Io`].
     pub fn next_record(&mut self) -> Result<Option<Record>> {
+        let start = self.offset;
+        self.read_record().map_err(|e| at_offset(e, start))
+    }
+
+    fn read_record(&mut self) -> Result<Option<Record>> {
         if self.done {
             return Ok(None);
         }
@@ -524,6 +533,7 @@ impl<R: Read> StreamReader<R> {
                 what: format!("record {name}"),
             });
         }
+        self.offset += 16 + body_len;
         match decode_body(&body, self.header.codec, self.opts.max_elements) {
             Ok(r) => Ok(Some(r)),
             Err(e) => {
@@ -552,4 +562,18 @@ fn read_full(r: &mut impl Read, buf: &mut [u8]) -> Result<usize> {
         }
     }
     Ok(n)
+}
+
+/// `e` with the file offset of the record it concerns (a damaged file's error says where).
+fn at_offset(e: FormatError, offset: u64) -> FormatError {
+    match e {
+        FormatError::ChecksumMismatch { what } => FormatError::ChecksumMismatch {
+            what: format!("{what} at byte {offset}"),
+        },
+        FormatError::Truncated(m) => {
+            FormatError::Truncated(format!("{m} (record at byte {offset})"))
+        }
+        FormatError::Corrupt(m) => FormatError::Corrupt(format!("{m} (record at byte {offset})")),
+        e => e,
+    }
 }

@@ -130,6 +130,13 @@ pub fn tune_to_rate<C: RateControl>(
             }
             (s0, r0) = (s1, r1);
             s1 = s0 + 2.0 * (r0 - bits).signum() * (r0 - bits).abs().max(1.0);
+            // Steps beyond 2^±60 code nothing differently: the rate is fixed by what is stored
+            // losslessly (or there is nothing to code).
+            if s1.abs() > 60.0 {
+                return Err(NwcError::Config(format!(
+                    "{bits} bits/param is out of reach: the rate stays near {r0:.4} whatever the step (too little is coded)"
+                )));
+            }
             let (c, r) = eval(s1)?;
             r1 = r;
             keep(&mut best, c, r1);
