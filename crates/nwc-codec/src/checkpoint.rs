@@ -1,21 +1,25 @@
 //! Checkpoints: the trained network's parameters (f16), its configuration, and the integer
 //! entropy tables exported from its prior, in one versioned, hashed byte string.
 //!
-//! Layout (all little-endian):
+//! The byte layout is specified in `docs/checkpoint.md`. In short (all little-endian):
 //!
 //! ```text
-//! magic "NWCCKPT\0" | u32 version (1 or 2)
-//! version 2 only: u32 variant (0 autoencoder, 1 trellis refiner); version 1 is an autoencoder
+//! magic "NWCCKPT\0" | u32 version (1, 2 or 3)
+//! version ≥ 2: u32 variant (0 autoencoder, 1 trellis refiner); version 1 is an autoencoder
 //! config: u32 chunk_len, latent, width, blocks, levels, n_filters, filters[n_filters]
 //! f32 lambda (the rate–distortion weight it was trained with) | u64 train_steps
-//! u32 n_params; per parameter: u8 ndim, u32 dims[ndim], f16 values
+//! u32 n_params; per parameter: version 3: u16 name_len, name (UTF-8 module path);
+//!                              u8 ndim, u32 dims[ndim], f16 values
 //! autoencoder only:
 //!   u32 n_steps; f32 steps[n_steps]; f32 medians[latent]
 //!   per step, per channel: a table (i32 min_symbol, u8 precision, u16 n_freqs, u16 freqs[n_freqs])
 //! ```
 //!
-//! Parameters are stored in the module's visit order (autoencoder: g_a, g_s, bottleneck;
-//! refiner: g_s), and each must have the shape the configuration's model expects.
+//! Version 3 (written now) names every parameter by its module path (`g_s.blocks.0.fc1.weight`)
+//! and loads it by name: a missing, unknown, repeated or misshapen name is an error, so
+//! swapped sub-networks cannot load silently. Versions 1 and 2 (the shipped checkpoints, whose
+//! hashes identify existing files) are in the module's visit order and load by position,
+//! each parameter checked against the shape the configuration's model expects.
 //!
 //! The checkpoint's identity is the SHA-256 of these bytes; `.nwc` files record it, and a decoder
 //! refuses a file made with another checkpoint.
@@ -32,7 +36,7 @@ use crate::error::{CodecError, Result};
 use crate::model::{NwcModel, Refiner};
 
 const MAGIC: &[u8; 8] = b"NWCCKPT\0";
-const VERSION: u32 = 2;
+const VERSION: u32 = 3;
 
 /// Latent quantization steps a checkpoint exports tables for: one model, several rates.
 pub const DEFAULT_STEPS: [f32; 12] = [
@@ -70,18 +74,36 @@ fn hex(b: &[u8]) -> String {
     b.iter().map(|x| format!("{x:02x}")).collect()
 }
 
-struct Collect(Vec<(Vec<usize>, Vec<f32>)>);
+/// Every float parameter of a module with its path (`g_s.blocks.0.fc1.weight`), in visit order.
+#[derive(Default)]
+struct Collect {
+    path: Vec<String>,
+    params: Vec<(String, Vec<usize>, Vec<f32>)>,
+    /// Shapes only: leave the values empty.
+    shapes_only: bool,
+}
 
 impl<B: Backend> ModuleVisitor<B> for Collect {
+    fn enter_module(&mut self, name: &str, _container_type: &str) {
+        self.path.push(name.to_string());
+    }
+
+    fn exit_module(&mut self, _name: &str, _container_type: &str) {
+        self.path.pop();
+    }
+
     fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<B, D>>) {
         let t = param.val();
         let dims = t.dims().to_vec();
-        let v = t
-            .into_data()
-            .convert::<f32>()
-            .to_vec::<f32>()
-            .expect("f32 data");
-        self.0.push((dims, v));
+        let v = if self.shapes_only {
+            Vec::new()
+        } else {
+            t.into_data()
+                .convert::<f32>()
+                .to_vec::<f32>()
+                .expect("f32 data")
+        };
+        self.params.push((self.path.join("."), dims, v));
     }
 }
 
@@ -179,9 +201,9 @@ impl Checkpoint {
                 "an autoencoder checkpoint needs an autoencoder configuration".into(),
             ));
         }
-        let mut c = Collect(Vec::new());
+        let mut c = Collect::default();
         model.visit(&mut c);
-        let (mut b, params) = encode_params(config, lambda, train_steps, c.0);
+        let (mut b, params) = encode_params(config, lambda, train_steps, c.params);
         // Tables from the stored (f16-rounded) parameters, so a loaded checkpoint reproduces them
         // exactly.
         let prior = FactorizedPrior::new(&prior_params_from(config, &params)?)?;
@@ -222,9 +244,9 @@ impl Checkpoint {
                 "a refiner checkpoint needs a refiner configuration".into(),
             ));
         }
-        let mut c = Collect(Vec::new());
+        let mut c = Collect::default();
         model.visit(&mut c);
-        let (b, _) = encode_params(config, 0.0, train_steps, c.0);
+        let (b, _) = encode_params(config, 0.0, train_steps, c.params);
         Self::from_bytes(&b)
     }
 
@@ -232,6 +254,59 @@ impl Checkpoint {
     fn parse_params(
         b: &[u8],
     ) -> Result<(CodecConfig, f32, u64, Vec<(Vec<usize>, Vec<f16>)>, usize)> {
+        let (config, lambda, train_steps, named, pos) = Self::parse_named_params(b)?;
+        let expected = expected_shapes(&config);
+        let bad = |m: String| CodecError::CorruptCheckpoint(m);
+        let params = if named.iter().all(|(n, ..)| n.is_none()) {
+            // Versions 1 and 2: visit order, checked shape by shape.
+            if expected.len() != named.len()
+                || expected
+                    .iter()
+                    .zip(&named)
+                    .any(|((_, e), (_, d, _))| e != d)
+            {
+                return Err(bad("parameters do not match the configuration".into()));
+            }
+            named.into_iter().map(|(_, d, v)| (d, v)).collect()
+        } else {
+            // Version 3: by name, placed into the model's visit order.
+            let mut by_name = std::collections::HashMap::new();
+            for (n, d, v) in named {
+                let n = n.unwrap_or_default();
+                if by_name.insert(n.clone(), (d, v)).is_some() {
+                    return Err(bad(format!("parameter {n} appears twice")));
+                }
+            }
+            let mut params = Vec::with_capacity(expected.len());
+            for (name, shape) in &expected {
+                let (d, v) = by_name
+                    .remove(name)
+                    .ok_or_else(|| bad(format!("parameter {name} is missing")))?;
+                if &d != shape {
+                    return Err(bad(format!(
+                        "parameter {name} has shape {d:?}, the configuration's model {shape:?}"
+                    )));
+                }
+                params.push((d, v));
+            }
+            if let Some(extra) = by_name.keys().min() {
+                return Err(bad(format!("unknown parameter {extra}")));
+            }
+            params
+        };
+        Ok((config, lambda, train_steps, params, pos))
+    }
+
+    #[allow(clippy::type_complexity)]
+    fn parse_named_params(
+        b: &[u8],
+    ) -> Result<(
+        CodecConfig,
+        f32,
+        u64,
+        Vec<(Option<String>, Vec<usize>, Vec<f16>)>,
+        usize,
+    )> {
         let mut r = Reader { b, pos: 0 };
         if r.take(8)? != MAGIC {
             return Err(CodecError::CorruptCheckpoint(
@@ -241,7 +316,7 @@ impl Checkpoint {
         let version = r.u32()?;
         let variant = match version {
             1 => Variant::Autoencoder,
-            2 => {
+            2 | 3 => {
                 let code = r.u32()?;
                 Variant::from_code(code).ok_or_else(|| {
                     CodecError::CorruptCheckpoint(format!("network variant {code}"))
@@ -276,6 +351,19 @@ impl Checkpoint {
         let n = r.count(3)?;
         let mut params = Vec::with_capacity(n);
         for _ in 0..n {
+            let name = if version >= 3 {
+                let len = usize::from(r.u16()?);
+                let raw = r.take(len)?;
+                Some(
+                    std::str::from_utf8(raw)
+                        .map_err(|_| {
+                            CodecError::CorruptCheckpoint("parameter name is not UTF-8".into())
+                        })?
+                        .to_string(),
+                )
+            } else {
+                None
+            };
             let ndim = usize::from(r.u8()?);
             if ndim > 4 {
                 return Err(CodecError::CorruptCheckpoint(format!("{ndim}-d parameter")));
@@ -291,7 +379,7 @@ impl Checkpoint {
                 .chunks_exact(2)
                 .map(|c| f16::from_le_bytes([c[0], c[1]]))
                 .collect();
-            params.push((dims, vals));
+            params.push((name, dims, vals));
         }
         Ok((config, lambda, train_steps, params, r.pos))
     }
@@ -336,14 +424,7 @@ impl Checkpoint {
                 bytes.len() - r.pos
             )));
         }
-        // The parameters must fit the configuration's model exactly.
-        let expected = expected_shapes(&config);
-        if expected.len() != params.len() || expected.iter().zip(&params).any(|(e, (d, _))| e != d)
-        {
-            return Err(CodecError::CorruptCheckpoint(
-                "parameters do not match the configuration".into(),
-            ));
-        }
+        // The parameters fit the configuration's model exactly (checked in `parse_params`).
         let hash: [u8; 32] = Sha256::digest(bytes).into();
         Ok(Self {
             config,
@@ -464,23 +545,20 @@ impl Checkpoint {
     }
 }
 
-/// Shapes of every parameter of a model with `config`, in visit order.
-fn expected_shapes(config: &CodecConfig) -> Vec<Vec<usize>> {
+/// Path and shape of every parameter of a model with `config`, in visit order.
+fn expected_shapes(config: &CodecConfig) -> Vec<(String, Vec<usize>)> {
     use burn::backend::NdArray;
-    struct Shapes(Vec<Vec<usize>>);
-    impl<B: Backend> ModuleVisitor<B> for Shapes {
-        fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<B, D>>) {
-            self.0.push(param.val().dims().to_vec());
-        }
-    }
-    let mut s = Shapes(Vec::new());
+    let mut s = Collect {
+        shapes_only: true,
+        ..Collect::default()
+    };
     match config.variant {
         Variant::Autoencoder => NwcModel::<NdArray>::new(config, &Default::default()).visit(&mut s),
         Variant::TrellisRefiner => {
             Refiner::<NdArray>::new(config, &Default::default()).visit(&mut s);
         }
     }
-    s.0
+    s.params.into_iter().map(|(n, d, _)| (n, d)).collect()
 }
 
 /// The bytes up to and including the parameters, and the parameters as stored (f16).
@@ -489,11 +567,12 @@ fn encode_params(
     config: &CodecConfig,
     lambda: f32,
     train_steps: u64,
-    raw: Vec<(Vec<usize>, Vec<f32>)>,
+    raw: Vec<(String, Vec<usize>, Vec<f32>)>,
 ) -> (Vec<u8>, Vec<(Vec<usize>, Vec<f16>)>) {
+    let names: Vec<String> = raw.iter().map(|(n, ..)| n.clone()).collect();
     let params: Vec<(Vec<usize>, Vec<f16>)> = raw
         .into_iter()
-        .map(|(d, v)| (d, v.into_iter().map(f16::from_f32).collect()))
+        .map(|(_, d, v)| (d, v.into_iter().map(f16::from_f32).collect()))
         .collect();
     let mut b = Vec::new();
     b.extend_from_slice(MAGIC);
@@ -515,7 +594,9 @@ fn encode_params(
     b.extend(lambda.to_le_bytes());
     b.extend(train_steps.to_le_bytes());
     b.extend((params.len() as u32).to_le_bytes());
-    for (dims, v) in &params {
+    for (name, (dims, v)) in names.iter().zip(&params) {
+        b.extend((name.len() as u16).to_le_bytes());
+        b.extend(name.as_bytes());
         b.push(dims.len() as u8);
         for d in dims {
             b.extend((*d as u32).to_le_bytes());

@@ -226,3 +226,72 @@ fn refiner_training_beats_plain_trellis_at_low_rate() {
     let at2 = stats.last().unwrap().heldout_ratio[0];
     assert!(at2 < 0.99, "held-out MSE ratio at 2 bits {at2}");
 }
+
+/// Version-3 checkpoints name every parameter and load by name: the autoencoder's g_a and g_s
+/// have the same shapes, so with positional loading swapping them loaded silently; by name,
+/// a stored file with their names exchanged loads each where its name says, and a misnamed
+/// parameter is an error naming it. The shipped (version 2) checkpoints still load.
+#[test]
+fn checkpoints_load_parameters_by_name() {
+    let cfg = CodecConfig {
+        width: 24,
+        blocks: 1,
+        ..CodecConfig::default()
+    };
+    let d = Default::default();
+    let m = NwcModel::<B>::new(&cfg, &d);
+    let c = Checkpoint::from_model(&m, &cfg, 0.1, 3, &[1.0]).unwrap();
+    let b = c.bytes().to_vec();
+    assert_eq!(u32::from_le_bytes(b[8..12].try_into().unwrap()), 3);
+    let count = |needle: &[u8]| b.windows(needle.len()).filter(|w| *w == needle).count();
+    assert!(
+        count(b"g_a.") > 0 && count(b"g_a.") == count(b"g_s."),
+        "names are module paths"
+    );
+    // Exchange the names "g_a." and "g_s." everywhere: the same values, now labelled the other
+    // way round. Loading by name must swap the networks back.
+    let mut swapped = b.clone();
+    for i in 0..swapped.len() - 4 {
+        match &swapped[i..i + 4] {
+            b"g_a." => swapped[i + 2] = b's',
+            b"g_s." => swapped[i + 2] = b'a',
+            _ => {}
+        }
+    }
+    let back = Checkpoint::from_bytes(&swapped).unwrap();
+    let (x, lv) = (
+        Tensor::<B, 2>::from_data(
+            TensorData::new(
+                (0..32).map(|i| i as f32 / 10.0).collect::<Vec<_>>(),
+                [2, 16],
+            ),
+            &d,
+        ),
+        Tensor::<B, 1, Int>::from_ints([0, 1], &d),
+    );
+    let m2 = back.model::<B>(&d).unwrap();
+    let orig = c.model::<B>(&d).unwrap();
+    let y = |m: &NwcModel<B>| {
+        m.analyze(x.clone(), lv.clone())
+            .into_data()
+            .to_vec::<f32>()
+            .unwrap()
+    };
+    // g_a of the swapped file is the original g_s's values under the name g_a: same shapes, so
+    // the analysis differs unless the two were equal.
+    assert_ne!(y(&m2), y(&orig), "names decide where a parameter goes");
+    // A name the model does not have.
+    let mut wrong = b.clone();
+    let at = wrong.windows(4).position(|w| w == b"g_s.").unwrap();
+    wrong[at + 2] = b'x';
+    let e = Checkpoint::from_bytes(&wrong).unwrap_err().to_string();
+    assert!(e.contains("g_x.") || e.contains("missing"), "{e}");
+    // The shipped checkpoints (versions 2 and 1, positional) still load.
+    for bytes in [
+        nwc_codec::DEFAULT_CHECKPOINT,
+        nwc_codec::AUTOENCODER_CHECKPOINT,
+    ] {
+        assert!(u32::from_le_bytes(bytes[8..12].try_into().unwrap()) < 3);
+        Checkpoint::from_bytes(bytes).unwrap();
+    }
+}
