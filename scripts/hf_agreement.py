@@ -32,7 +32,7 @@ def main():
 
     torch.set_num_threads(os.cpu_count())
     tok = AutoTokenizer.from_pretrained(model_dir)
-    model = AutoModelForCausalLM.from_pretrained(model_dir, torch_dtype=torch.float32)
+    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
     model.eval()
     text = open(text_path, "rb").read().decode("utf-8", errors="replace")
     ids = tok(text, add_special_tokens=False)["input_ids"]
