@@ -134,52 +134,55 @@ impl<B: Backend> ModuleMapper<B> for Load<'_, B> {
     }
 }
 
-struct Reader<'a> {
-    b: &'a [u8],
-    pos: usize,
-}
+/// The checkpoint's view of the one byte cursor ([`nwc_tensor::Cursor`]): running out of bytes
+/// is a [`CodecError::CorruptCheckpoint`] saying where.
+struct Reader<'a>(nwc_tensor::Cursor<'a>);
 
 impl<'a> Reader<'a> {
+    fn new(b: &'a [u8]) -> Self {
+        Self(nwc_tensor::Cursor::new(b, "checkpoint"))
+    }
+    fn pos(&self) -> usize {
+        self.0.position()
+    }
     fn take(&mut self, n: usize) -> Result<&'a [u8]> {
-        let end = self
-            .pos
-            .checked_add(n)
-            .filter(|&e| e <= self.b.len())
-            .ok_or_else(|| {
-                CodecError::CorruptCheckpoint(format!("truncated at byte {}", self.pos))
-            })?;
-        let s = &self.b[self.pos..end];
-        self.pos = end;
-        Ok(s)
+        self.0.take(n as u64).map_err(corrupt)
     }
     fn u8(&mut self) -> Result<u8> {
-        Ok(self.take(1)?[0])
+        self.0.u8().map_err(corrupt)
     }
     fn u16(&mut self) -> Result<u16> {
-        Ok(u16::from_le_bytes(self.take(2)?.try_into().expect("2")))
+        self.0.u16().map_err(corrupt)
     }
     fn u32(&mut self) -> Result<u32> {
-        Ok(u32::from_le_bytes(self.take(4)?.try_into().expect("4")))
+        self.0.u32().map_err(corrupt)
     }
     fn i32(&mut self) -> Result<i32> {
-        Ok(i32::from_le_bytes(self.take(4)?.try_into().expect("4")))
+        self.0.i32().map_err(corrupt)
     }
     fn u64(&mut self) -> Result<u64> {
-        Ok(u64::from_le_bytes(self.take(8)?.try_into().expect("8")))
+        self.0.u64().map_err(corrupt)
     }
     fn f32(&mut self) -> Result<f32> {
-        Ok(f32::from_le_bytes(self.take(4)?.try_into().expect("4")))
+        self.0.f32().map_err(corrupt)
     }
     /// A count whose items take at least `min_bytes` each: refused when it cannot fit.
     fn count(&mut self, min_bytes: usize) -> Result<usize> {
         let n = self.u32()? as usize;
-        if n.saturating_mul(min_bytes.max(1)) > self.b.len() - self.pos {
+        if n.saturating_mul(min_bytes.max(1)) as u64 > self.0.remaining() {
             return Err(CodecError::CorruptCheckpoint(format!(
                 "count {n} exceeds the data"
             )));
         }
         Ok(n)
     }
+}
+
+fn corrupt(e: nwc_tensor::TensorError) -> CodecError {
+    CodecError::CorruptCheckpoint(match e {
+        nwc_tensor::TensorError::Malformed { reason, .. } => reason,
+        e => e.to_string(),
+    })
 }
 
 impl Checkpoint {
@@ -307,7 +310,7 @@ impl Checkpoint {
         Vec<(Option<String>, Vec<usize>, Vec<f16>)>,
         usize,
     )> {
-        let mut r = Reader { b, pos: 0 };
+        let mut r = Reader::new(b);
         if r.take(8)? != MAGIC {
             return Err(CodecError::CorruptCheckpoint(
                 "wrong magic (not an nwc checkpoint)".into(),
@@ -381,7 +384,7 @@ impl Checkpoint {
                 .collect();
             params.push((name, dims, vals));
         }
-        Ok((config, lambda, train_steps, params, r.pos))
+        Ok((config, lambda, train_steps, params, r.pos()))
     }
 
     /// Parses and validates a checkpoint.
@@ -393,7 +396,8 @@ impl Checkpoint {
         if params.iter().flat_map(|(_, v)| v).any(|x| !x.is_finite()) {
             return Err(CodecError::CorruptCheckpoint("non-finite parameter".into()));
         }
-        let mut r = Reader { b: bytes, pos };
+        let mut r = Reader::new(bytes);
+        r.take(pos)?;
         let refiner = config.variant == Variant::TrellisRefiner;
         let n_steps = if refiner { 0 } else { r.count(4)? };
         let steps = (0..n_steps).map(|_| r.f32()).collect::<Result<Vec<_>>>()?;
@@ -418,10 +422,10 @@ impl Checkpoint {
                 .collect();
             tables.push(Table::from_freqs(min, precision, freqs)?);
         }
-        if r.pos != bytes.len() {
+        if r.pos() != bytes.len() {
             return Err(CodecError::CorruptCheckpoint(format!(
                 "{} trailing bytes",
-                bytes.len() - r.pos
+                bytes.len() - r.pos()
             )));
         }
         // The parameters fit the configuration's model exactly (checked in `parse_params`).

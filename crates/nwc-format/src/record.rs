@@ -300,35 +300,34 @@ fn encode_coded(b: &mut Vec<u8>, r: &Record, n: u64, c: &CodedPayload) -> Result
     Ok(())
 }
 
-/// A bounds-checked little-endian reader over a byte slice.
-pub(crate) struct Bytes<'a> {
-    data: &'a [u8],
-    pos: usize,
-}
+/// The container's view of the one byte cursor ([`nwc_tensor::Cursor`]): every read names
+/// the field it was reading when the bytes run out.
+pub(crate) struct Bytes<'a>(nwc_tensor::Cursor<'a>);
 
 impl<'a> Bytes<'a> {
     pub(crate) fn new(data: &'a [u8]) -> Self {
-        Self { data, pos: 0 }
+        Self(nwc_tensor::Cursor::new(data, ".nwc"))
     }
 
     pub(crate) fn remaining(&self) -> usize {
-        self.data.len() - self.pos
+        self.0.remaining() as usize
+    }
+
+    fn short(&self, n: u64, what: &str) -> FormatError {
+        FormatError::Corrupt(format!(
+            "{what}: {n} bytes announced, {} left",
+            self.remaining()
+        ))
     }
 
     pub(crate) fn take(&mut self, n: u64, what: &str) -> Result<&'a [u8]> {
-        if n > self.remaining() as u64 {
-            return Err(FormatError::Corrupt(format!(
-                "{what}: {n} bytes announced, {} left",
-                self.remaining()
-            )));
-        }
-        let s = &self.data[self.pos..self.pos + n as usize];
-        self.pos += n as usize;
-        Ok(s)
+        let e = self.short(n, what);
+        self.0.take(n).map_err(|_| e)
     }
 
     fn arr<const N: usize>(&mut self, what: &str) -> Result<[u8; N]> {
-        Ok(self.take(N as u64, what)?.try_into().expect("N bytes"))
+        let e = self.short(N as u64, what);
+        self.0.array().map_err(|_| e)
     }
     pub(crate) fn u8(&mut self, what: &str) -> Result<u8> {
         Ok(self.arr::<1>(what)?[0])

@@ -255,29 +255,24 @@ impl Hessians {
         if body[8..40] != fingerprint {
             return Err(bad("written for another model, text or context"));
         }
-        let mut pos = 40;
-        let mut take = |n: usize| -> Result<&[u8]> {
-            let s = body.get(pos..pos + n).ok_or_else(|| bad("truncated"))?;
-            pos += n;
-            Ok(s)
-        };
-        let u64_of = |s: &[u8]| u64::from_le_bytes(s.try_into().expect("8 bytes"));
-        let windows = u64_of(take(8)?) as usize;
-        let n = u32::from_le_bytes(take(4)?.try_into().expect("4 bytes")) as usize;
+        let mut c = nwc_tensor::Cursor::new(&body[40..], "Hessian cache");
+        let truncated = |_| bad("truncated");
+        let windows = c.u64().map_err(truncated)? as usize;
+        let n = c.u32().map_err(truncated)? as usize;
         let mut sites = BTreeMap::new();
         for _ in 0..n {
-            let kl = u16::from_le_bytes(take(2)?.try_into().expect("2 bytes")) as usize;
-            let key = std::str::from_utf8(take(kl)?)
+            let kl = c.u16().map_err(truncated)?;
+            let key = std::str::from_utf8(c.take(u64::from(kl)).map_err(truncated)?)
                 .map_err(|_| bad("site key is not UTF-8"))?
                 .to_string();
-            let d = u32::from_le_bytes(take(4)?.try_into().expect("4 bytes")) as usize;
-            let count = u64_of(take(8)?);
+            let d = c.u32().map_err(truncated)? as usize;
+            let count = c.u64().map_err(truncated)?;
             let tri = d
                 .checked_mul(d + 1)
                 .map(|v| v / 2)
                 .and_then(|v| v.checked_mul(4))
                 .ok_or_else(|| bad("absurd width"))?;
-            let raw = take(tri)?;
+            let raw = c.take(tri as u64).map_err(truncated)?;
             let mut mean = vec![0.0f64; d * d];
             let mut it = raw
                 .chunks_exact(4)

@@ -1,5 +1,6 @@
-//! A bounds-checked little-endian reader over a byte slice, shared by the GGUF and CTranslate2
-//! parsers and nwc's checkpoint files. Every read checks the bytes left first, so a lying length
+//! A bounds-checked little-endian reader over a byte slice: the one byte cursor of every binary
+//! reader in nwc (GGUF, CTranslate2, the `.nwc` container, codec checkpoints, Hessian caches,
+//! layer-by-layer resume checkpoints). Every read checks the bytes left first, so a lying length
 //! is an error, not a panic.
 
 use crate::error::{Result, TensorError};
@@ -85,6 +86,22 @@ impl<'a> Cursor<'a> {
     /// [`TensorError::Malformed`] at the end of the data.
     pub fn u64(&mut self) -> Result<u64> {
         Ok(u64::from_le_bytes(self.array()?))
+    }
+
+    /// The next little-endian `i32`.
+    ///
+    /// # Errors
+    /// [`TensorError::Malformed`] at the end of the data.
+    pub fn i32(&mut self) -> Result<i32> {
+        Ok(i32::from_le_bytes(self.array()?))
+    }
+
+    /// The next little-endian `f32`.
+    ///
+    /// # Errors
+    /// [`TensorError::Malformed`] at the end of the data.
+    pub fn f32(&mut self) -> Result<f32> {
+        Ok(f32::from_le_bytes(self.array()?))
     }
 
     /// The next little-endian `f64`.
