@@ -77,6 +77,8 @@ enum ModeChoice {
     Levels,
     /// Levels and LDLQ error feedback.
     Ldlq,
+    /// Levels, LDLQ and block-wise fine-tuning (the whole model in memory).
+    Ft,
 }
 
 #[derive(clap::Args)]
@@ -242,6 +244,7 @@ fn compress(a: &CompressArgs) -> Result<()> {
         (Some(ModeChoice::DataFree), Some(_)) => Mode::DataFree,
         (Some(ModeChoice::Levels), Some(_)) => Mode::Levels,
         (Some(ModeChoice::Ldlq) | None, Some(_)) => Mode::LevelsLdlq,
+        (Some(ModeChoice::Ft), Some(_)) => Mode::LevelsLdlqFt,
     };
     let (report, kind) = match open_llama(&a.model) {
         Ok(src) => (compress_llama(a, &src, mode)?, "llama"),
@@ -296,8 +299,12 @@ fn compress(a: &CompressArgs) -> Result<()> {
     Ok(())
 }
 
-/// A Llama-family model, one decoder block at a time (resumable: rerun the same command).
+/// A Llama-family model, one decoder block at a time (resumable: rerun the same command); with
+/// fine-tuning, the whole model in memory.
 fn compress_llama(a: &CompressArgs, src: &LazyWeights, mode: Mode) -> Result<CompressReport> {
+    if mode == Mode::LevelsLdlqFt {
+        return compress_llama_ft(a);
+    }
     let cfg = src.config();
     let windows: Vec<Vec<u32>> = match &a.calib {
         Some(text) if mode != Mode::DataFree => {
@@ -321,6 +328,39 @@ fn compress_llama(a: &CompressArgs, src: &LazyWeights, mode: Mode) -> Result<Com
     .with_context(|| format!("compressing {}", a.model.display()))?;
     pb.finish_and_clear();
     Ok(r.report)
+}
+
+/// Calibration, levels, LDLQ and block-wise fine-tuning on the whole model in memory.
+fn compress_llama_ft(a: &CompressArgs) -> Result<CompressReport> {
+    let w = nwc::llm::LlamaWeights::open(&a.model)
+        .with_context(|| format!("loading {}", a.model.display()))?;
+    let text = a.calib.as_ref().context("--mode ft needs --calib TEXT")?;
+    let ids = w.tokenizer.encode(&read_text(text)?)?;
+    let ctx = a.ctx.min(w.config.max_positions);
+    let codec = nominal_codec(a.codec, a.bits)?;
+    let pb = bar(w.tensors.len() as u64, "calibration windows");
+    let tensors = pb.clone();
+    let compressor = nwc::Compressor::new(codec.as_ref()).with_progress(move |_, d, n| {
+        tensors.set_message("tensors");
+        tensors.set_length(n as u64);
+        tensors.set_position(d as u64);
+    });
+    let r = nwc::llama::compress_llama_ft_file(
+        &compressor,
+        &w,
+        &ids,
+        ctx,
+        a.calib_windows,
+        &a.output,
+        |stage, d, n| {
+            pb.set_message(stage.to_string());
+            pb.set_length(n as u64);
+            pb.set_position(d as u64);
+        },
+    )
+    .with_context(|| format!("compressing {}", a.model.display()))?;
+    pb.finish_and_clear();
+    Ok(r)
 }
 
 /// Any other model, tensor by tensor, tuned to the target measured rate.

@@ -568,3 +568,69 @@ fn encoding_is_deterministic_across_threads_and_runs() {
         assert!(outputs[1] == outputs[2], "{job}: two runs differ");
     }
 }
+
+/// `--mode ft` runs the whole pipeline (levels, LDLQ, block-wise fine-tuning) on the tiny Llama:
+/// the fine-tuned file has exactly the LDLQ file's size (fine-tuning changes only stored column
+/// scales and norms), decodes, and evaluates close to it.
+#[test]
+fn fine_tuning_mode_compresses_the_tiny_llama() {
+    let dir = tempfile::tempdir().unwrap();
+    let model = tiny_llama();
+    let calib = model.join("calibration.txt");
+    let eval = model.join("eval.txt");
+    let mut ppl = Vec::new();
+    let mut sizes = Vec::new();
+    for mode in ["ldlq", "ft"] {
+        let out = dir.path().join(format!("{mode}.nwc"));
+        let c = nwc_json(&[
+            "compress",
+            s(&model),
+            "-o",
+            s(&out),
+            "--calib",
+            s(&calib),
+            "--mode",
+            mode,
+            "--ctx",
+            "128",
+            "--calib-windows",
+            "8",
+            "--json",
+        ]);
+        assert!(
+            c["mode"].as_str().unwrap().starts_with("levels+LDLQ"),
+            "{c}"
+        );
+        sizes.push(std::fs::metadata(&out).unwrap().len());
+        assert!(!dir.path().join(format!("{mode}.nwc.partial")).exists());
+        let e = nwc_json(&[
+            "eval",
+            s(&out),
+            "--text",
+            s(&eval),
+            "--ctx",
+            "128",
+            "--windows",
+            "16",
+            "--json",
+        ]);
+        ppl.push(e["perplexity"].as_f64().unwrap());
+    }
+    assert_eq!(
+        sizes[0], sizes[1],
+        "fine-tuning must not change the file size"
+    );
+    assert!((ppl[1] / ppl[0] - 1.0).abs() < 0.05, "{ppl:?}");
+    // Fine-tuning needs calibration.
+    nwc_fails(
+        &[
+            "compress",
+            s(&model),
+            "-o",
+            s(&dir.path().join("x.nwc")),
+            "--mode",
+            "ft",
+        ],
+        &["--mode Ft needs --calib TEXT"],
+    );
+}

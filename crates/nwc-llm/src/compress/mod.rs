@@ -148,6 +148,71 @@ pub(crate) fn metadata(name: &str, text: &str) -> Record {
     }
 }
 
+/// Compresses a whole Llama held in memory with every stage of the LLM pipeline — quality levels
+/// from calibration Hessians, LDLQ, and block-wise fine-tuning ([`Mode::LevelsLdlqFt`]) — into
+/// the file `output`, written whole or not at all (`output.partial`, renamed when complete).
+/// Calibration uses the first `n_windows` windows of `ctx` tokens of `calib_ids`; fine-tuning
+/// the first 8 of them (the last 2 held out for early stopping), with [`FtConfig::default`].
+/// `progress(stage, done, total)` reports the calibration windows (`"calibration"`) and the
+/// tensors (`"tensors"`).
+///
+/// # Errors
+/// Too little calibration text; a Hessian that cannot be factored; any tensor's error; I/O
+/// errors naming the file.
+pub fn compress_llama_ft_file(
+    compressor: &Compressor<'_>,
+    weights: &LlamaWeights,
+    calib_ids: &[u32],
+    ctx: usize,
+    n_windows: usize,
+    output: &std::path::Path,
+    progress: impl Fn(&str, usize, usize),
+) -> Result<CompressReport> {
+    use burn::backend::NdArray;
+    let device = Default::default();
+    let reference = crate::Llama::<NdArray>::from_weights(weights, &device)?;
+    let fingerprint = crate::calibration_fingerprint(weights, calib_ids, ctx);
+    let hessians = Hessians::collect(
+        &reference,
+        calib_ids,
+        ctx,
+        n_windows,
+        None,
+        fingerprint,
+        &device,
+        |d, n| progress("calibration", d, n),
+    )?;
+    drop(reference);
+    let ft_windows = crate::windows(calib_ids, ctx, n_windows.min(8))?
+        .into_iter()
+        .map(<[u32]>::to_vec)
+        .collect();
+    let calibration = Calibration::new(&hessians, &weights.config)?
+        .with_finetune(ft_windows, FtConfig::default());
+    let partial = nwc_pipeline::with_suffix(output, ".partial");
+    let run = || -> Result<CompressReport> {
+        let file = std::fs::File::create(&partial).map_err(nwc_pipeline::io_err(&partial))?;
+        let mut out = std::io::BufWriter::new(file);
+        let report = compress_llama(
+            compressor,
+            weights,
+            Some(&calibration),
+            Mode::LevelsLdlqFt,
+            true,
+            &mut out,
+        )?;
+        let file = out
+            .into_inner()
+            .map_err(|e| nwc_pipeline::io_err(&partial)(e.into_error()))?;
+        file.sync_all().map_err(nwc_pipeline::io_err(&partial))?;
+        std::fs::rename(&partial, output).map_err(nwc_pipeline::io_err(output))?;
+        Ok(report)
+    };
+    run().inspect_err(|_| {
+        let _ = std::fs::remove_file(&partial);
+    })
+}
+
 /// Compresses a Llama into a `.nwc` stream: its `config.json` (and, if asked, `tokenizer.json`)
 /// as metadata records, then every tensor, coded per `mode` with `calibration`.
 ///
