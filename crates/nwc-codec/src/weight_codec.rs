@@ -12,7 +12,8 @@ use burn::tensor::{Int, Tensor, TensorData};
 use nwc_entropy::{ContextModel, Table};
 use nwc_format::{CodecKind, Header};
 use nwc_pipeline::{
-    Builtin, CodecRegistry, NwcError, Quantized, RateControl, Result, TcqCodec, WeightCodec,
+    Builtin, CodecParams, CodecRegistry, NwcError, Quantized, RateControl, Result, TcqCodec,
+    WeightCodec,
 };
 
 use crate::{Checkpoint, NwcModel, Refiner, Variant};
@@ -399,7 +400,7 @@ where
         let (_, table_map) = self.fit_tables(&symbols, chunk_len, chunk_levels)?;
         Ok(Quantized {
             symbols,
-            params: (self.step_index as u32).to_le_bytes().to_vec(),
+            params: CodecParams::StepIndex(self.step_index as u32),
             tables: Vec::new(),
             table_map,
         })
@@ -429,7 +430,7 @@ where
         symbols: &[i32],
         chunk_len: usize,
         chunk_levels: &[u8],
-        params: &[u8],
+        params: &CodecParams,
     ) -> Result<Vec<f32>> {
         let corrupt = |reason: String| NwcError::Corrupt {
             name: name.to_string(),
@@ -440,7 +441,7 @@ where
                 .map_err(|e| corrupt(e.to_string()))?;
             // Grid positions in steps (the TCQ decode at unit steps), then the refiner.
             nwc_pipeline::check_levels(name, chunk_levels)?;
-            let steps = nwc_pipeline::parse_steps(name, params, 4, "NWC trellis")?;
+            let steps = params.steps(name)?;
             let grid = self.tcq.grid(symbols, chunk_len);
             let l = self.checkpoint.config().chunk_len;
             let per = chunk_len / l;
@@ -454,10 +455,10 @@ where
                 .collect();
             return Ok(self.refine(&grid, &sub_steps, &sub_levels));
         }
-        let index = <[u8; 4]>::try_from(params)
-            .map(u32::from_le_bytes)
-            .map_err(|_| corrupt(format!("NWC parameters of {} bytes", params.len())))?
-            as usize;
+        let CodecParams::StepIndex(index) = *params else {
+            return Err(corrupt(format!("expected a step index, found {params:?}")));
+        };
+        let index = index as usize;
         let step = *self
             .checkpoint
             .steps()

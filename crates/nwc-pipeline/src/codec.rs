@@ -14,11 +14,85 @@ pub struct Quantized {
     /// Symbols, chunk after chunk (`n_chunks × chunk_len`).
     pub symbols: Vec<i32>,
     /// Method parameters stored in the record (`docs/format.md`, "Method parameters").
-    pub params: Vec<u8>,
+    pub params: CodecParams,
     /// Tables stored in the record; empty when the codec's own [`WeightCodec::tables`] are used.
     pub tables: Vec<Table>,
     /// `n_levels × chunk_len` table indices.
     pub table_map: Vec<u16>,
+}
+
+/// A record's method parameters (`docs/format.md`, "Method parameters"), typed: what a codec
+/// needs besides the symbols to reconstruct a tensor. The container stores
+/// [`CodecParams::to_bytes`]; decoding parses them once, for the codec family of the file, with
+/// [`CodecParams::parse`], so no codec reads bytes itself.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub enum CodecParams {
+    /// Nothing (a family that needs no parameters).
+    #[default]
+    None,
+    /// The quantizer step of each of the four quality levels (ECSQ, TCQ, NWC trellis): four
+    /// positive finite `f32`.
+    Steps([f32; 4]),
+    /// Index into the checkpoint's list of latent steps (NWC autoencoder): one `u32`.
+    StepIndex(u32),
+}
+
+impl CodecParams {
+    /// The bytes a record stores.
+    pub fn to_bytes(&self) -> Vec<u8> {
+        match self {
+            Self::None => Vec::new(),
+            Self::Steps(s) => s.iter().flat_map(|x| x.to_le_bytes()).collect(),
+            Self::StepIndex(i) => i.to_le_bytes().to_vec(),
+        }
+    }
+
+    /// Parses the parameters of tensor `name` for codec family `kind`.
+    ///
+    /// # Errors
+    /// [`NwcError::Corrupt`] for a length the family does not use or a step that is not
+    /// positive and finite.
+    pub fn parse(kind: CodecKind, name: &str, bytes: &[u8]) -> Result<Self> {
+        let corrupt = |reason: String| NwcError::Corrupt {
+            name: name.to_string(),
+            reason,
+        };
+        match kind {
+            CodecKind::Ecsq | CodecKind::Tcq | CodecKind::NwcTrellis => {
+                let steps: [f32; 4] = <[u8; 16]>::try_from(bytes)
+                    .map_err(|_| corrupt(format!("{kind:?} parameters of {} bytes", bytes.len())))
+                    .map(|b| {
+                        std::array::from_fn(|i| {
+                            f32::from_le_bytes([b[4 * i], b[4 * i + 1], b[4 * i + 2], b[4 * i + 3]])
+                        })
+                    })?;
+                if steps.iter().any(|s| !(s.is_finite() && *s > 0.0)) {
+                    return Err(corrupt(format!("{kind:?} steps {steps:?}")));
+                }
+                Ok(Self::Steps(steps))
+            }
+            CodecKind::Nwc => <[u8; 4]>::try_from(bytes)
+                .map(|b| Self::StepIndex(u32::from_le_bytes(b)))
+                .map_err(|_| corrupt(format!("NWC parameters of {} bytes", bytes.len()))),
+            CodecKind::None if bytes.is_empty() => Ok(Self::None),
+            CodecKind::None => Err(corrupt(format!("{} parameter bytes", bytes.len()))),
+        }
+    }
+
+    /// The four level steps, or [`NwcError::Corrupt`] naming `name` when the parameters are of
+    /// another form.
+    ///
+    /// # Errors
+    /// As said.
+    pub fn steps(&self, name: &str) -> Result<[f32; 4]> {
+        match self {
+            Self::Steps(s) => Ok(*s),
+            other => Err(NwcError::Corrupt {
+                name: name.to_string(),
+                reason: format!("expected four level steps, found {other:?}"),
+            }),
+        }
+    }
 }
 
 /// A weight codec: maps normalized chunks to integer symbols and back.
@@ -93,7 +167,7 @@ pub trait WeightCodec: Send + Sync {
         symbols: &[i32],
         chunk_len: usize,
         chunk_levels: &[u8],
-        params: &[u8],
+        params: &CodecParams,
     ) -> Result<Vec<f32>>;
 }
 
@@ -189,32 +263,6 @@ pub(crate) fn check_steps(steps: &[f32; 4], what: &str) -> Result<()> {
 /// The largest symbol magnitude ECSQ produces; beyond it the weight is refused, not wrapped.
 const MAX_ABS_SYMBOL: f32 = (1u32 << 30) as f32;
 
-/// Steps from a record's parameters: one positive finite `f32` per level (`what` names the
-/// method in errors).
-///
-/// # Errors
-/// [`NwcError::Corrupt`] for a wrong length or a step that is not positive and finite.
-pub fn parse_steps(name: &str, params: &[u8], n: usize, what: &str) -> Result<Vec<f32>> {
-    let corrupt = |reason: String| NwcError::Corrupt {
-        name: name.to_string(),
-        reason,
-    };
-    if params.len() != 4 * n {
-        return Err(corrupt(format!(
-            "{what} parameters of {} bytes",
-            params.len()
-        )));
-    }
-    let steps: Vec<f32> = params
-        .chunks_exact(4)
-        .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
-        .collect();
-    if steps.iter().any(|s| !(s.is_finite() && *s > 0.0)) {
-        return Err(corrupt(format!("{what} steps {steps:?}")));
-    }
-    Ok(steps)
-}
-
 impl WeightCodec for EcsqCodec {
     fn kind(&self) -> CodecKind {
         CodecKind::Ecsq
@@ -255,7 +303,7 @@ impl WeightCodec for EcsqCodec {
         let (tables, table_map) = self.fit_tables(&symbols, chunk_len, chunk_levels)?;
         Ok(Quantized {
             symbols,
-            params: steps.iter().flat_map(|s| s.to_le_bytes()).collect(),
+            params: CodecParams::Steps(steps),
             tables,
             table_map,
         })
@@ -283,9 +331,9 @@ impl WeightCodec for EcsqCodec {
         symbols: &[i32],
         chunk_len: usize,
         chunk_levels: &[u8],
-        params: &[u8],
+        params: &CodecParams,
     ) -> Result<Vec<f32>> {
-        let steps = parse_steps(name, params, 4, "ECSQ")?;
+        let steps = params.steps(name)?;
         Ok(symbols
             .par_chunks(chunk_len)
             .zip(chunk_levels.par_iter())
@@ -385,9 +433,17 @@ mod tests {
         assert!(EcsqCodec::for_bits(40.0).is_err());
         assert!(EcsqCodec::with_step(1.0).unwrap().precision(20).is_err());
         let codec = EcsqCodec::with_step(1.0).unwrap();
-        assert!(codec.dequantize("t", &[0; 16], 16, &[0], &[0; 15]).is_err());
+        assert!(CodecParams::parse(CodecKind::Ecsq, "t", &[0; 15]).is_err());
         let nan = f32::NAN.to_le_bytes().repeat(4);
-        assert!(codec.dequantize("t", &[0; 16], 16, &[0], &nan).is_err());
+        assert!(CodecParams::parse(CodecKind::Ecsq, "t", &nan).is_err());
+        assert!(CodecParams::parse(CodecKind::Nwc, "t", &[0; 4]).is_ok());
+        assert!(CodecParams::parse(CodecKind::None, "t", &[0]).is_err());
+        // Parameters of another family's form are refused, not misread.
+        let index = CodecParams::StepIndex(3);
+        assert!(codec.dequantize("t", &[0; 16], 16, &[0], &index).is_err());
+        let steps = CodecParams::Steps([0.5, 1.0, 2.0, 4.0]);
+        let back = CodecParams::parse(CodecKind::Ecsq, "t", &steps.to_bytes()).unwrap();
+        assert_eq!(back, steps);
         let huge = vec![1e30f32; 16];
         assert!(matches!(
             codec.quantize("t", &huge, 16, &[0]),

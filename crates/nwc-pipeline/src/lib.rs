@@ -28,7 +28,7 @@ mod pipeline;
 mod rate;
 mod tcq;
 
-pub use codec::{EcsqCodec, LEVEL_STEP_RATIOS, Quantized, WeightCodec, parse_steps};
+pub use codec::{CodecParams, EcsqCodec, LEVEL_STEP_RATIOS, Quantized, WeightCodec};
 pub use error::{NwcError, Result};
 pub use pipeline::{
     Builtin, CodecRegistry, CompressOptions, CompressReport, Compressor, Decompressor, Importance,

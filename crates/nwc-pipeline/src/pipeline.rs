@@ -15,7 +15,7 @@ use nwc_tensor::{
     chunk_with_scales,
 };
 
-use crate::codec::{Quantized, WeightCodec};
+use crate::codec::{CodecParams, Quantized, WeightCodec};
 use crate::error::{NwcError, Result};
 
 /// Which tensors are entropy-coded; every other tensor is stored losslessly.
@@ -453,7 +453,7 @@ impl<'c> Compressor<'c> {
             cols: plan.cols as u64,
             scales: plan.scales.iter().map(|s| s.to_bits()).collect(),
             levels: plan.levels.clone(),
-            params: q.params,
+            params: q.params.to_bytes(),
             tables: q
                 .tables
                 .iter()
@@ -847,7 +847,7 @@ impl<'c> Decompressor<'c> {
             layout,
             &symbols,
             &chunk_levels,
-            &c.params,
+            &CodecParams::parse(self.codec.kind(), &r.name, &c.params)?,
             DECODE_SLAB_VALUES,
         )
     }
@@ -903,7 +903,7 @@ impl Plan {
 struct SlabSymbols {
     per_col: usize,
     symbols: Vec<i32>,
-    params: Option<Vec<u8>>,
+    params: Option<CodecParams>,
 }
 
 impl SlabSymbols {
@@ -921,7 +921,7 @@ impl SlabSymbols {
         &mut self,
         rows: &std::ops::Range<usize>,
         symbols: &[i32],
-        params: &[u8],
+        params: &CodecParams,
         name: &str,
     ) -> Result<()> {
         let cols = self.symbols.len() / self.per_col;
@@ -936,7 +936,7 @@ impl SlabSymbols {
         first: usize,
         n: usize,
         symbols: &[i32],
-        params: &[u8],
+        params: &CodecParams,
         name: &str,
     ) -> Result<()> {
         match &self.params {
@@ -946,7 +946,7 @@ impl SlabSymbols {
                 )));
             }
             Some(_) => {}
-            None => self.params = Some(params.to_vec()),
+            None => self.params = Some(params.clone()),
         }
         let slab_per_col = symbols.len() / n.max(1);
         for (c, col) in symbols.chunks_exact(slab_per_col).enumerate() {
@@ -958,7 +958,7 @@ impl SlabSymbols {
         Ok(())
     }
 
-    fn finish(self) -> (Vec<i32>, Vec<u8>) {
+    fn finish(self) -> (Vec<i32>, CodecParams) {
         (self.symbols, self.params.unwrap_or_default())
     }
 }
@@ -1021,7 +1021,7 @@ fn reconstruct(
     layout: Layout,
     symbols: &[i32],
     chunk_levels: &[u8],
-    params: &[u8],
+    params: &CodecParams,
     slab_values: usize,
 ) -> Result<Tensor> {
     let Layout {

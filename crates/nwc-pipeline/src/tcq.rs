@@ -16,7 +16,7 @@ use nwc_format::CodecKind;
 use rayon::prelude::*;
 
 use crate::codec::{
-    Quantized, WeightCodec, check_steps, check_target_bits, parse_steps, row_tables,
+    CodecParams, Quantized, WeightCodec, check_steps, check_target_bits, row_tables,
 };
 use crate::error::{NwcError, Result};
 
@@ -283,7 +283,7 @@ impl WeightCodec for TcqCodec {
             quantize_chunks(&search, name, chunks, chunk_len, chunk_levels)?;
         Ok(Quantized {
             symbols,
-            params: self.steps.iter().flat_map(|s| s.to_le_bytes()).collect(),
+            params: CodecParams::Steps(self.steps),
             tables,
             table_map,
         })
@@ -311,10 +311,10 @@ impl WeightCodec for TcqCodec {
         symbols: &[i32],
         chunk_len: usize,
         chunk_levels: &[u8],
-        params: &[u8],
+        params: &CodecParams,
     ) -> Result<Vec<f32>> {
         check_levels(name, chunk_levels)?;
-        let steps = parse_steps(name, params, 4, "TCQ")?;
+        let steps = params.steps(name)?;
         let mut out = self.grid(symbols, chunk_len);
         out.par_chunks_mut(chunk_len)
             .zip(chunk_levels.par_iter())

@@ -40,10 +40,11 @@
 use std::path::Path;
 
 pub use nwc_pipeline::{
-    Builtin, CodecRegistry, CompressOptions, CompressReport, Compressor, DEFAULT_TCQ_LAMBDA,
-    DEFAULT_TCQ_RUN, Decompressor, EcsqCodec, Importance, LEVEL_STEP_RATIOS, NwcError, NwcFile,
-    ProgressFn, Quantized, RATE_TOLERANCE, RateControl, Result, TcqCodec, TensorPolicy,
-    TensorReport, Uniform, WeightCodec, compress_file_to_rate, round_trip_tensor, tune_to_rate,
+    Builtin, CodecParams, CodecRegistry, CompressOptions, CompressReport, Compressor,
+    DEFAULT_TCQ_LAMBDA, DEFAULT_TCQ_RUN, Decompressor, EcsqCodec, Importance, LEVEL_STEP_RATIOS,
+    NwcError, NwcFile, ProgressFn, Quantized, RATE_TOLERANCE, RateControl, Result, TcqCodec,
+    TensorPolicy, TensorReport, Uniform, WeightCodec, compress_file_to_rate, round_trip_tensor,
+    tune_to_rate,
 };
 
 /// The learned codec network crate (burn), including `burn` itself.

@@ -183,12 +183,16 @@ fn tcq_round_trips_odd_shapes_and_refuses_bad_params() {
     let back = Decompressor::new(&codec).decompress_record(&rec).unwrap();
     assert_eq!(back.shape(), &[70, 33]);
     assert!(rep.nmse() < 5e-3, "{}", rep.nmse());
-    assert!(codec.dequantize("w", &[0; 64], 64, &[0], &[0; 15]).is_err());
-    assert!(codec.dequantize("w", &[0; 64], 64, &[4], &[0; 16]).is_err());
+    // Damaged parameters: a wrong length, a level TCQ lacks, a NaN step, another form.
+    use nwc::{CodecParams, format::CodecKind};
+    assert!(CodecParams::parse(CodecKind::Tcq, "w", &[0; 15]).is_err());
+    let ones = CodecParams::parse(CodecKind::Tcq, "w", &1f32.to_le_bytes().repeat(4)).unwrap();
+    assert!(codec.dequantize("w", &[0; 64], 64, &[4], &ones).is_err());
     let nan = f32::NAN.to_le_bytes().repeat(4);
-    assert!(codec.dequantize("w", &[0; 64], 64, &[0], &nan).is_err());
+    assert!(CodecParams::parse(CodecKind::Tcq, "w", &nan).is_err());
+    let index = CodecParams::StepIndex(0);
+    assert!(codec.dequantize("w", &[0; 64], 64, &[0], &index).is_err());
     // Extreme symbols decode to finite values without panicking.
-    let ones = 1f32.to_le_bytes().repeat(4);
     let out = codec
         .dequantize("w", &[i32::MAX, i32::MIN, -1, 1], 4, &[3], &ones)
         .unwrap();
