@@ -532,8 +532,10 @@ where
         }
         let (c, what) = match checkpoint {
             Some(path) => (
-                Checkpoint::load(path)
-                    .map_err(|e| NwcError::Config(format!("{}: {e}", path.display())))?,
+                Checkpoint::load(path).map_err(|e| NwcError::InFile {
+                    path: path.to_path_buf(),
+                    source: Box::new(NwcError::Model(Box::new(e))),
+                })?,
                 format!("{} is", path.display()),
             ),
             None => {

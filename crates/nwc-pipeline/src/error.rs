@@ -34,6 +34,27 @@ pub enum NwcError {
         /// Why.
         reason: String,
     },
+    /// A rate target the codec cannot reach on this model (outside 0.5..=16 bits, or the rate
+    /// does not move far enough with the step).
+    #[error("{target} bits/param: {reason}")]
+    RateUnreachable {
+        /// The asked bits per parameter.
+        target: f64,
+        /// Why, with the rates measured.
+        reason: String,
+    },
+    /// A compression mode needs calibration data (or the whole model) that was not given.
+    #[error("mode {mode} needs {needs}")]
+    NeedsCalibration {
+        /// The mode asked for.
+        mode: String,
+        /// What it needs.
+        needs: String,
+    },
+    /// The file is not of the model family the operation needs (a Llama `.nwc` with its
+    /// configuration and tokenizer).
+    #[error("not a Llama-family .nwc: {0}")]
+    NotLlama(String),
     /// A codec or option was configured with an invalid value.
     #[error("invalid configuration: {0}")]
     Config(String),

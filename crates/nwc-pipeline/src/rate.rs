@@ -84,7 +84,7 @@ fn measure<C: RateControl>(
 /// parameter within [`RATE_TOLERANCE`]; returns the codec at that step and its measured rate.
 ///
 /// # Errors
-/// [`NwcError::Config`] for a target outside 0.5..=16 bits or one the codec cannot reach (the
+/// [`NwcError::RateUnreachable`] for a target outside 0.5..=16 bits or one the codec cannot reach (the
 /// lossless tensors alone may exceed it); the compressor's errors.
 pub fn tune_to_rate<C: RateControl>(
     codec: &C,
@@ -94,9 +94,10 @@ pub fn tune_to_rate<C: RateControl>(
     bits: f64,
 ) -> Result<(C, f64)> {
     if !(0.5..=16.0).contains(&bits) {
-        return Err(NwcError::Config(format!(
-            "target of {bits} bits/param outside 0.5..=16"
-        )));
+        return Err(NwcError::RateUnreachable {
+            target: bits,
+            reason: "outside 0.5..=16".into(),
+        });
     }
     // High-rate theory: one more bit per value halves the step. Bracket, then regula falsi in
     // (log₂ step, bits), which is close to a line.
@@ -124,18 +125,24 @@ pub fn tune_to_rate<C: RateControl>(
         while (r0 - bits) * (r1 - bits) > 0.0 {
             widen += 1;
             if widen > 8 {
-                return Err(NwcError::Config(format!(
-                    "{bits} bits/param is out of reach: measured {r0:.4} and {r1:.4} at steps 2^{s0:.2} and 2^{s1:.2}"
-                )));
+                return Err(NwcError::RateUnreachable {
+                    target: bits,
+                    reason: format!(
+                        "out of reach: measured {r0:.4} and {r1:.4} at steps 2^{s0:.2} and 2^{s1:.2}"
+                    ),
+                });
             }
             (s0, r0) = (s1, r1);
             s1 = s0 + 2.0 * (r0 - bits).signum() * (r0 - bits).abs().max(1.0);
             // Steps beyond 2^±60 code nothing differently: the rate is fixed by what is stored
             // losslessly (or there is nothing to code).
             if s1.abs() > 60.0 {
-                return Err(NwcError::Config(format!(
-                    "{bits} bits/param is out of reach: the rate stays near {r0:.4} whatever the step (too little is coded)"
-                )));
+                return Err(NwcError::RateUnreachable {
+                    target: bits,
+                    reason: format!(
+                        "out of reach: the rate stays near {r0:.4} whatever the step (too little is coded)"
+                    ),
+                });
             }
             let (c, r) = eval(s1)?;
             r1 = r;
@@ -165,10 +172,13 @@ pub fn tune_to_rate<C: RateControl>(
     // The rate moves in whole bytes and the steps are f32: a target between two neighbouring
     // files can be unreachable within 1 %, which is an error, not a silently worse file.
     if off(best.1) > 0.01 {
-        return Err(NwcError::Config(format!(
-            "{bits} bits/param not reached within 1 %: the closest file measures {:.4}",
-            best.1
-        )));
+        return Err(NwcError::RateUnreachable {
+            target: bits,
+            reason: format!(
+                "not reached within 1 %: the closest file measures {:.4}",
+                best.1
+            ),
+        });
     }
     tracing::info!(target_bits = bits, measured = best.1, "rate search done");
     Ok(best)

@@ -130,7 +130,10 @@ fn layerwise_records_are_the_whole_model_pipelines() {
     ] {
         let err = compress_llama_layerwise(&compressor, &w, mode, &wins, true, &path, |_| {})
             .unwrap_err();
-        assert!(matches!(err, nwc::NwcError::Config(_)), "{err}");
+        assert!(
+            matches!(err, nwc::NwcError::NeedsCalibration { .. }),
+            "{err}"
+        );
     }
 }
 

@@ -192,7 +192,10 @@ fn a_llama_round_trips_through_nwc_and_hugging_face() {
     }
     // Calibrated modes need calibration; a file without a config is not a Llama.
     let sink = Vec::new();
-    assert!(compress_llama(&compressor, &w, None, Mode::Levels, false, sink).is_err());
+    assert!(matches!(
+        compress_llama(&compressor, &w, None, Mode::Levels, false, sink),
+        Err(nwc::NwcError::NeedsCalibration { .. })
+    ));
     let path = dir.path().join("not-llama.nwc");
     let mut wr = Writer::new(std::fs::File::create(&path).unwrap(), compressor.header()).unwrap();
     let (rec, _) = compressor
@@ -201,6 +204,7 @@ fn a_llama_round_trips_through_nwc_and_hugging_face() {
     wr.write(&rec).unwrap();
     wr.finish().unwrap();
     let err = decode_llama(&NwcFile::open(&path).unwrap(), &codec, None).unwrap_err();
+    assert!(matches!(err, nwc::NwcError::NotLlama(_)), "{err}");
     assert!(err.to_string().contains("not a Llama"), "{err}");
 }
 

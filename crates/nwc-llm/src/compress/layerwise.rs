@@ -211,7 +211,7 @@ fn job_fingerprint(
 /// [`super::compress_llama`]. `output` appears only when complete.
 ///
 /// # Errors
-/// [`NwcError::Config`] for [`Mode::LevelsLdlqFt`] (fine-tuning runs on the whole model) or a
+/// [`NwcError::NeedsCalibration`] for [`Mode::LevelsLdlqFt`] (fine-tuning runs on the whole model) or a
 /// calibrated mode without windows; load, coding and I/O errors (the partial file and its
 /// checkpoint are kept, so a rerun resumes).
 pub fn compress_llama_layerwise(
@@ -228,16 +228,16 @@ pub fn compress_llama_layerwise(
         Mode::DataFree => false,
         Mode::Levels | Mode::LevelsLdlq if !windows.is_empty() => true,
         Mode::Levels | Mode::LevelsLdlq => {
-            return Err(NwcError::Config(format!(
-                "mode {} needs calibration windows",
-                mode.label()
-            )));
+            return Err(NwcError::NeedsCalibration {
+                mode: mode.label().into(),
+                needs: "calibration windows".into(),
+            });
         }
         Mode::LevelsLdlqFt => {
-            return Err(NwcError::Config(
-                "fine-tuning needs the whole model: use compress_llama for mode levels+LDLQ+FT"
-                    .into(),
-            ));
+            return Err(NwcError::NeedsCalibration {
+                mode: mode.label().into(),
+                needs: "the whole model: use compress_llama or compress_llama_ft_file".into(),
+            });
         }
     };
     let cfg = src.config().clone();

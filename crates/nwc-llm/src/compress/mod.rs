@@ -217,7 +217,7 @@ pub fn compress_llama_ft_file(
 /// as metadata records, then every tensor, coded per `mode` with `calibration`.
 ///
 /// # Errors
-/// [`NwcError::Config`] when `mode` needs calibration and none is given; any tensor's error.
+/// [`NwcError::NeedsCalibration`] when `mode` needs calibration and none is given; any tensor's error.
 pub fn compress_llama<W: Write>(
     compressor: &Compressor<'_>,
     weights: &LlamaWeights,
@@ -234,10 +234,10 @@ pub fn compress_llama<W: Write>(
         (Mode::DataFree, _) => None,
         (_, Some(c)) => Some(c),
         (m, None) => {
-            return Err(NwcError::Config(format!(
-                "mode {} needs calibration Hessians",
-                m.label()
-            )));
+            return Err(NwcError::NeedsCalibration {
+                mode: m.label().into(),
+                needs: "calibration Hessians".into(),
+            });
         }
     };
     let cfg = &weights.config;
@@ -301,7 +301,7 @@ pub(crate) fn compress_llama_tensor(
 /// one, else from `tokenizer`.
 ///
 /// # Errors
-/// [`NwcError::Config`] when the file has no Llama configuration or no tokenizer is available;
+/// [`NwcError::NotLlama`] when the file has no Llama configuration or no tokenizer is available;
 /// decoding and shape errors.
 pub fn decode_llama(
     file: &NwcFile,
@@ -338,18 +338,25 @@ fn llama_metadata(
             Some(i) => match reader.record(i)?.payload {
                 Payload::Raw(b) => String::from_utf8(b)
                     .map(Some)
-                    .map_err(|_| NwcError::Config(format!("{name} is not UTF-8"))),
-                Payload::Coded(_) => Err(NwcError::Config(format!("{name} is coded"))),
+                    .map_err(|_| NwcError::Corrupt {
+                        name: name.to_string(),
+                        reason: "metadata is not UTF-8".into(),
+                    }),
+                Payload::Coded(_) => Err(NwcError::Corrupt {
+                    name: name.to_string(),
+                    reason: "a metadata record is coded".into(),
+                }),
             },
         }
     };
-    let config = LlamaConfig::from_hf_json(&text(CONFIG_RECORD)?.ok_or_else(|| {
-        NwcError::Config(format!("the file has no {CONFIG_RECORD}: not a Llama .nwc"))
-    })?)?;
+    let config = LlamaConfig::from_hf_json(
+        &text(CONFIG_RECORD)?
+            .ok_or_else(|| NwcError::NotLlama(format!("the file has no {CONFIG_RECORD}")))?,
+    )?;
     let tokenizer = match text(TOKENIZER_RECORD)? {
         Some(t) => TextTokenizer::from_json(&t)?,
         None => tokenizer.ok_or_else(|| {
-            NwcError::Config("the file holds no tokenizer and none was given".into())
+            NwcError::NotLlama("the file holds no tokenizer and none was given".into())
         })?,
     };
     Ok((config, tokenizer))
@@ -386,7 +393,7 @@ pub fn decode_to(
             decode_llama(file, codec, None)?.save_gguf(output, dtype.unwrap_or(DType::F16))?;
         }
         (false, true) => {
-            return Err(NwcError::Config(format!(
+            return Err(NwcError::NotLlama(format!(
                 "{}: GGUF output needs a Llama-family .nwc",
                 output.display()
             )));
@@ -424,7 +431,7 @@ impl<'c> NwcLlamaSource<'c> {
     /// tokenizer comes from the file when it holds one, else from `tokenizer`.
     ///
     /// # Errors
-    /// [`NwcError::CodecMismatch`] when `codec` is not the file's; [`NwcError::Config`] when the
+    /// [`NwcError::CodecMismatch`] when `codec` is not the file's; [`NwcError::NotLlama`] when the
     /// file has no Llama configuration or no tokenizer is available; container errors.
     pub fn open(
         path: impl AsRef<std::path::Path>,
@@ -571,12 +578,14 @@ fn compress_llama_ft<W: Write>(
 ) -> Result<CompressReport> {
     use burn::backend::{Autodiff, NdArray};
     let start = Instant::now();
-    let (windows, ft) = calibration.finetune.as_ref().ok_or_else(|| {
-        NwcError::Config(format!(
-            "mode {} needs fine-tuning windows (Calibration::with_finetune)",
-            Mode::LevelsLdlqFt.label()
-        ))
-    })?;
+    let (windows, ft) =
+        calibration
+            .finetune
+            .as_ref()
+            .ok_or_else(|| NwcError::NeedsCalibration {
+                mode: Mode::LevelsLdlqFt.label().into(),
+                needs: "fine-tuning windows (Calibration::with_finetune)".into(),
+            })?;
     let mut buf = Vec::new();
     let mut report = compress_llama(
         compressor,
@@ -652,7 +661,7 @@ pub struct BaselineResult {
 /// and counted at their stored size.
 ///
 /// # Errors
-/// [`NwcError::Config`] when GPTQ has no calibration; quantizer errors.
+/// [`NwcError::NeedsCalibration`] when GPTQ has no calibration; quantizer errors.
 pub fn quantize_baseline(
     weights: &LlamaWeights,
     calibration: Option<&Calibration>,
@@ -673,9 +682,12 @@ pub fn quantize_baseline(
         let packed = match baseline {
             Baseline::Rtn(b) => GroupRtn::new(b, 128)?.quantize(&w, rows, cols)?,
             Baseline::Gptq(b) => {
-                let ldl = calibration
-                    .and_then(|c| c.ldl(site))
-                    .ok_or_else(|| NwcError::Config("GPTQ needs calibration Hessians".into()))?;
+                let ldl = calibration.and_then(|c| c.ldl(site)).ok_or_else(|| {
+                    NwcError::NeedsCalibration {
+                        mode: "GPTQ".into(),
+                        needs: "calibration Hessians".into(),
+                    }
+                })?;
                 nwc_ldl::gptq(&w, rows, cols, ldl, GroupRtn::new(b, 128)?)?
             }
         };
