@@ -420,8 +420,15 @@ fn main() -> Result<()> {
     if let Some(dir) = a.out.parent() {
         std::fs::create_dir_all(dir)?;
     }
-    let out = std::io::BufWriter::new(std::fs::File::create(&a.out)?);
-    let report = compress_llama(&compressor, &w, calibration.as_ref(), mode, true, out)?;
+    // Written whole or not at all: `OUT.partial`, renamed when complete.
+    let partial = nwc::pipeline::with_suffix(&a.out, ".partial");
+    let mut out = std::io::BufWriter::new(std::fs::File::create(&partial)?);
+    let report = compress_llama(&compressor, &w, calibration.as_ref(), mode, true, &mut out)
+        .inspect_err(|_| {
+            let _ = std::fs::remove_file(&partial);
+        })?;
+    out.into_inner()?.sync_all()?;
+    std::fs::rename(&partial, &a.out)?;
     pb.finish_and_clear();
     let file = NwcFile::open(&a.out)?;
     let bits = file.bits_per_param()?;
