@@ -158,6 +158,25 @@ fn wrong_magic_version_and_checksum_have_their_own_errors() {
         read_all(&bad, ReadOptions::default()),
         Err(FormatError::ChecksumMismatch { .. })
     ));
+    // A damaged record: the error names the tensor and the record's byte offset (the first
+    // record starts right after the 56-byte header), reading at random or streaming.
+    let good = file();
+    let name_len = usize::from(u16::from_le_bytes([good[68], good[69]]));
+    let name = String::from_utf8(good[70..70 + name_len].to_vec()).unwrap();
+    let mut bad = good.clone();
+    bad[70 + name_len + 2] ^= 0x01;
+    for r in [
+        read_all(&bad, ReadOptions::default()),
+        stream_all(&bad, ReadOptions::default()),
+    ] {
+        match r {
+            Err(e @ FormatError::ChecksumMismatch { .. }) => {
+                let m = e.to_string();
+                assert!(m.contains(&name) && m.contains("at byte 56"), "{m}");
+            }
+            other => panic!("{other:?}"),
+        }
+    }
     assert!(matches!(
         read_all(b"PK\x03\x04", ReadOptions::default()),
         Err(FormatError::BadMagic)
