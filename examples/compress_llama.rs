@@ -421,14 +421,17 @@ fn main() -> Result<()> {
         std::fs::create_dir_all(dir)?;
     }
     // Written whole or not at all: `OUT.partial`, renamed when complete.
-    let partial = nwc::pipeline::with_suffix(&a.out, ".partial");
-    let mut out = std::io::BufWriter::new(std::fs::File::create(&partial)?);
-    let report = compress_llama(&compressor, &w, calibration.as_ref(), mode, true, &mut out)
-        .inspect_err(|_| {
-            let _ = std::fs::remove_file(&partial);
-        })?;
-    out.into_inner()?.sync_all()?;
-    std::fs::rename(&partial, &a.out)?;
+    let report = nwc::tensor::write_whole(&a.out, |tmp| {
+        let out = std::fs::File::create(tmp).map_err(nwc::pipeline::io_err(tmp))?;
+        compress_llama(
+            &compressor,
+            &w,
+            calibration.as_ref(),
+            mode,
+            true,
+            std::io::BufWriter::new(out),
+        )
+    })?;
     pb.finish_and_clear();
     let file = NwcFile::open(&a.out)?;
     let bits = file.bits_per_param()?;

@@ -20,11 +20,12 @@ Run (the command docs/llm-export.md records):
         .data/canterbury/alice29.txt target/gguf-check/nwc-eval.json
 """
 import json
-import math
 import os
 import sys
 
 import numpy as np
+
+from agreement import verdict
 
 
 def main():
@@ -49,13 +50,7 @@ def main():
         logp = logits - m - np.log(np.exp(logits - m).sum(axis=1, keepdims=True))
         total -= float(sum(logp[i, win[i + 1]] for i in range(ctx - 1)))
         scored += ctx - 1
-    ppl = math.exp(total / scored)
-    rel = ppl / nwc["perplexity"] - 1.0
-    print(f"llama.cpp {ppl:.4f} vs nwc {nwc['perplexity']:.4f} on {text_path}: "
-          f"{100 * rel:+.3f} % ({scored} tokens scored by llama.cpp, {nwc['tokens']} by nwc)")
-    ok = abs(rel) <= 0.005 and scored == nwc["tokens"]
-    print("agreement: " + ("ok" if ok else "FAILED"))
-    sys.exit(0 if ok else 1)
+    verdict("llama.cpp", total, scored, nwc, text_path)
 
 
 if __name__ == "__main__":

@@ -17,11 +17,12 @@ Run (the command docs/llm-export.md records):
 (the .nwc and nwc-eval.json as made by the commands in scripts/gguf_agreement.py).
 """
 import json
-import math
 import os
 import sys
 
 import torch
+
+from agreement import verdict
 
 
 def main():
@@ -47,13 +48,7 @@ def main():
             logp = torch.log_softmax(logits[:-1], dim=-1)
             total -= float(logp[torch.arange(ctx - 1), x[0, 1:]].sum())
             scored += ctx - 1
-    ppl = math.exp(total / scored)
-    rel = ppl / nwc["perplexity"] - 1.0
-    print(f"transformers {ppl:.4f} vs nwc {nwc['perplexity']:.4f} on {text_path}: "
-          f"{100 * rel:+.3f} % ({scored} tokens scored by transformers, {nwc['tokens']} by nwc)")
-    ok = abs(rel) <= 0.005 and scored == nwc["tokens"]
-    print("agreement: " + ("ok" if ok else "FAILED"))
-    sys.exit(0 if ok else 1)
+    verdict("transformers", total, scored, nwc, text_path)
 
 
 if __name__ == "__main__":

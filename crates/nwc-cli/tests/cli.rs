@@ -240,71 +240,6 @@ fn tiny_llama_compresses_decodes_and_evaluates_the_same() {
     assert!(coded < 1.1 * reference, "{coded} vs {reference}");
 }
 
-#[test]
-fn bad_input_fails_cleanly_and_leaves_nothing() {
-    let dir = tempfile::tempdir().unwrap();
-    let d = dir.path();
-    let missing = d.join("missing.safetensors");
-    nwc_fails(
-        &["compress", s(&missing), "-o", s(&d.join("x.nwc"))],
-        &["missing.safetensors"],
-    );
-    assert!(!d.join("x.nwc").exists());
-    // A good small file to damage.
-    let good = d.join("tiny.nwc");
-    nwc_json(&[
-        "compress",
-        s(&tiny_llama()),
-        "-o",
-        s(&good),
-        "--codec",
-        "ecsq",
-        "--json",
-    ]);
-    let bytes = std::fs::read(&good).unwrap();
-    let truncated = d.join("truncated.nwc");
-    std::fs::write(&truncated, &bytes[..bytes.len() / 2]).unwrap();
-    let flipped = d.join("flipped.nwc");
-    let mut f = bytes.clone();
-    f[bytes.len() / 3] ^= 0x10;
-    std::fs::write(&flipped, &f).unwrap();
-    let not_nwc = d.join("text.nwc");
-    std::fs::write(&not_nwc, "hello, world").unwrap();
-    for bad in [&truncated, &flipped, &not_nwc] {
-        let name = bad.file_name().unwrap().to_str().unwrap();
-        let out = d.join(format!("{name}.safetensors"));
-        nwc_fails(&["inspect", s(bad)], &[name]);
-        nwc_fails(&["decompress", s(bad), "-o", s(&out)], &[name]);
-        assert!(!out.exists(), "{name}: output left behind");
-        let partial = d.join(format!("{name}.safetensors.partial"));
-        assert!(!partial.exists(), "{name}: partial output left behind");
-    }
-    // An output that cannot be written.
-    nwc_fails(
-        &[
-            "decompress",
-            s(&good),
-            "-o",
-            s(&d.join("no/such/dir/out.safetensors")),
-        ],
-        &["cannot write", "out.safetensors"],
-    );
-    // Calibration on a model that is not a Llama.
-    if let Some(m) = minilm() {
-        nwc_fails(
-            &[
-                "compress",
-                s(&m),
-                "-o",
-                s(&d.join("m.nwc")),
-                "--calib",
-                s(&tiny_llama().join("eval.txt")),
-            ],
-            &["calibration needs a Llama-family model"],
-        );
-    }
-}
-
 /// A safetensors file holding `tensors` (name, dtype string, shape, raw little-endian bytes),
 /// written byte by byte so dtypes nwc cannot read can be written too.
 fn raw_safetensors(path: &Path, tensors: &[(&str, &str, Vec<usize>, Vec<u8>)]) {
@@ -337,16 +272,24 @@ fn bulk(n: usize) -> Vec<u8> {
     f32_bytes((0..n).map(|i| (((i * 7919) % 1009) as f32 - 504.0) / 4000.0))
 }
 
-/// The bad-input matrix through the command: every damaged `.nwc` (wrong magic, wrong version,
-/// a damaged record, decoding with the wrong checkpoint) and every bad tensor (NaN, Inf, an
-/// unsupported dtype) fails with exit code 1 and a message naming the file, and the tensor and
-/// byte offset where there is one, leaving no output; the awkward-but-valid tensors (constant,
-/// all zero, empty, shapes not divisible by 16, 1-D, 3-D, 4-D convolution kernels) compress to
-/// the rate and round-trip with their shapes and dtypes.
+/// The bad-input matrix through the command: a missing input, every damaged `.nwc` (truncated,
+/// a flipped bit, not a `.nwc` at all, wrong magic, wrong version, a damaged record, decoding
+/// with the wrong checkpoint), an output that cannot be written, calibration on a non-Llama, and
+/// every bad tensor (NaN, Inf, an unsupported dtype) fails with exit code 1 and a message naming
+/// the file, and the tensor and byte offset where there is one, leaving no output; the
+/// awkward-but-valid tensors (constant, all zero, empty, shapes not divisible by 16, 1-D, 3-D,
+/// 4-D convolution kernels) compress to the rate and round-trip with their shapes and dtypes.
 #[test]
 fn the_bad_input_matrix() {
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
+    let missing = d.join("missing.safetensors");
+    nwc_fails(
+        &["compress", s(&missing), "-o", s(&d.join("x.nwc"))],
+        &["missing.safetensors"],
+    );
+    assert!(!d.join("x.nwc").exists());
+    // A good small file to damage.
     let good = d.join("good.nwc");
     nwc_json(&[
         "compress",
@@ -369,7 +312,21 @@ fn the_bad_input_matrix() {
         std::fs::write(&p, b).unwrap();
         p
     };
+    let truncated = d.join("truncated.nwc");
+    std::fs::write(&truncated, &bytes[..bytes.len() / 2]).unwrap();
+    let not_nwc = d.join("text.nwc");
+    std::fs::write(&not_nwc, "hello, world").unwrap();
     let cases = [
+        (truncated, vec![]),
+        (
+            damaged(
+                "flipped.nwc",
+                bytes.len() / 3,
+                bytes[bytes.len() / 3] ^ 0x10,
+            ),
+            vec![],
+        ),
+        (not_nwc, vec![]),
         (damaged("magic.nwc", 0, b'X'), vec!["wrong magic"]),
         (
             damaged("version.nwc", 8, 9),
@@ -392,6 +349,32 @@ fn the_bad_input_matrix() {
         nwc_fails(&["decompress", s(bad), "-o", s(&out)], &all);
         nwc_fails(&["inspect", s(bad)], &[name]);
         assert!(!out.exists(), "{name}: output left behind");
+        let partial = d.join(format!("{name}.safetensors.partial"));
+        assert!(!partial.exists(), "{name}: partial output left behind");
+    }
+    // An output that cannot be written.
+    nwc_fails(
+        &[
+            "decompress",
+            s(&good),
+            "-o",
+            s(&d.join("no/such/dir/out.safetensors")),
+        ],
+        &["cannot write", "out.safetensors"],
+    );
+    // Calibration on a model that is not a Llama.
+    if let Some(m) = minilm() {
+        nwc_fails(
+            &[
+                "compress",
+                s(&m),
+                "-o",
+                s(&d.join("m.nwc")),
+                "--calib",
+                s(&tiny_llama().join("eval.txt")),
+            ],
+            &["calibration needs a Llama-family model"],
+        );
     }
 
     // Decoding a learned-codec file with another checkpoint.

@@ -627,8 +627,9 @@ impl<'c> Compressor<'c> {
         self.compress_source_to_file(&*source, output, importance)
     }
 
-    /// Compresses `source` into a `.nwc` file, whole or not at all: it is written to a temporary
-    /// file beside `output` and renamed over it only when complete.
+    /// Compresses `source` into a `.nwc` file, whole or not at all: it is written to
+    /// `output.partial` and renamed over `output` only when complete
+    /// ([`nwc_tensor::write_whole`]).
     ///
     /// # Errors
     /// As [`Compressor::compress_model`], plus I/O errors; `output` is then left untouched.
@@ -638,19 +639,10 @@ impl<'c> Compressor<'c> {
         output: impl AsRef<Path>,
         importance: &dyn Importance,
     ) -> Result<CompressReport> {
-        let output = output.as_ref();
-        let tmp = with_suffix(output, &format!(".tmp-{}", std::process::id()));
-        let file = std::fs::File::create(&tmp).map_err(io_err(&tmp))?;
-        let result = self
-            .compress_model(source, std::io::BufWriter::new(file), importance)
-            .and_then(|r| {
-                std::fs::rename(&tmp, output).map_err(io_err(output))?;
-                Ok(r)
-            });
-        if result.is_err() {
-            let _ = std::fs::remove_file(&tmp);
-        }
-        result
+        nwc_tensor::write_whole(output.as_ref(), |tmp| {
+            let file = std::fs::File::create(tmp).map_err(io_err(tmp))?;
+            self.compress_model(source, std::io::BufWriter::new(file), importance)
+        })
     }
 }
 

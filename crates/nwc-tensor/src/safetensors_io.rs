@@ -158,11 +158,16 @@ pub fn write_safetensors(path: impl AsRef<Path>, tensors: &[Tensor]) -> Result<(
 }
 
 /// Writes `path` whole or not at all: `write` fills `PATH.partial`, which is synced and renamed
-/// over `path` when `write` succeeds and removed when it fails.
+/// over `path` when `write` succeeds and removed when it fails. Every whole-file output of nwc
+/// goes through here (safetensors, GGUF, Hugging Face directories, `.nwc` files); `write` may
+/// return any error a [`TensorError`] converts into, and its value is passed on.
 ///
 /// # Errors
 /// `write`'s error, or [`TensorError::Write`] (naming `path`) when syncing or renaming fails.
-pub fn write_whole(path: &Path, write: impl FnOnce(&Path) -> Result<()>) -> Result<()> {
+pub fn write_whole<T, E: From<TensorError>>(
+    path: &Path,
+    write: impl FnOnce(&Path) -> std::result::Result<T, E>,
+) -> std::result::Result<T, E> {
     let mut name = path.file_name().unwrap_or_default().to_os_string();
     name.push(".partial");
     let tmp = path.with_file_name(name);
@@ -170,7 +175,7 @@ pub fn write_whole(path: &Path, write: impl FnOnce(&Path) -> Result<()>) -> Resu
         path: path.to_path_buf(),
         source,
     };
-    let done = write(&tmp).and_then(|()| {
+    let done = write(&tmp).and_then(|value| {
         let f = std::fs::File::open(&tmp).map_err(io)?;
         f.sync_all().map_err(io)?;
         // safetensors writes through a private (0600) temporary file; a model file is readable
@@ -181,7 +186,8 @@ pub fn write_whole(path: &Path, write: impl FnOnce(&Path) -> Result<()>) -> Resu
             f.set_permissions(std::fs::Permissions::from_mode(0o644))
                 .map_err(io)?;
         }
-        std::fs::rename(&tmp, path).map_err(io)
+        std::fs::rename(&tmp, path).map_err(io)?;
+        Ok(value)
     });
     if done.is_err() {
         let _ = std::fs::remove_file(&tmp);

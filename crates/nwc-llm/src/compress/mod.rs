@@ -189,27 +189,16 @@ pub fn compress_llama_ft_file(
         .collect();
     let calibration = Calibration::new(&hessians, &weights.config)?
         .with_finetune(ft_windows, FtConfig::default());
-    let partial = nwc_pipeline::with_suffix(output, ".partial");
-    let run = || -> Result<CompressReport> {
-        let file = std::fs::File::create(&partial).map_err(nwc_pipeline::io_err(&partial))?;
-        let mut out = std::io::BufWriter::new(file);
-        let report = compress_llama(
+    nwc_tensor::write_whole(output, |tmp| {
+        let file = std::fs::File::create(tmp).map_err(nwc_pipeline::io_err(tmp))?;
+        compress_llama(
             compressor,
             weights,
             Some(&calibration),
             Mode::LevelsLdlqFt,
             true,
-            &mut out,
-        )?;
-        let file = out
-            .into_inner()
-            .map_err(|e| nwc_pipeline::io_err(&partial)(e.into_error()))?;
-        file.sync_all().map_err(nwc_pipeline::io_err(&partial))?;
-        std::fs::rename(&partial, output).map_err(nwc_pipeline::io_err(output))?;
-        Ok(report)
-    };
-    run().inspect_err(|_| {
-        let _ = std::fs::remove_file(&partial);
+            std::io::BufWriter::new(file),
+        )
     })
 }
 
