@@ -4,6 +4,8 @@
 //! cargo install --path crates/nwc-cli
 //! nwc compress model.safetensors -o model.nwc --bits 4
 //! nwc compress qwen.gguf -o qwen.nwc --bits 4 --calib text.txt --mode ldlq
+//! nwc compress qwen.gguf -o part-1.nwc --bits 4 --calib text.txt --shard 1/3   # on 3 machines
+//! nwc merge part-0.nwc part-1.nwc part-2.nwc -o qwen.nwc                        # same bytes
 //! nwc inspect model.nwc --json
 //! nwc decompress model.nwc -o decoded.safetensors
 //! nwc eval qwen.nwc --text held-out.txt
@@ -49,6 +51,9 @@ enum Command {
     /// file. Llama-family models (Llama, Qwen2) are compressed one decoder block at a time,
     /// with optional calibration; any other model tensor by tensor at the target rate.
     Compress(CompressArgs),
+    /// Join the shard files of a compression spread over machines (`compress --shard K/N`)
+    /// into one .nwc file, byte for byte the file one machine would have written.
+    Merge(MergeArgs),
     /// Decode a .nwc file: to a .safetensors file, or (a Llama .nwc) to a .gguf file llama.cpp
     /// loads or a Hugging Face directory.
     Decompress(DecompressArgs),
@@ -107,9 +112,24 @@ struct CompressArgs {
     /// Calibration windows.
     #[arg(long, default_value_t = 16)]
     calib_windows: usize,
+    /// Code only shard K of N (0-based) of a Llama-family model: its share of the decoder
+    /// blocks, into a shard file for `nwc merge` (Slurm job arrays, Kubernetes Indexed Jobs:
+    /// docs/llm-large.md).
+    #[arg(long, value_name = "K/N")]
+    shard: Option<nwc::llama::Shard>,
     /// Print one JSON object instead of the text report.
     #[arg(long)]
     json: bool,
+}
+
+#[derive(clap::Args)]
+struct MergeArgs {
+    /// The shard files, in any order.
+    #[arg(required = true)]
+    shards: Vec<PathBuf>,
+    /// The .nwc file to write (whole or not at all).
+    #[arg(short, long)]
+    output: PathBuf,
 }
 
 #[derive(clap::Args)]
@@ -173,6 +193,7 @@ fn main() -> ExitCode {
         .init();
     let result = match Cli::parse().command {
         Command::Compress(a) => compress(&a),
+        Command::Merge(a) => merge(&a),
         Command::Decompress(a) => decompress(&a),
         Command::Inspect(a) => inspect(&a),
         Command::Eval(a) => eval(&a),
@@ -248,6 +269,12 @@ fn compress(a: &CompressArgs) -> Result<()> {
     };
     let (report, kind) = match open_llama(&a.model) {
         Ok(src) => (compress_llama(a, &src, mode)?, "llama"),
+        Err(why) if a.shard.is_some() => {
+            bail!(
+                "{}: --shard splits a Llama-family model by decoder blocks ({why})",
+                a.model.display()
+            )
+        }
         Err(why) => {
             if a.calib.is_some() {
                 bail!(
@@ -303,6 +330,9 @@ fn compress(a: &CompressArgs) -> Result<()> {
 /// fine-tuning, the whole model in memory.
 fn compress_llama(a: &CompressArgs, src: &LazyWeights, mode: Mode) -> Result<CompressReport> {
     if mode == Mode::LevelsLdlqFt {
+        if a.shard.is_some() {
+            bail!("--mode ft fine-tunes the whole model in memory and cannot be sharded");
+        }
         return compress_llama_ft(a);
     }
     let cfg = src.config();
@@ -321,13 +351,36 @@ fn compress_llama(a: &CompressArgs, src: &LazyWeights, mode: Mode) -> Result<Com
     let codec = nominal_codec(a.codec, a.bits)?;
     let compressor = nwc::Compressor::new(codec.as_ref());
     let pb = bar(src.names().len() as u64, "tensors");
-    let r = compress_llama_layerwise(&compressor, src, mode, &windows, true, &a.output, |p| {
+    let progress = |p: nwc::llama::LayerwiseProgress<'_>| {
         pb.inc(1);
         pb.set_message(format!("block {}/{}", p.blocks_done, p.blocks));
-    })
+    };
+    let r = match a.shard {
+        None => compress_llama_layerwise(&compressor, src, mode, &windows, true, &a.output, progress),
+        Some(shard) => nwc::llama::compress_llama_shard(
+            &compressor,
+            src,
+            mode,
+            &windows,
+            true,
+            shard,
+            &a.output,
+            progress,
+        ),
+    }
     .with_context(|| format!("compressing {}", a.model.display()))?;
     pb.finish_and_clear();
     Ok(r.report)
+}
+
+fn merge(a: &MergeArgs) -> Result<()> {
+    let bytes = nwc::llama::merge_shards(&a.shards, &a.output)?;
+    println!(
+        "{} shards → {} ({bytes} bytes)",
+        a.shards.len(),
+        a.output.display()
+    );
+    Ok(())
 }
 
 /// Calibration, levels, LDLQ and block-wise fine-tuning on the whole model in memory.

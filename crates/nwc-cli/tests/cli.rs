@@ -640,3 +640,91 @@ fn fine_tuning_mode_compresses_the_tiny_llama() {
         &["--mode Ft needs --calib TEXT"],
     );
 }
+
+/// A compression spread over machines: the tiny Llama (4 blocks) in 3 shards, calibrated with
+/// levels and LDLQ, merged in a shuffled order, is byte for byte the one-machine file; a missing
+/// shard, a shard given twice, a shard of another job and a bad `--shard` are clear errors.
+#[test]
+fn three_shards_merge_into_the_one_machine_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let model = tiny_llama();
+    let calib = model.join("calibration.txt");
+    let job = |extra: &[&str], out: &Path| {
+        let mut a = vec![
+            "compress",
+            s(&model),
+            "--calib",
+            s(&calib),
+            "--mode",
+            "ldlq",
+            "--codec",
+            "tcq",
+            "--ctx",
+            "128",
+            "--calib-windows",
+            "4",
+            "-o",
+            s(out),
+        ];
+        a.extend_from_slice(extra);
+        nwc_json(&[a.as_slice(), &["--json"]].concat());
+    };
+    let whole = d.join("whole.nwc");
+    job(&[], &whole);
+    let shards: Vec<PathBuf> = (0..3).map(|k| d.join(format!("part-{k}.nwc"))).collect();
+    for (k, p) in shards.iter().enumerate() {
+        job(&["--shard", &format!("{k}/3")], p);
+    }
+    let merged = d.join("merged.nwc");
+    let out = nwc(&[
+        "merge",
+        s(&shards[2]),
+        s(&shards[0]),
+        s(&shards[1]),
+        "-o",
+        s(&merged),
+    ]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let (a, b) = (std::fs::read(&whole).unwrap(), std::fs::read(&merged).unwrap());
+    assert_eq!(a.len(), b.len(), "merged file size");
+    assert!(a == b, "the merged file differs from the one-machine file");
+    // Every shard holds some of the blocks; the middle one none of the metadata or the head.
+    let inspect = nwc_json(&["inspect", s(&shards[1]), "--json"]);
+    let text = inspect.to_string();
+    assert!(text.contains("model.layers.1.") && !text.contains("model.layers.0."));
+    assert!(!text.contains("nwc.llama.config.json") && !text.contains("lm_head"));
+
+    let bad = d.join("bad.nwc");
+    nwc_fails(
+        &["merge", s(&shards[0]), s(&shards[2]), "-o", s(&bad)],
+        &["shard 1 of 3 missing"],
+    );
+    nwc_fails(
+        &[
+            "merge",
+            s(&shards[0]),
+            s(&shards[1]),
+            s(&shards[1]),
+            s(&shards[2]),
+            "-o",
+            s(&bad),
+        ],
+        &["shard 1 of 3 given twice", "part-1.nwc"],
+    );
+    nwc_fails(
+        &["merge", s(&shards[0]), s(&whole), "-o", s(&bad)],
+        &["whole.nwc", "not a shard file"],
+    );
+    // A shard of another job (another rate) does not join this one.
+    let other = d.join("other-1.nwc");
+    job(&["--shard", "1/3", "--bits", "3"], &other);
+    nwc_fails(
+        &["merge", s(&shards[0]), s(&other), s(&shards[2]), "-o", s(&bad)],
+        &["other-1.nwc", "of job"],
+    );
+    assert!(!bad.exists(), "a failed merge leaves no output");
+    let out = nwc(&["compress", s(&model), "--shard", "3/3", "-o", s(&bad)]);
+    assert_eq!(out.status.code(), Some(2), "a bad --shard is a usage error");
+    assert!(String::from_utf8_lossy(&out.stderr).contains("shards are numbered 0..3"));
+}

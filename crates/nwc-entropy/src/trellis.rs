@@ -64,6 +64,22 @@ pub fn viterbi_chunk(
     rate: &RateModel,
     out: &mut [i32],
 ) {
+    if let Some(t) = Trellis8::of(model) {
+        return t.viterbi(x, lambda, rate, out);
+    }
+    viterbi_reference(model, x, lambda, rate, out);
+}
+
+/// The search as first written, for any trellis: every state tries both parities and both
+/// grid points around the value. [`viterbi_chunk`] runs [`Trellis8`] instead on 8-state
+/// trellises; both return the same path (the test `fast_search_is_the_reference_search`).
+pub fn viterbi_reference(
+    model: &ContextModel,
+    x: &[f32],
+    lambda: f32,
+    rate: &RateModel,
+    out: &mut [i32],
+) {
     match model.n_states() {
         0..=8 => viterbi::<8>(model, x, lambda, rate, out),
         9..=16 => viterbi::<16>(model, x, lambda, rate, out),
@@ -130,6 +146,130 @@ fn viterbi<const S: usize>(
     }
 }
 
+/// `floor(x)` for finite `x`, without a library call on targets without a rounding
+/// instruction: exact for every `|x| < 2^31` (above 2^23 every `f32` is an integer already).
+/// `-0.0` becomes `+0.0`, which no caller can tell apart (it is only ever added to a grid index).
+#[inline(always)]
+fn floor_fast(x: f32) -> f32 {
+    let t = x as i32 as f32;
+    if t > x { t - 1.0 } else { t }
+}
+
+/// An 8-state trellis laid out for the search: the two branches into each state, in the order
+/// the reference search tries them (ascending source state, then parity), so ties break the
+/// same way and the path is the same to the bit.
+#[derive(Debug, Clone, Copy)]
+struct Trellis8 {
+    /// Into state `s`: `(source state, subset r = 2·parity + context of the source)`.
+    pred: [[(u8, u8); 2]; 8],
+}
+
+/// Values per search kept on the stack (the trellis run of every shipped codec fits).
+const STACK_RUN: usize = 64;
+
+impl Trellis8 {
+    /// The layout of `model`, when it has 8 states, each entered by exactly two branches.
+    fn of(model: &ContextModel) -> Option<Self> {
+        if model.n_states() != 8 {
+            return None;
+        }
+        let mut pred = [[(0u8, 0u8); 2]; 8];
+        let mut n = [0usize; 8];
+        for q in 0..8u8 {
+            let u = (model.context(q) & 1) as u8;
+            for p in 0..2u8 {
+                let s = usize::from(model.next_by_parity(q, p));
+                if n[s] == 2 {
+                    return None;
+                }
+                pred[s][n[s]] = (q, 2 * p + u);
+                n[s] += 1;
+            }
+        }
+        n.iter().all(|&k| k == 2).then_some(Self { pred })
+    }
+
+    fn viterbi(&self, x: &[f32], lambda: f32, rate: &RateModel, out: &mut [i32]) {
+        let n = x.len().min(out.len());
+        if n <= STACK_RUN {
+            let mut sel = [[0u8; 8]; STACK_RUN];
+            let mut ks = [[0i32; 8]; STACK_RUN];
+            self.search(&x[..n], lambda, rate, &mut sel[..n], &mut ks[..n], &mut out[..n]);
+        } else {
+            let mut sel = vec![[0u8; 8]; n];
+            let mut ks = vec![[0i32; 8]; n];
+            self.search(&x[..n], lambda, rate, &mut sel, &mut ks, &mut out[..n]);
+        }
+    }
+
+    /// The search with caller-provided back pointers: `sel[t][s]` is the branch (`2·i + w`:
+    /// predecessor `i`, grid point `w`) into state `s` at step `t`, `ks[t][2·r + w]` the union
+    /// index of grid point `w` of subset `r`.
+    #[inline(always)]
+    fn search(
+        &self,
+        x: &[f32],
+        lambda: f32,
+        rate: &RateModel,
+        sel: &mut [[u8; 8]],
+        ks: &mut [[i32; 8]],
+        out: &mut [i32],
+    ) {
+        let mut cost = [f32::INFINITY; 8];
+        cost[0] = 0.0;
+        for ((&v, sel_t), ks_t) in x.iter().zip(sel.iter_mut()).zip(ks.iter_mut()) {
+            // Distortion and λ·bits of the two grid points of each subset: the same numbers,
+            // computed the same way, as the reference search computes per state.
+            let mut d = [0f32; 8];
+            let mut lr = [0f32; 8];
+            for r in 0..4usize {
+                let u = (r & 1) as i32;
+                let rf = r as f32;
+                let lo = rf + 4.0 * floor_fast((v - rf) / 4.0);
+                for (w, j) in [lo, lo + 4.0].into_iter().enumerate() {
+                    let k = ((j - u as f32) / 2.0) as i32;
+                    d[2 * r + w] = (v - j) * (v - j);
+                    lr[2 * r + w] = lambda * rate.cost(u as usize, k);
+                    ks_t[2 * r + w] = k;
+                }
+            }
+            let mut next = [f32::INFINITY; 8];
+            for s in 0..8 {
+                let mut best = f32::INFINITY;
+                let mut b = 0u8;
+                for i in 0..2 {
+                    let (q, r) = self.pred[s][i];
+                    let c0 = cost[usize::from(q)];
+                    for w in 0..2 {
+                        let at = 2 * usize::from(r) + w;
+                        let c = c0 + d[at] + lr[at];
+                        if c < best {
+                            best = c;
+                            b = (2 * i + w) as u8;
+                        }
+                    }
+                }
+                next[s] = best;
+                sel_t[s] = b;
+            }
+            cost = next;
+        }
+        // The cheapest end state (ties: the lowest state), then back along the path.
+        let mut q = 0usize;
+        for s in 1..8 {
+            if cost[s] < cost[q] {
+                q = s;
+            }
+        }
+        for t in (0..out.len()).rev() {
+            let b = usize::from(sel[t][q]);
+            let (prev, r) = self.pred[q][b >> 1];
+            out[t] = ks[t][2 * usize::from(r) + (b & 1)];
+            q = usize::from(prev);
+        }
+    }
+}
+
 /// Union indices back to grid positions `j` (in steps), following the trellis through a chunk.
 #[inline]
 pub fn reconstruct_chunk(model: &ContextModel, symbols: &[i32], out: &mut [f32]) {
@@ -174,6 +314,60 @@ mod tests {
             / 64.0;
         assert!(scaled.iter().zip(&j).all(|(a, b)| (a - b).abs() <= 2.0));
         assert!(mse < 4.0 / 12.0, "mse {mse}");
+    }
+
+    #[test]
+    fn fast_search_is_the_reference_search() {
+        // Same path to the bit: λ = 0 and λ > 0 with fitted tables (escapes included), runs of
+        // every length up to past the stack buffer, values near ties (integers, half-integers),
+        // large values and negative zero.
+        let m = ContextModel::tcq8();
+        let counts: Vec<u64> = (0..9).map(|i| 1 + (i * 37 % 11) as u64).collect();
+        let t0 = Table::from_counts(-4, &counts, 0, 12).unwrap();
+        let t1 = Table::from_counts(-3, &counts[..7], 0, 12).unwrap();
+        let rates = [RateModel::flat(), RateModel::from_tables([&t0, &t1])];
+        let mut x: Vec<f32> = gaussian(4096, 3).iter().map(|v| v * 6.0).collect();
+        for (i, v) in x.iter_mut().enumerate().step_by(7) {
+            *v = (*v * 2.0).round() / 2.0;
+            if i % 49 == 0 {
+                *v = -0.0;
+            }
+            if i % 91 == 0 {
+                *v *= 1e6;
+            }
+        }
+        for len in [1usize, 2, 3, 5, 16, 63, 64, 65, 200] {
+            for lambda in [0.0f32, 0.15, 3.0] {
+                for rate in &rates {
+                    for c in x.chunks(len) {
+                        let (mut a, mut b) = (vec![0; c.len()], vec![0; c.len()]);
+                        viterbi_chunk(&m, c, lambda, rate, &mut a);
+                        viterbi_reference(&m, c, lambda, rate, &mut b);
+                        assert_eq!(a, b, "len {len}, λ {lambda}");
+                    }
+                }
+            }
+        }
+        // Other 8-state masks take the fast path too and agree.
+        for mask in [0b010u8, 0b100, 0b110] {
+            let m = ContextModel::shift_register(3, mask).unwrap();
+            for c in x.chunks(64).take(16) {
+                let (mut a, mut b) = (vec![0; 64], vec![0; 64]);
+                viterbi_chunk(&m, c, 0.15, &rates[1], &mut a);
+                viterbi_reference(&m, c, 0.15, &rates[1], &mut b);
+                assert_eq!(a, b, "mask {mask:#b}");
+            }
+        }
+    }
+
+    #[test]
+    fn floor_fast_is_floor() {
+        for x in [
+            0.0f32, -0.0, 0.5, -0.5, 1.0, -1.0, 1.5, -1.5, 2.999_999, -2.999_999, 8_388_607.5,
+            -8_388_607.5, 16_777_217.0, -1.3e9, 1.3e9,
+        ] {
+            assert_eq!(floor_fast(x), x.floor(), "{x}");
+        }
     }
 
     #[test]

@@ -46,6 +46,10 @@ pub enum LlmError {
         #[source]
         source: Box<dyn std::error::Error + Send + Sync>,
     },
+    /// Shards of a compression spread over machines do not make one job (missing, given
+    /// twice, of another job or codec), or a shard is named badly.
+    #[error("shards: {0}")]
+    Shards(String),
     /// A Hessian cache file is damaged or belongs to another model.
     #[error("Hessian cache {path}: {reason}")]
     Cache {

@@ -334,16 +334,46 @@ impl WeightCodec for EcsqCodec {
         params: &CodecParams,
     ) -> Result<Vec<f32>> {
         let steps = params.steps(name)?;
-        Ok(symbols
-            .par_chunks(chunk_len)
-            .zip(chunk_levels.par_iter())
-            .flat_map_iter(|(chunk, &l)| {
-                let step = steps[usize::from(l)];
-                chunk.iter().map(move |&q| q as f32 * step)
-            })
-            .collect())
+        if chunk_len == 0 || symbols.len() != chunk_levels.len() * chunk_len {
+            return Err(NwcError::Corrupt {
+                name: name.to_string(),
+                reason: format!(
+                    "{} symbols for {} chunks of {chunk_len}",
+                    symbols.len(),
+                    chunk_levels.len()
+                ),
+            });
+        }
+        if let Some(&l) = chunk_levels.iter().find(|&&l| usize::from(l) >= steps.len()) {
+            return Err(NwcError::Corrupt {
+                name: name.to_string(),
+                reason: format!("quality level {l}, the codec has {}", steps.len()),
+            });
+        }
+        let mut out = vec![0f32; symbols.len()];
+        // Groups of chunks per task, so a task is worth scheduling.
+        let per_task = (DEQUANT_TASK / chunk_len).max(1);
+        out.par_chunks_mut(per_task * chunk_len)
+            .zip(symbols.par_chunks(per_task * chunk_len))
+            .zip(chunk_levels.par_chunks(per_task))
+            .for_each(|((o, q), lv)| {
+                for ((o, q), &l) in o
+                    .chunks_exact_mut(chunk_len)
+                    .zip(q.chunks_exact(chunk_len))
+                    .zip(lv)
+                {
+                    let step = steps[usize::from(l)];
+                    for (o, &q) in o.iter_mut().zip(q) {
+                        *o = q as f32 * step;
+                    }
+                }
+            });
+        Ok(out)
     }
 }
+
+/// Values per parallel task of a dequantization.
+pub(crate) const DEQUANT_TASK: usize = 1 << 14;
 
 /// One histogram table per table-map row that occurs, and the map (`n_rows × chunk_len` entries,
 /// every position of a row naming its table; rows without symbols name table 0, and an empty

@@ -11,7 +11,7 @@ use nwc_format::{
     CodecKind, CodedPayload, FileReader, Header, Payload, ReadOptions, Record, TableRecord, Writer,
 };
 use nwc_tensor::{
-    ChunkConfig, Chunked, DType, LevelBands, ScaleAxis, ScaleSums, Tensor, WeightSource,
+    ChunkConfig, DType, LevelBands, ScaleAxis, ScaleSums, Tensor, WeightSource,
     chunk_with_scales,
 };
 
@@ -1044,9 +1044,26 @@ fn reconstruct(
             scales.len()
         )));
     }
+    let scale_f32: Vec<f32> = scales.iter().map(|s| s.to_f32()).collect();
+    if let Some(s) = scale_f32.iter().find(|s| !(s.is_finite() && **s > 0.0)) {
+        return Err(corrupt(format!("scale {s} is not finite and positive")));
+    }
+    if rows == 0 || cols == 0 || l > nwc_tensor::MAX_CHUNK_LEN {
+        return Err(corrupt(format!("{rows}×{cols} in chunks of {l} is not valid")));
+    }
+    let size = match dtype {
+        DType::F32 | DType::F16 | DType::BF16 => dtype.size(),
+        other => {
+            return Err(nwc_tensor::TensorError::UnsupportedDtype {
+                name: name.to_string(),
+                dtype: other.to_string(),
+            }
+            .into());
+        }
+    };
     let per_col = blocks * l;
     let slabs = row_slabs(rows, cols, l, slab_values, slab_values);
-    let mut bytes = Vec::with_capacity(rows * cols * dtype.size());
+    let mut bytes = vec![0u8; rows * cols * size];
     for slab in &slabs {
         let sb = slab.len().div_ceil(l);
         let (s, lv) = if slabs.len() == 1 {
@@ -1065,19 +1082,78 @@ fn reconstruct(
             (s.into(), lv.into())
         };
         let recon = codec.dequantize(name, &s, l, &lv, params)?;
-        let slab_scales = match axis {
-            ScaleAxis::Column => scales.clone(),
-            ScaleAxis::Row => scales[slab.clone()].to_vec(),
+        if recon.len() != cols * sb * l {
+            return Err(corrupt(format!(
+                "the codec returned {} values for {} chunks of {l}",
+                recon.len(),
+                cols * sb
+            )));
+        }
+        let out = &mut bytes[slab.start * cols * size..slab.end * cols * size];
+        let row_scales = match axis {
+            ScaleAxis::Column => None,
+            ScaleAxis::Row => Some(&scale_f32[slab.clone()]),
         };
-        let m = Chunked::from_parts(slab.len(), cols, l, axis, slab_scales, recon)?.to_matrix();
-        Tensor::extend_bytes_f32(
-            name,
-            dtype,
-            m.as_slice().expect("standard layout"),
-            &mut bytes,
-        )?;
+        let col_scales = (axis == ScaleAxis::Column).then_some(&scale_f32[..]);
+        let view = Unchunk {
+            recon: &recon,
+            per_col: sb * l,
+            cols,
+            col_scales,
+            row_scales,
+        };
+        match dtype {
+            DType::F32 => view.write(out, f32::to_le_bytes),
+            DType::F16 => view.write(out, |v| f16::from_f32(v).to_le_bytes()),
+            _ => view.write(out, |v| half::bf16::from_f32(v).to_le_bytes()),
+        }
     }
     Ok(Tensor::from_bytes(name, dtype, shape, bytes)?)
+}
+
+/// A slab's dequantized chunks (column-major: column `c`'s rows at `c · per_col ..`) on their
+/// way to row-major output bytes: each value times its column's or row's scale, in `f32`, then
+/// converted to the output type — the arithmetic of [`nwc_tensor::Chunked::to_matrix`] and
+/// [`Tensor::extend_bytes_f32`], fused into one pass over tiles, bands of rows in parallel.
+struct Unchunk<'a> {
+    recon: &'a [f32],
+    per_col: usize,
+    cols: usize,
+    col_scales: Option<&'a [f32]>,
+    row_scales: Option<&'a [f32]>,
+}
+
+/// Rows per parallel band and columns per tile of the transposition (a tile of the input,
+/// `TILE` columns × `BAND` rows, stays in L1).
+const BAND: usize = 64;
+const TILE: usize = 32;
+
+impl Unchunk<'_> {
+    fn write<const N: usize>(&self, out: &mut [u8], conv: impl Fn(f32) -> [u8; N] + Sync) {
+        use rayon::prelude::*;
+        let cols = self.cols;
+        out.par_chunks_mut(BAND * cols * N)
+            .enumerate()
+            .for_each(|(band, o)| {
+                let r0 = band * BAND;
+                let n_rows = o.len() / (cols * N);
+                for c0 in (0..cols).step_by(TILE) {
+                    let c1 = (c0 + TILE).min(cols);
+                    for r in 0..n_rows {
+                        let row_scale = self.row_scales.map(|s| s[r0 + r]);
+                        let line = &mut o[(r * cols + c0) * N..(r * cols + c1) * N];
+                        for (c, dst) in (c0..c1).zip(line.chunks_exact_mut(N)) {
+                            let s = match row_scale {
+                                Some(s) => s,
+                                None => self.col_scales.map_or(1.0, |s| s[c]),
+                            };
+                            let v = self.recon[c * self.per_col + r0 + r] * s;
+                            dst.copy_from_slice(&conv(v));
+                        }
+                    }
+                }
+            });
+    }
 }
 
 /// Lower-case hex of `b` (checkpoint hashes in messages).

@@ -225,9 +225,14 @@ impl TcqCodec {
     /// trellis restarting with each).
     pub fn grid(&self, symbols: &[i32], chunk_len: usize) -> Vec<f32> {
         let mut out = vec![0.0f32; symbols.len()];
-        out.par_chunks_mut(chunk_len)
-            .zip(symbols.par_chunks(chunk_len))
-            .for_each(|(o, s)| reconstruct_chunk(&self.model, s, o));
+        let per_task = crate::codec::DEQUANT_TASK.div_ceil(chunk_len.max(1)) * chunk_len.max(1);
+        out.par_chunks_mut(per_task)
+            .zip(symbols.par_chunks(per_task))
+            .for_each(|(o, s)| {
+                for (o, s) in o.chunks_mut(chunk_len.max(1)).zip(s.chunks(chunk_len.max(1))) {
+                    reconstruct_chunk(&self.model, s, o);
+                }
+            });
         out
     }
 }
@@ -315,12 +320,32 @@ impl WeightCodec for TcqCodec {
     ) -> Result<Vec<f32>> {
         check_levels(name, chunk_levels)?;
         let steps = params.steps(name)?;
-        let mut out = self.grid(symbols, chunk_len);
-        out.par_chunks_mut(chunk_len)
-            .zip(chunk_levels.par_iter())
-            .for_each(|(o, &l)| {
-                let step = steps[usize::from(l)];
-                o.iter_mut().for_each(|v| *v *= step);
+        if chunk_len == 0 || symbols.len() != chunk_levels.len() * chunk_len {
+            return Err(NwcError::Corrupt {
+                name: name.to_string(),
+                reason: format!(
+                    "{} symbols for {} chunks of {chunk_len}",
+                    symbols.len(),
+                    chunk_levels.len()
+                ),
+            });
+        }
+        // The trellis walk and the step in one pass, a group of chunks per task.
+        let mut out = vec![0.0f32; symbols.len()];
+        let per_task = (crate::codec::DEQUANT_TASK / chunk_len).max(1);
+        out.par_chunks_mut(per_task * chunk_len)
+            .zip(symbols.par_chunks(per_task * chunk_len))
+            .zip(chunk_levels.par_chunks(per_task))
+            .for_each(|((o, s), lv)| {
+                for ((o, s), &l) in o
+                    .chunks_exact_mut(chunk_len)
+                    .zip(s.chunks_exact(chunk_len))
+                    .zip(lv)
+                {
+                    reconstruct_chunk(&self.model, s, o);
+                    let step = steps[usize::from(l)];
+                    o.iter_mut().for_each(|v| *v *= step);
+                }
             });
         Ok(out)
     }

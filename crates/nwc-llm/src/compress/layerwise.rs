@@ -22,7 +22,7 @@ use nwc_pipeline::{
     CompressReport, Compressor, NwcError, Result, TensorReport, io_err, with_suffix,
 };
 
-use super::{CONFIG_RECORD, Calibration, Mode, TOKENIZER_RECORD, metadata};
+use super::{CONFIG_RECORD, Calibration, Mode, Shard, TOKENIZER_RECORD, metadata};
 
 const MAGIC: &[u8; 8] = b"NWCRSUM1";
 
@@ -174,8 +174,8 @@ impl Checkpoint {
     }
 }
 
-/// The fingerprint of a job: the model's bytes, the codec and its options, the mode and the
-/// calibration windows. A checkpoint resumes only the job that wrote it.
+/// The fingerprint of a job: the model's bytes, the codec, its settings and options, the mode
+/// and the calibration windows. A checkpoint resumes only the job that wrote it.
 fn job_fingerprint(
     compressor: &Compressor<'_>,
     src: &dyn ModelSource,
@@ -193,10 +193,22 @@ fn job_fingerprint(
                 .chain(w.iter().flat_map(|i| i.to_le_bytes()))
         })
         .collect();
+    // The codec's settings (step, λ, …) as they act: a fixed probe quantized at every level.
+    let codec = compressor.codec();
+    let l = codec.preferred_chunk_len().unwrap_or(16);
+    let levels: Vec<u8> = (0..codec.n_levels() as u8).collect();
+    let probe: Vec<f32> = (0..l * levels.len())
+        .map(|i| ((i * 7919) % 97) as f32 / 24.0 - 2.0)
+        .collect();
+    let acts = match codec.quantize("probe", &probe, l, &levels) {
+        Ok(q) => format!("{:?} {:?}", q.symbols, q.params),
+        Err(e) => e.to_string(),
+    };
     crate::fingerprint(&[
         &src.fingerprint(),
         &[header.codec as u8],
         &header.codec_hash,
+        acts.as_bytes(),
         format!("{:?}", compressor.options()).as_bytes(),
         mode.label().as_bytes(),
         &ids,
@@ -221,8 +233,69 @@ pub fn compress_llama_layerwise(
     windows: &[Vec<u32>],
     embed_tokenizer: bool,
     output: &Path,
+    progress: impl FnMut(LayerwiseProgress<'_>),
+) -> Result<LayerwiseReport> {
+    let job = Job {
+        compressor,
+        src,
+        mode,
+        windows,
+        embed_tokenizer,
+    };
+    run_layerwise(&job, None, output, progress)
+}
+
+/// [`compress_llama_layerwise`] for one shard of a job spread over machines: codes the decoder
+/// blocks of `shard` (and, in shard 0, the metadata; in the last shard, the tensors after the
+/// blocks) into the shard file `output`. [`super::merge_shards`] joins the shards of one job,
+/// every shard run with the same model, codec, mode and calibration, into the bytes
+/// [`compress_llama_layerwise`] writes. A shard resumes like a whole run.
+///
+/// # Errors
+/// As [`compress_llama_layerwise`].
+#[allow(clippy::too_many_arguments)]
+pub fn compress_llama_shard(
+    compressor: &Compressor<'_>,
+    src: &dyn ModelSource,
+    mode: Mode,
+    windows: &[Vec<u32>],
+    embed_tokenizer: bool,
+    shard: Shard,
+    output: &Path,
+    progress: impl FnMut(LayerwiseProgress<'_>),
+) -> Result<LayerwiseReport> {
+    let job = Job {
+        compressor,
+        src,
+        mode,
+        windows,
+        embed_tokenizer,
+    };
+    run_layerwise(&job, Some(shard), output, progress)
+}
+
+/// What a layer-by-layer job codes, the same for every shard of it.
+struct Job<'a, 'c> {
+    compressor: &'a Compressor<'c>,
+    src: &'a dyn ModelSource,
+    mode: Mode,
+    windows: &'a [Vec<u32>],
+    embed_tokenizer: bool,
+}
+
+fn run_layerwise(
+    job: &Job<'_, '_>,
+    shard: Option<Shard>,
+    output: &Path,
     mut progress: impl FnMut(LayerwiseProgress<'_>),
 ) -> Result<LayerwiseReport> {
+    let Job {
+        compressor,
+        src,
+        mode,
+        windows,
+        embed_tokenizer,
+    } = *job;
     let start = Instant::now();
     let calibrated = match mode {
         Mode::DataFree => false,
@@ -244,7 +317,17 @@ pub fn compress_llama_layerwise(
     let device = Default::default();
     let partial = with_suffix(output, ".partial");
     let state_path = with_suffix(output, ".resume");
-    let fp = job_fingerprint(compressor, src, mode, windows, embed_tokenizer);
+    let job_fp = job_fingerprint(compressor, src, mode, windows, embed_tokenizer);
+    // A shard's checkpoint resumes that shard only.
+    let fp = match shard {
+        None => job_fp,
+        Some(s) => crate::fingerprint(&[
+            &job_fp,
+            &(s.index() as u64).to_le_bytes(),
+            &(s.count() as u64).to_le_bytes(),
+        ]),
+    };
+    let blocks = shard.map_or(0..cfg.layers, |s| s.blocks(cfg.layers));
     let mut times = StageTimes::default();
 
     // Resume, or start afresh.
@@ -299,9 +382,15 @@ pub fn compress_llama_layerwise(
                 .ok()
                 .and_then(crate::torch_dtype)
                 .unwrap_or("float32");
-            let mut meta = vec![metadata(CONFIG_RECORD, &cfg.to_hf_json(dtype_name))];
-            if embed_tokenizer {
-                meta.push(metadata(TOKENIZER_RECORD, &src.tokenizer().to_json()?));
+            let mut meta = Vec::new();
+            if let Some(s) = shard {
+                meta.push(s.record(&job_fp));
+            }
+            if shard.is_none_or(|s| s.writes_metadata()) {
+                meta.push(metadata(CONFIG_RECORD, &cfg.to_hf_json(dtype_name)));
+                if embed_tokenizer {
+                    meta.push(metadata(TOKENIZER_RECORD, &src.tokenizer().to_json()?));
+                }
             }
             for r in &meta {
                 let bytes = writer.write(r)?;
@@ -344,7 +433,19 @@ pub fn compress_llama_layerwise(
         Ok(())
     };
 
-    for l in first_block..cfg.layers {
+    for l in first_block..blocks.end {
+        if l < blocks.start {
+            // Before this shard's blocks: move the calibration activations on, code nothing.
+            if let Some(run) = run.as_mut() {
+                let t = Instant::now();
+                let w = run.load_block(src, l)?;
+                times.load += t.elapsed().as_secs_f64();
+                let t = Instant::now();
+                run.advance(&w, l, None);
+                times.forward += t.elapsed().as_secs_f64();
+            }
+            continue;
+        }
         let block_start = Instant::now();
         let block_names: Vec<&String> = names.iter().filter(|n| block_of(n) == Some(l)).collect();
         // Calibrate: this block's Hessians from the original activations, then move them on.
@@ -412,8 +513,13 @@ pub fn compress_llama_layerwise(
         );
     }
 
-    // The rest (final norm, output projection, embedding), one tensor at a time.
-    let rest: Vec<&String> = names.iter().filter(|n| block_of(n).is_none()).collect();
+    // The rest (final norm, output projection, embedding), one tensor at a time (in the last
+    // shard).
+    let rest: Vec<&String> = if shard.is_none_or(|s| s.codes_rest()) {
+        names.iter().filter(|n| block_of(n).is_none()).collect()
+    } else {
+        Vec::new()
+    };
     let head = match run.as_ref() {
         Some(run) if rest.iter().any(|n| site_of(&cfg, n) == Some(Site::Head)) => {
             Some(calibrate(&cfg, &[Site::Head], &mut times, |cap| {

@@ -15,10 +15,12 @@ use nwc_ldl::{BlockLdl, GroupRtn};
 use nwc_tensor::{DType, ScaleAxis, Tensor};
 
 mod layerwise;
+mod shard;
 
 pub use self::layerwise::{
-    LayerwiseProgress, LayerwiseReport, StageTimes, compress_llama_layerwise,
+    LayerwiseProgress, LayerwiseReport, StageTimes, compress_llama_layerwise, compress_llama_shard,
 };
+pub use self::shard::{SHARD_RECORD, Shard, merge_shards};
 
 use nwc_pipeline::{
     CompressReport, Compressor, NwcError, NwcFile, Result, TensorPolicy, WeightCodec,
