@@ -45,10 +45,21 @@ impl RateModel {
     #[inline(always)]
     fn cost(&self, u: usize, k: i32) -> f32 {
         let (lo, costs, escape) = &self.unions[u];
-        match usize::try_from(i64::from(k) - i64::from(*lo)) {
-            Ok(i) if i < costs.len() => costs[i],
-            _ => *escape,
+        // A negative difference wraps far past the end: one comparison for both bounds.
+        let i = (i64::from(k) - i64::from(*lo)) as u64;
+        if i < costs.len() as u64 {
+            costs[i as usize]
+        } else {
+            *escape
         }
+    }
+
+    /// Whether every symbol costs nothing (costs are empty and the escape is free).
+    #[inline(always)]
+    fn is_flat(&self) -> bool {
+        self.unions
+            .iter()
+            .all(|(_, c, e)| c.is_empty() && *e == 0.0)
     }
 }
 
@@ -162,6 +173,45 @@ fn floor_fast(x: f32) -> f32 {
 struct Trellis8 {
     /// Into state `s`: `(source state, subset r = 2·parity + context of the source)`.
     pred: [[(u8, u8); 2]; 8],
+    /// Whether this is [`ContextModel::tcq8`], whose layout [`Trellis8::search_tcq8`] unrolls.
+    tcq8: bool,
+}
+
+/// Four lanes of `f32` (the compiler keeps them in one vector register).
+type V4 = [f32; 4];
+
+/// `(c + d) + l` lane by lane: the reference search's `c0 + d + λ·bits`.
+#[inline(always)]
+fn add3(c: V4, d: V4, l: V4) -> V4 {
+    [
+        (c[0] + d[0]) + l[0],
+        (c[1] + d[1]) + l[1],
+        (c[2] + d[2]) + l[2],
+        (c[3] + d[3]) + l[3],
+    ]
+}
+
+/// Lanes 2, 3, 0, 1.
+#[inline(always)]
+fn swap_halves(x: V4) -> V4 {
+    [x[2], x[3], x[0], x[1]]
+}
+
+/// Per lane, the least of four candidates, the first on ties (strict `<`, as the reference
+/// search), and which one it was.
+#[inline(always)]
+fn least_of_four(c: [V4; 4]) -> (V4, [u8; 4]) {
+    let mut best = c[0];
+    let mut which = [0u8; 4];
+    for (i, ci) in c.iter().enumerate().skip(1) {
+        for lane in 0..4 {
+            if ci[lane] < best[lane] {
+                best[lane] = ci[lane];
+                which[lane] = i as u8;
+            }
+        }
+    }
+    (best, which)
 }
 
 /// Values per search kept on the stack (the trellis run of every shipped codec fits).
@@ -186,7 +236,10 @@ impl Trellis8 {
                 n[s] += 1;
             }
         }
-        n.iter().all(|&k| k == 2).then_some(Self { pred })
+        n.iter().all(|&k| k == 2).then_some(Self {
+            pred,
+            tcq8: *model == ContextModel::tcq8(),
+        })
     }
 
     fn viterbi(&self, x: &[f32], lambda: f32, rate: &RateModel, out: &mut [i32]) {
@@ -215,45 +268,11 @@ impl Trellis8 {
         ks: &mut [[i32; 8]],
         out: &mut [i32],
     ) {
-        let mut cost = [f32::INFINITY; 8];
-        cost[0] = 0.0;
-        for ((&v, sel_t), ks_t) in x.iter().zip(sel.iter_mut()).zip(ks.iter_mut()) {
-            // Distortion and λ·bits of the two grid points of each subset: the same numbers,
-            // computed the same way, as the reference search computes per state.
-            let mut d = [0f32; 8];
-            let mut lr = [0f32; 8];
-            for r in 0..4usize {
-                let u = (r & 1) as i32;
-                let rf = r as f32;
-                let lo = rf + 4.0 * floor_fast((v - rf) / 4.0);
-                for (w, j) in [lo, lo + 4.0].into_iter().enumerate() {
-                    let k = ((j - u as f32) / 2.0) as i32;
-                    d[2 * r + w] = (v - j) * (v - j);
-                    lr[2 * r + w] = lambda * rate.cost(u as usize, k);
-                    ks_t[2 * r + w] = k;
-                }
-            }
-            let mut next = [f32::INFINITY; 8];
-            for s in 0..8 {
-                let mut best = f32::INFINITY;
-                let mut b = 0u8;
-                for i in 0..2 {
-                    let (q, r) = self.pred[s][i];
-                    let c0 = cost[usize::from(q)];
-                    for w in 0..2 {
-                        let at = 2 * usize::from(r) + w;
-                        let c = c0 + d[at] + lr[at];
-                        if c < best {
-                            best = c;
-                            b = (2 * i + w) as u8;
-                        }
-                    }
-                }
-                next[s] = best;
-                sel_t[s] = b;
-            }
-            cost = next;
-        }
+        let cost = if self.tcq8 {
+            Self::search_tcq8(x, lambda, rate, sel, ks)
+        } else {
+            self.search_any(x, lambda, rate, sel, ks)
+        };
         // The cheapest end state (ties: the lowest state), then back along the path.
         let mut q = 0usize;
         for s in 1..8 {
@@ -267,6 +286,121 @@ impl Trellis8 {
             out[t] = ks[t][2 * usize::from(r) + (b & 1)];
             q = usize::from(prev);
         }
+    }
+
+    /// Distortion and λ·bits of the two grid points (`w` = 0, 1) of each subset `r` for value
+    /// `v`, lanes by `r`: the same numbers, computed the same way, as the reference search
+    /// computes per state. Stores the union indices in `ks` (`2·r + w`).
+    #[inline(always)]
+    fn grid_points(v: f32, lambda: f32, rate: &RateModel, ks: &mut [i32; 8]) -> [V4; 4] {
+        const R: V4 = [0.0, 1.0, 2.0, 3.0];
+        const U: V4 = [0.0, 1.0, 0.0, 1.0];
+        // Lane by lane (the compiler vectorizes these fixed-length loops).
+        let mut g = [[0f32; 4]; 4];
+        let mut k = [[0i32; 4]; 2];
+        for r in 0..4 {
+            let lo = R[r] + 4.0 * floor_fast((v - R[r]) / 4.0);
+            let hi = lo + 4.0;
+            k[0][r] = ((lo - U[r]) / 2.0) as i32;
+            k[1][r] = ((hi - U[r]) / 2.0) as i32;
+            g[0][r] = (v - lo) * (v - lo);
+            g[1][r] = (v - hi) * (v - hi);
+        }
+        for r in 0..4 {
+            ks[2 * r] = k[0][r];
+            ks[2 * r + 1] = k[1][r];
+        }
+        // λ·bits; with flat costs every term is +0 (adding it changes no sum of non-negative
+        // terms), so the lookups are skipped.
+        if !(rate.is_flat() && lambda.is_finite()) {
+            for w in 0..2 {
+                for r in 0..4 {
+                    g[2 + w][r] = lambda * rate.cost(r & 1, k[w][r]);
+                }
+            }
+        }
+        g
+    }
+
+    /// The search on [`ContextModel::tcq8`], four states to a vector: state `2m + b` is
+    /// entered from states `m` and `m + 4`; from `m` it draws on subset `m` (`b = 0`) or
+    /// `m ± 2` (`b = 1`), from `m + 4` the other way round (the test
+    /// `tcq8_layout_is_the_unrolled_one` checks this against the model). Returns the final
+    /// costs.
+    #[inline(always)]
+    fn search_tcq8(
+        x: &[f32],
+        lambda: f32,
+        rate: &RateModel,
+        sel: &mut [[u8; 8]],
+        ks: &mut [[i32; 8]],
+    ) -> [f32; 8] {
+        let inf = f32::INFINITY;
+        // Costs of states 0..4 and 4..8.
+        let (mut lo, mut hi): (V4, V4) = ([0.0, inf, inf, inf], [inf; 4]);
+        for ((&v, sel_t), ks_t) in x.iter().zip(sel.iter_mut()).zip(ks.iter_mut()) {
+            let [d0, d1, l0, l1] = Self::grid_points(v, lambda, rate, ks_t);
+            let (sd0, sd1, sl0, sl1) = (
+                swap_halves(d0),
+                swap_halves(d1),
+                swap_halves(l0),
+                swap_halves(l1),
+            );
+            let (even, es) = least_of_four([
+                add3(lo, d0, l0),
+                add3(lo, d1, l1),
+                add3(hi, sd0, sl0),
+                add3(hi, sd1, sl1),
+            ]);
+            let (odd, os) = least_of_four([
+                add3(lo, sd0, sl0),
+                add3(lo, sd1, sl1),
+                add3(hi, d0, l0),
+                add3(hi, d1, l1),
+            ]);
+            *sel_t = [es[0], os[0], es[1], os[1], es[2], os[2], es[3], os[3]];
+            lo = [even[0], odd[0], even[1], odd[1]];
+            hi = [even[2], odd[2], even[3], odd[3]];
+        }
+        [lo[0], lo[1], lo[2], lo[3], hi[0], hi[1], hi[2], hi[3]]
+    }
+
+    /// The search on any 8-state layout. Returns the final costs.
+    #[inline(always)]
+    fn search_any(
+        &self,
+        x: &[f32],
+        lambda: f32,
+        rate: &RateModel,
+        sel: &mut [[u8; 8]],
+        ks: &mut [[i32; 8]],
+    ) -> [f32; 8] {
+        let mut cost = [f32::INFINITY; 8];
+        cost[0] = 0.0;
+        for ((&v, sel_t), ks_t) in x.iter().zip(sel.iter_mut()).zip(ks.iter_mut()) {
+            let g = Self::grid_points(v, lambda, rate, ks_t);
+            let mut next = [f32::INFINITY; 8];
+            for s in 0..8 {
+                let mut best = f32::INFINITY;
+                let mut b = 0u8;
+                for i in 0..2 {
+                    let (q, r) = self.pred[s][i];
+                    let c0 = cost[usize::from(q)];
+                    for w in 0..2 {
+                        let r = usize::from(r);
+                        let c = c0 + g[w][r] + g[2 + w][r];
+                        if c < best {
+                            best = c;
+                            b = (2 * i + w) as u8;
+                        }
+                    }
+                }
+                next[s] = best;
+                sel_t[s] = b;
+            }
+            cost = next;
+        }
+        cost
     }
 }
 
@@ -358,6 +492,18 @@ mod tests {
                 assert_eq!(a, b, "mask {mask:#b}");
             }
         }
+    }
+
+    #[test]
+    fn tcq8_layout_is_the_unrolled_one() {
+        let t = Trellis8::of(&ContextModel::tcq8()).unwrap();
+        assert!(t.tcq8);
+        for m in 0..4u8 {
+            let swap = (m + 2) % 4;
+            assert_eq!(t.pred[usize::from(2 * m)], [(m, m), (m + 4, swap)]);
+            assert_eq!(t.pred[usize::from(2 * m + 1)], [(m, swap), (m + 4, m)]);
+        }
+        assert!(!Trellis8::of(&ContextModel::shift_register(3, 0b010).unwrap()).unwrap().tcq8);
     }
 
     #[test]

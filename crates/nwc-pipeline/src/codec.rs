@@ -316,13 +316,14 @@ impl WeightCodec for EcsqCodec {
         chunk_levels: &[u8],
     ) -> Result<(Vec<Table>, Vec<u16>)> {
         // One histogram table per level that occurs.
-        let pairs = || {
-            symbols
-                .chunks_exact(chunk_len)
-                .zip(chunk_levels)
-                .flat_map(|(c, &l)| c.iter().map(move |&s| (usize::from(l), s)))
-        };
-        row_tables(pairs, 4, chunk_len, self.precision)
+        row_tables(
+            symbols,
+            chunk_len,
+            chunk_levels,
+            4,
+            self.precision,
+            |l, _, rows| rows.fill(l),
+        )
     }
 
     fn dequantize(
@@ -381,48 +382,109 @@ pub(crate) const DEQUANT_TASK: usize = 1 << 14;
 /// called twice: once for the ranges, once to count. Pairs with a row past `n_rows` are ignored.
 /// At most [`MAX_SYMBOLS`] values per row, centred on zero, get their own frequency; the rest
 /// escape.
-pub(crate) fn row_tables<I: Iterator<Item = (usize, i32)>>(
-    pairs: impl Fn() -> I,
-    n_rows: usize,
+pub(crate) fn row_tables(
+    symbols: &[i32],
     chunk_len: usize,
+    chunk_levels: &[u8],
+    n_rows: usize,
     precision: u32,
+    rows_of: impl Fn(u8, &[i32], &mut [u8]) + Sync,
 ) -> Result<(Vec<Table>, Vec<u16>)> {
-    let mut range = vec![(i32::MAX, i32::MIN); n_rows];
-    for (row, s) in pairs() {
-        if let Some((lo, hi)) = range.get_mut(row) {
-            *lo = (*lo).min(s);
-            *hi = (*hi).max(s);
+    // Both passes run on groups of chunks in parallel; each group finds its symbols' rows
+    // (`rows_of`: the level and the chunk's symbols to a row per symbol) and merges integer
+    // counts, so the tables do not depend on the thread count.
+    let per_task = (DEQUANT_TASK / chunk_len.max(1)).max(1);
+    let groups = || {
+        symbols
+            .par_chunks(per_task * chunk_len.max(1))
+            .zip(chunk_levels.par_chunks(per_task))
+    };
+    fn visit(
+        s: &[i32],
+        lv: &[u8],
+        chunk_len: usize,
+        rows_of: &impl Fn(u8, &[i32], &mut [u8]),
+        mut f: impl FnMut(usize, i32),
+    ) {
+        let mut rows = vec![0u8; chunk_len];
+        for (c, &l) in s.chunks_exact(chunk_len).zip(lv) {
+            rows_of(l, c, &mut rows);
+            for (&r, &v) in rows.iter().zip(c) {
+                f(usize::from(r), v);
+            }
         }
     }
+    let range = groups()
+        .map(|(s, lv)| {
+            let mut range = vec![(i32::MAX, i32::MIN); n_rows];
+            visit(s, lv, chunk_len, &rows_of, |row, v| {
+                if let Some((lo, hi)) = range.get_mut(row) {
+                    *lo = (*lo).min(v);
+                    *hi = (*hi).max(v);
+                }
+            });
+            range
+        })
+        .reduce(
+            || vec![(i32::MAX, i32::MIN); n_rows],
+            |a, b| {
+                a.iter()
+                    .zip(&b)
+                    .map(|(x, y)| (x.0.min(y.0), x.1.max(y.1)))
+                    .collect()
+            },
+        );
     let half = (MAX_SYMBOLS / 2) as i32;
-    // Per row: the first in-range symbol, its counts and escapes (None: no symbols).
-    let mut hist: Vec<Option<(i32, Vec<u64>, u64)>> = range
+    // Per row: the first in-range symbol and the number of in-range symbols (None: no symbols).
+    let spans: Vec<Option<(i32, usize)>> = range
         .iter()
         .map(|&(lo, hi)| {
             (lo <= hi).then(|| {
                 let lo = lo.max(-half);
                 let hi = hi.min(half - 1).max(lo);
-                (lo, vec![0u64; (hi - lo + 1) as usize], 0)
+                (lo, (hi - lo + 1) as usize)
             })
         })
         .collect();
-    for (row, s) in pairs() {
-        if let Some(Some((lo, counts, escapes))) = hist.get_mut(row) {
-            match usize::try_from(i64::from(s) - i64::from(*lo)) {
-                Ok(i) if i < counts.len() => counts[i] += 1,
-                _ => *escapes += 1,
+    let empty = || {
+        spans
+            .iter()
+            .map(|s| s.map(|(_, n)| (vec![0u64; n], 0u64)))
+            .collect::<Vec<_>>()
+    };
+    let hist = groups()
+        .map(|(s, lv)| {
+            let mut hist = empty();
+            visit(s, lv, chunk_len, &rows_of, |row, v| {
+                if let (Some(Some((counts, escapes))), Some(Some((lo, _)))) =
+                    (hist.get_mut(row), spans.get(row))
+                {
+                    match usize::try_from(i64::from(v) - i64::from(*lo)) {
+                        Ok(i) if i < counts.len() => counts[i] += 1,
+                        _ => *escapes += 1,
+                    }
+                }
+            });
+            hist
+        })
+        .reduce(empty, |mut a, b| {
+            for (x, y) in a.iter_mut().zip(b) {
+                if let (Some((cx, ex)), Some((cy, ey))) = (x.as_mut(), y) {
+                    cx.iter_mut().zip(cy).for_each(|(p, q)| *p += q);
+                    *ex += ey;
+                }
             }
-        }
-    }
+            a
+        });
     let mut tables = Vec::new();
     let mut table_map = vec![0u16; n_rows * chunk_len];
-    for (row, h) in hist.into_iter().enumerate() {
-        let Some((lo, counts, escapes)) = h else {
+    for (row, (h, span)) in hist.into_iter().zip(&spans).enumerate() {
+        let (Some((counts, escapes)), Some((lo, _))) = (h, span) else {
             continue;
         };
         let p = precision.max(bits_for(counts.len() + 1));
         table_map[row * chunk_len..][..chunk_len].fill(tables.len() as u16);
-        tables.push(Table::from_counts(lo, &counts, escapes, p)?);
+        tables.push(Table::from_counts(*lo, &counts, escapes, p)?);
     }
     if tables.is_empty() {
         tables.push(Table::from_counts(0, &[1], 0, precision)?);

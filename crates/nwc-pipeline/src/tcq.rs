@@ -109,20 +109,21 @@ pub(crate) fn fit_tables(
     n_levels: usize,
     precision: u32,
 ) -> Result<(Vec<nwc_entropy::Table>, Vec<u16>)> {
-    let pairs = || {
-        symbols
-            .chunks_exact(chunk_len)
-            .zip(chunk_levels)
-            .flat_map(move |(c, &l)| {
-                let mut q = 0u8;
-                c.iter().map(move |&k| {
-                    let row = 2 * usize::from(l) + model.context(q);
-                    q = model.next(q, k);
-                    (row, k)
-                })
-            })
-    };
-    row_tables(pairs, 2 * n_levels, chunk_len, precision)
+    row_tables(
+        symbols,
+        chunk_len,
+        chunk_levels,
+        2 * n_levels,
+        precision,
+        |l, chunk, rows| {
+            let mut q = 0u8;
+            for (&k, row) in chunk.iter().zip(rows) {
+                // Rows past `2·n_levels` (a level out of range) are ignored by `row_tables`.
+                *row = (2 * usize::from(l) + model.context(q)).min(255) as u8;
+                q = model.next(q, k);
+            }
+        },
+    )
 }
 
 /// Rate–distortion trade-off of the search, in squared fine steps per bit (measured best on
