@@ -27,6 +27,7 @@
 
 mod context;
 mod error;
+mod lockstep;
 mod prior;
 mod rans;
 mod steps;

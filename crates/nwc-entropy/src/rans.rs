@@ -9,13 +9,14 @@ use rayon::prelude::*;
 
 use crate::context::ContextModel;
 use crate::error::{EntropyError, Result};
+use crate::lockstep;
 use crate::table::Table;
 
 /// Lower bound of a normalized state; states live in `[L, 2^63)`. With tables of at most 2^16,
 /// this leaves 15 bits of slack, which keeps rANS's own coding loss negligible.
-const L: u64 = 1 << 31;
+pub(crate) const L: u64 = 1 << 31;
 /// Number of interleaved states per segment.
-const WAYS: usize = 4;
+pub(crate) const WAYS: usize = 4;
 /// Bytes a segment spends on its final states.
 pub const SEGMENT_HEADER_BYTES: usize = 8 * WAYS;
 /// The most chunks one segment may hold (bounds what a hostile header can claim).
@@ -207,12 +208,49 @@ impl<'a> Coder<'a> {
         }
         let rows = self.rows();
         let sym_per_seg = chunks_per_segment * self.chunk_len;
-        out.par_chunks_mut(sym_per_seg)
-            .zip(classes.par_chunks(chunks_per_segment))
-            .zip(segments.par_iter())
+        // Rows that use one table at every position (ECSQ's, TCQ's per context) decode two
+        // segments in lockstep; anything else, or a pair that fails, one segment at a time.
+        let uniform: Option<Vec<Dec<'_>>> = (self.chunk_len.is_multiple_of(WAYS)
+            && rows.iter().all(|r| r.iter().all(|t| std::ptr::eq(*t, r[0]))))
+        .then(|| rows.iter().map(|r| Dec::new(r[0])).collect());
+        let tables = uniform.as_deref().map(|per_class| match self.contexts {
+            None => lockstep::Tables::Uniform(per_class),
+            Some(model) => lockstep::Tables::Contexts { per_class, model },
+        });
+        let n_contexts = self.contexts.map_or(1, ContextModel::n_contexts);
+        let one = |i: usize, o: &mut [i32], c: &[u8], bytes: &[u8]| {
+            decode(&rows, self.contexts, bytes, c, self.chunk_len, o, i)
+        };
+        out.par_chunks_mut(2 * sym_per_seg)
+            .zip(classes.par_chunks(2 * chunks_per_segment))
+            .zip(segments.par_chunks(2))
             .enumerate()
-            .try_for_each(|(i, ((o, c), bytes))| {
-                decode(&rows, self.contexts, bytes, c, self.chunk_len, o, i)
+            .try_for_each(|(pair, ((o, c), segs))| {
+                if let (Some(t), [sa, sb]) = (&tables, segs)
+                    && c.len() == 2 * chunks_per_segment
+                {
+                    let (oa, ob) = o.split_at_mut(sym_per_seg);
+                    let (ca, cb) = c.split_at(chunks_per_segment);
+                    if lockstep::decode_pair(
+                        t,
+                        n_contexts,
+                        self.chunk_len,
+                        [sa, sb],
+                        [ca, cb],
+                        [&mut *oa, &mut *ob],
+                    ) {
+                        return Ok(());
+                    }
+                }
+                for (j, ((o, c), bytes)) in o
+                    .chunks_mut(sym_per_seg)
+                    .zip(c.chunks(chunks_per_segment))
+                    .zip(segs)
+                    .enumerate()
+                {
+                    one(2 * pair + j, o, c, bytes)?;
+                }
+                Ok(())
             })
     }
 }
@@ -301,7 +339,7 @@ fn encode_segment(
 /// A table as the decoder reads it: its lookup arrays borrowed, its constants copied out, so one
 /// symbol costs two loads from the table (slot → index, index → frequency and start).
 #[derive(Clone, Copy)]
-struct Dec<'t> {
+pub(crate) struct Dec<'t> {
     lut: &'t [u16],
     info: &'t [u32],
     mask: u64,
@@ -311,7 +349,7 @@ struct Dec<'t> {
 }
 
 impl<'t> Dec<'t> {
-    fn new(t: &'t Table) -> Self {
+    pub(crate) fn new(t: &'t Table) -> Self {
         Self {
             lut: t.lut(),
             info: t.info_all(),
@@ -326,7 +364,7 @@ impl<'t> Dec<'t> {
 /// The 32-bit words of a segment after its header, read forwards. The decoder keeps its read
 /// position in a local; reading past the end yields 0 (`renorm`) and is noticed afterwards as a
 /// position beyond `words.len()`, so the hot loop has no exit for it.
-fn words_of(bytes: &[u8]) -> Vec<u32> {
+pub(crate) fn words_of(bytes: &[u8]) -> Vec<u32> {
     bytes
         .chunks_exact(4)
         .map(|b| u32::from_le_bytes([b[0], b[1], b[2], b[3]]))
@@ -347,7 +385,7 @@ fn renorm(s: u64, words: &[u32], pos: usize) -> (u64, usize) {
 /// Decodes one symbol of stream state `s` (all by value, so states and the position stay in
 /// registers).
 #[inline(always)]
-fn decode_one(d: &Dec<'_>, s: &mut u64, words: &[u32], pos: &mut usize) -> i32 {
+pub(crate) fn decode_one(d: &Dec<'_>, s: &mut u64, words: &[u32], pos: &mut usize) -> i32 {
     let slot = *s & d.mask;
     let index = usize::from(d.lut[slot as usize]);
     let info = u64::from(d.info[index]);
