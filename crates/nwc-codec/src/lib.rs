@@ -20,6 +20,7 @@
 
 mod checkpoint;
 mod config;
+mod cpu_refiner;
 mod error;
 mod model;
 mod refine;

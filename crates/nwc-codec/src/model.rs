@@ -247,7 +247,7 @@ pub struct Refiner<B: Backend> {
 }
 
 /// Scale of the `log2 step` input feature (steps span about 2⁻⁷…1).
-const LOG_STEP_SCALE: f32 = 1.0 / 4.0;
+pub(crate) const LOG_STEP_SCALE: f32 = 1.0 / 4.0;
 
 impl<B: Backend> Refiner<B> {
     /// A refiner whose correction is zero.

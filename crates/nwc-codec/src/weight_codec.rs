@@ -74,6 +74,9 @@ pub struct NwcCodec<B: Backend> {
     device: B::Device,
     step_index: usize,
     tcq: TcqCodec,
+    /// The refiner as plain `f32` matrix products, on burn's CPU backend (`NdArray`), where it
+    /// replaces the tensor-per-operation forward pass.
+    cpu: Option<crate::cpu_refiner::CpuRefiner>,
 }
 
 impl<B: Backend> std::fmt::Debug for NwcCodec<B> {
@@ -116,12 +119,18 @@ impl<B: Backend> NwcCodec<B> {
         // The refiner's TCQ runs must be whole network chunks.
         let run = (nwc_pipeline::DEFAULT_TCQ_RUN / cfg.chunk_len).max(1) * cfg.chunk_len;
         let tcq = TcqCodec::for_bits(4.0)?.run_len(run.min(64))?;
+        let on_cpu = std::any::TypeId::of::<B>() == std::any::TypeId::of::<burn::backend::NdArray>();
+        let cpu = match &net {
+            Net::Refiner(pool) if on_cpu => Some(pool.with(crate::cpu_refiner::CpuRefiner::of)),
+            _ => None,
+        };
         Ok(Self {
             checkpoint,
             net,
             device: device.clone(),
             step_index,
             tcq,
+            cpu,
         })
     }
 
@@ -293,6 +302,17 @@ impl<B: Backend> NwcCodec<B> {
             unreachable!("refine is only called for the refiner");
         };
         let l = self.checkpoint.config().chunk_len;
+        if let Some(cpu) = &self.cpu {
+            let mut v = cpu.forward(j, steps, levels);
+            v.par_chunks_mut(l * BATCH)
+                .zip(steps.par_chunks(BATCH))
+                .for_each(|(v, s)| {
+                    for (c, &st) in v.chunks_mut(l).zip(s) {
+                        c.iter_mut().for_each(|q| *q *= st);
+                    }
+                });
+            return v;
+        }
         let batches: Vec<Vec<f32>> = j
             .par_chunks(BATCH * l)
             .zip(steps.par_chunks(BATCH))
