@@ -9,8 +9,8 @@
 //! 3. Compression of a Llama with and without LDLQ (SmolLM2-135M, the calibration Hessians of
 //!    `bench-llm`, from its cache when present).
 //!
-//! The last line is `perf: entropy_decode_msym_s=… nwc_decode_mparams_s=… ecsq_decode_mparams_s=…`
-//! (all threads) for scripts.
+//! The last line is `perf: entropy_decode_msym_s=… ecsq_decode_mparams_s=… tcq_decode_mparams_s=…
+//! nwc_decode_mparams_s=… tcq_encode_mparams_s=… tcq_ldlq_mparams_s=…` (all threads) for scripts.
 
 use std::fmt::Write as _;
 use std::hint::black_box;
@@ -272,7 +272,8 @@ fn codec_run(codec: &dyn WeightCodec, repeat: usize, dir: &std::path::Path) -> R
     })
 }
 
-fn llama_section(dir: &std::path::Path) -> Result<Section> {
+/// The SmolLM2 section, and TCQ's rate with levels + LDLQ (M params/s).
+fn llama_section(dir: &std::path::Path) -> Result<(Section, f64)> {
     let path = nwc::tensor::data_dir().join("smollm2/SmolLM2-135M-Instruct.Q4_1.gguf");
     let w = LlamaWeights::open(&path)
         .with_context(|| format!("{}: run `cargo xtask fetch smollm2`", path.display()))?;
@@ -295,6 +296,7 @@ fn llama_section(dir: &std::path::Path) -> Result<Section> {
     let ecsq = EcsqCodec::for_bits(4.0)?;
     let tcq = TcqCodec::for_bits(4.0)?;
     let codecs: [(&str, &dyn WeightCodec); 2] = [("ECSQ", &ecsq), ("TCQ", &tcq)];
+    let mut tcq_ldlq = f64::NAN;
     for (label, codec) in codecs {
         let mut options = CompressOptions::for_codec(codec);
         options.report_error = false;
@@ -311,8 +313,11 @@ fn llama_section(dir: &std::path::Path) -> Result<Section> {
         let ldlq = rate(Mode::LevelsLdlq)?;
         sec.push(format!("{label} 4 bits, levels"), levels, None);
         sec.push(format!("{label} 4 bits, levels + LDLQ"), ldlq, Some(levels));
+        if label == "TCQ" {
+            tcq_ldlq = ldlq;
+        }
     }
-    Ok(sec)
+    Ok((sec, tcq_ldlq))
 }
 
 pub fn run(a: &PerfArgs) -> Result<()> {
@@ -336,6 +341,7 @@ pub fn run(a: &PerfArgs) -> Result<()> {
         "M params/s",
     );
     let mut decode_n = std::collections::BTreeMap::new();
+    let mut encode = std::collections::BTreeMap::new();
     let runs: [(&str, &dyn WeightCodec); 3] = [("ECSQ", &ecsq), ("TCQ", &tcq), ("NWC", &nwc)];
     let mut ecsq_run = None;
     for (label, codec) in runs {
@@ -359,13 +365,17 @@ pub fn run(a: &PerfArgs) -> Result<()> {
             b(base_e),
         );
         decode_n.insert(label, r.decode_n);
+        encode.insert(label, r.encode_mps);
         if is_base {
             ecsq_run = Some((r.decode_1, r.decode_n, r.encode_mps));
         }
     }
     let mut sections = vec![entropy, dec, enc];
+    let mut tcq_ldlq = f64::NAN;
     if !a.no_llama {
-        sections.push(llama_section(dir.path())?);
+        let (sec, rate) = llama_section(dir.path())?;
+        sections.push(sec);
+        tcq_ldlq = rate;
     }
 
     let mut md = String::new();
@@ -378,18 +388,19 @@ pub fn run(a: &PerfArgs) -> Result<()> {
          parameter of the file (uncoded norms and biases included) and include reading the \
          file, entropy decoding, the codec's reconstruction (for NWC the learned synthesis on \
          the CPU backend) and reassembly with the scales.\n\n\
-         GPU figures: none yet. No session so far was lent a GPU; the WGPU backend is tested \
-         for agreement on lavapipe (software Vulkan), whose speed says nothing about a GPU.",
+         GPU figures: `docs/perf-gpu.md` (CUDA on an H200, written by `scripts/gpu-perf.sh`).",
         a.repeat
     );
     for s in &sections {
         s.markdown(&mut md);
     }
     std::fs::create_dir_all(&a.out)?;
-    std::fs::write(a.out.join("perf.md"), md)?;
-    println!(
-        "perf: entropy_decode_msym_s={entropy_n:.1} nwc_decode_mparams_s={:.2} ecsq_decode_mparams_s={:.2}",
-        decode_n["NWC"], decode_n["ECSQ"]
+    let line = format!(
+        "perf: entropy_decode_msym_s={entropy_n:.1} ecsq_decode_mparams_s={:.2} tcq_decode_mparams_s={:.2} nwc_decode_mparams_s={:.2} tcq_encode_mparams_s={:.2} tcq_ldlq_mparams_s={tcq_ldlq:.2}",
+        decode_n["ECSQ"], decode_n["TCQ"], decode_n["NWC"], encode["TCQ"]
     );
+    let _ = writeln!(md, "\nThe run's last line: `{line}`.");
+    std::fs::write(a.out.join("perf.md"), &md)?;
+    println!("{line}");
     Ok(())
 }

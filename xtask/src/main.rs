@@ -46,7 +46,8 @@ enum Command {
     /// Throughput on the CPU, each figure beside a baseline from the same run: entropy decoding
     /// (vs `constriction`), whole-model decode and encode of MiniLM with ECSQ, TCQ and NWC, and
     /// SmolLM2 compression with and without LDLQ. Writes docs/perf.md; the last line is
-    /// `perf: entropy_decode_msym_s=<…> nwc_decode_mparams_s=<…> ecsq_decode_mparams_s=<…>`.
+    /// `perf: entropy_decode_msym_s=<…> ecsq_decode_mparams_s=<…> tcq_decode_mparams_s=<…>
+    /// nwc_decode_mparams_s=<…> tcq_encode_mparams_s=<…> tcq_ldlq_mparams_s=<…>`.
     BenchPerf(bench_perf::PerfArgs),
     /// The test command (README, CI): fetch the data the tests read, check that `nwc` with
     /// default features off depends on no burn crate and builds, then `cargo test --workspace`

@@ -356,7 +356,9 @@ fn compress_llama(a: &CompressArgs, src: &LazyWeights, mode: Mode) -> Result<Com
         pb.set_message(format!("block {}/{}", p.blocks_done, p.blocks));
     };
     let r = match a.shard {
-        None => compress_llama_layerwise(&compressor, src, mode, &windows, true, &a.output, progress),
+        None => {
+            compress_llama_layerwise(&compressor, src, mode, &windows, true, &a.output, progress)
+        }
         Some(shard) => nwc::llama::compress_llama_shard(
             &compressor,
             src,

@@ -685,8 +685,15 @@ fn three_shards_merge_into_the_one_machine_file() {
         "-o",
         s(&merged),
     ]);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    let (a, b) = (std::fs::read(&whole).unwrap(), std::fs::read(&merged).unwrap());
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let (a, b) = (
+        std::fs::read(&whole).unwrap(),
+        std::fs::read(&merged).unwrap(),
+    );
     assert_eq!(a.len(), b.len(), "merged file size");
     assert!(a == b, "the merged file differs from the one-machine file");
     // Every shard holds some of the blocks; the middle one none of the metadata or the head.
@@ -720,7 +727,14 @@ fn three_shards_merge_into_the_one_machine_file() {
     let other = d.join("other-1.nwc");
     job(&["--shard", "1/3", "--bits", "3"], &other);
     nwc_fails(
-        &["merge", s(&shards[0]), s(&other), s(&shards[2]), "-o", s(&bad)],
+        &[
+            "merge",
+            s(&shards[0]),
+            s(&other),
+            s(&shards[2]),
+            "-o",
+            s(&bad),
+        ],
         &["other-1.nwc", "of job"],
     );
     assert!(!bad.exists(), "a failed merge leaves no output");

@@ -102,10 +102,11 @@ impl CpuRefiner {
                 .map(|b| Block {
                     dense: Dense::of(&b.linear),
                     gamma: floats(b.norm.gamma.val().into_data()),
-                    beta: b.norm.beta.as_ref().map_or_else(
-                        || vec![0.0; width],
-                        |p| floats(p.val().into_data()),
-                    ),
+                    beta: b
+                        .norm
+                        .beta
+                        .as_ref()
+                        .map_or_else(|| vec![0.0; width], |p| floats(p.val().into_data())),
                     // LayerNormConfig's default, which `ResBlock` uses (the field is private).
                     epsilon: 1e-5,
                 })
@@ -132,7 +133,12 @@ impl CpuRefiner {
         let log_scale = LOG_STEP_SCALE / std::f32::consts::LN_2;
         // Features: j·step, then log(step) scaled (as `Refiner::forward` builds them).
         let mut feat = Array2::<f32>::zeros((n, l + 1));
-        for ((mut row, jc), &s) in feat.rows_mut().into_iter().zip(j.chunks_exact(l)).zip(steps) {
+        for ((mut row, jc), &s) in feat
+            .rows_mut()
+            .into_iter()
+            .zip(j.chunks_exact(l))
+            .zip(steps)
+        {
             for (f, &v) in row.iter_mut().zip(jc) {
                 *f = v * s;
             }
@@ -156,7 +162,12 @@ impl CpuRefiner {
                         *a += (x - mean) * (x - mean);
                     }
                 }
-                let tail: f32 = tr.chunks_exact(8).remainder().iter().map(|&x| (x - mean) * (x - mean)).sum();
+                let tail: f32 = tr
+                    .chunks_exact(8)
+                    .remainder()
+                    .iter()
+                    .map(|&x| (x - mean) * (x - mean))
+                    .sum();
                 let var = (sq.iter().sum::<f32>() + tail) / w as f32;
                 let inv = 1.0 / (var + b.epsilon).sqrt();
                 let e = &self.quality[usize::from(lv).min(n_levels - 1) * w..][..w];
@@ -235,7 +246,9 @@ mod timing {
     #[ignore = "a measurement"]
     fn refiner_speed() {
         let c = crate::Checkpoint::from_bytes(crate::DEFAULT_CHECKPOINT).unwrap();
-        let r = c.refiner::<burn::backend::NdArray>(&Default::default()).unwrap();
+        let r = c
+            .refiner::<burn::backend::NdArray>(&Default::default())
+            .unwrap();
         let cpu = CpuRefiner::of(&r);
         let n = 1 << 17;
         let j = vec![1.0f32; n * 16];

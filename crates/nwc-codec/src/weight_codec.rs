@@ -119,7 +119,8 @@ impl<B: Backend> NwcCodec<B> {
         // The refiner's TCQ runs must be whole network chunks.
         let run = (nwc_pipeline::DEFAULT_TCQ_RUN / cfg.chunk_len).max(1) * cfg.chunk_len;
         let tcq = TcqCodec::for_bits(4.0)?.run_len(run.min(64))?;
-        let on_cpu = std::any::TypeId::of::<B>() == std::any::TypeId::of::<burn::backend::NdArray>();
+        let on_cpu =
+            std::any::TypeId::of::<B>() == std::any::TypeId::of::<burn::backend::NdArray>();
         let cpu = match &net {
             Net::Refiner(pool) if on_cpu => Some(pool.with(crate::cpu_refiner::CpuRefiner::of)),
             _ => None,

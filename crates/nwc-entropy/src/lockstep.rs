@@ -65,8 +65,7 @@ pub(crate) fn decode_pair(
     classes: [&[u8]; 2],
     outs: [&mut [i32]; 2],
 ) -> bool {
-    let (Some(mut a), Some(mut b)) = (Stream::open(segments[0]), Stream::open(segments[1]))
-    else {
+    let (Some(mut a), Some(mut b)) = (Stream::open(segments[0]), Stream::open(segments[1])) else {
         return false;
     };
     let [out_a, out_b] = outs;
@@ -81,9 +80,10 @@ pub(crate) fn decode_pair(
     match *tables {
         Tables::Uniform(per_class) => {
             for ((oa, ob), (&ka, &kb)) in chunks {
-                let (Some(da), Some(db)) =
-                    (per_class.get(usize::from(ka)), per_class.get(usize::from(kb)))
-                else {
+                let (Some(da), Some(db)) = (
+                    per_class.get(usize::from(ka)),
+                    per_class.get(usize::from(kb)),
+                ) else {
                     return false;
                 };
                 for (ga, gb) in oa.chunks_exact_mut(WAYS).zip(ob.chunks_exact_mut(WAYS)) {
@@ -158,8 +158,10 @@ mod tests {
     /// pair is reported as decoding that segment alone reports it (its index included).
     #[test]
     fn pairs_decode_like_single_segments_and_report_damage_exactly() {
-        let t = [Table::from_probabilities(-3, &[0.05, 0.1, 0.2, 0.3, 0.2, 0.1, 0.05], 1e-4, 14)
-            .unwrap()];
+        let t = [
+            Table::from_probabilities(-3, &[0.05, 0.1, 0.2, 0.3, 0.2, 0.1, 0.05], 1e-4, 14)
+                .unwrap(),
+        ];
         let map = [0u16; 16];
         let coder = Coder::new(&t, &map, 16).unwrap();
         let mut rng = crate::SplitMix64(9);

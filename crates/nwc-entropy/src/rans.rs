@@ -211,7 +211,9 @@ impl<'a> Coder<'a> {
         // Rows that use one table at every position (ECSQ's, TCQ's per context) decode two
         // segments in lockstep; anything else, or a pair that fails, one segment at a time.
         let uniform: Option<Vec<Dec<'_>>> = (self.chunk_len.is_multiple_of(WAYS)
-            && rows.iter().all(|r| r.iter().all(|t| std::ptr::eq(*t, r[0]))))
+            && rows
+                .iter()
+                .all(|r| r.iter().all(|t| std::ptr::eq(*t, r[0]))))
         .then(|| rows.iter().map(|r| Dec::new(r[0])).collect());
         let tables = uniform.as_deref().map(|per_class| match self.contexts {
             None => lockstep::Tables::Uniform(per_class),

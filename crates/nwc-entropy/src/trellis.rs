@@ -247,7 +247,14 @@ impl Trellis8 {
         if n <= STACK_RUN {
             let mut sel = [[0u8; 8]; STACK_RUN];
             let mut ks = [[0i32; 8]; STACK_RUN];
-            self.search(&x[..n], lambda, rate, &mut sel[..n], &mut ks[..n], &mut out[..n]);
+            self.search(
+                &x[..n],
+                lambda,
+                rate,
+                &mut sel[..n],
+                &mut ks[..n],
+                &mut out[..n],
+            );
         } else {
             let mut sel = vec![[0u8; 8]; n];
             let mut ks = vec![[0i32; 8]; n];
@@ -503,14 +510,31 @@ mod tests {
             assert_eq!(t.pred[usize::from(2 * m)], [(m, m), (m + 4, swap)]);
             assert_eq!(t.pred[usize::from(2 * m + 1)], [(m, swap), (m + 4, m)]);
         }
-        assert!(!Trellis8::of(&ContextModel::shift_register(3, 0b010).unwrap()).unwrap().tcq8);
+        assert!(
+            !Trellis8::of(&ContextModel::shift_register(3, 0b010).unwrap())
+                .unwrap()
+                .tcq8
+        );
     }
 
     #[test]
     fn floor_fast_is_floor() {
         for x in [
-            0.0f32, -0.0, 0.5, -0.5, 1.0, -1.0, 1.5, -1.5, 2.999_999, -2.999_999, 8_388_607.5,
-            -8_388_607.5, 16_777_217.0, -1.3e9, 1.3e9,
+            0.0f32,
+            -0.0,
+            0.5,
+            -0.5,
+            1.0,
+            -1.0,
+            1.5,
+            -1.5,
+            2.999_999,
+            -2.999_999,
+            8_388_607.5,
+            -8_388_607.5,
+            16_777_217.0,
+            -1.3e9,
+            1.3e9,
         ] {
             assert_eq!(floor_fast(x), x.floor(), "{x}");
         }

@@ -345,7 +345,10 @@ impl WeightCodec for EcsqCodec {
                 ),
             });
         }
-        if let Some(&l) = chunk_levels.iter().find(|&&l| usize::from(l) >= steps.len()) {
+        if let Some(&l) = chunk_levels
+            .iter()
+            .find(|&&l| usize::from(l) >= steps.len())
+        {
             return Err(NwcError::Corrupt {
                 name: name.to_string(),
                 reason: format!("quality level {l}, the codec has {}", steps.len()),

@@ -11,8 +11,7 @@ use nwc_format::{
     CodecKind, CodedPayload, FileReader, Header, Payload, ReadOptions, Record, TableRecord, Writer,
 };
 use nwc_tensor::{
-    ChunkConfig, DType, LevelBands, ScaleAxis, ScaleSums, Tensor, WeightSource,
-    chunk_with_scales,
+    ChunkConfig, DType, LevelBands, ScaleAxis, ScaleSums, Tensor, WeightSource, chunk_with_scales,
 };
 
 use crate::codec::{CodecParams, Quantized, WeightCodec};
@@ -1049,7 +1048,9 @@ fn reconstruct(
         return Err(corrupt(format!("scale {s} is not finite and positive")));
     }
     if rows == 0 || cols == 0 || l > nwc_tensor::MAX_CHUNK_LEN {
-        return Err(corrupt(format!("{rows}×{cols} in chunks of {l} is not valid")));
+        return Err(corrupt(format!(
+            "{rows}×{cols} in chunks of {l} is not valid"
+        )));
     }
     let size = match dtype {
         DType::F32 | DType::F16 | DType::BF16 => dtype.size(),

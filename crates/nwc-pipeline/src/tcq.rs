@@ -230,7 +230,10 @@ impl TcqCodec {
         out.par_chunks_mut(per_task)
             .zip(symbols.par_chunks(per_task))
             .for_each(|(o, s)| {
-                for (o, s) in o.chunks_mut(chunk_len.max(1)).zip(s.chunks(chunk_len.max(1))) {
+                for (o, s) in o
+                    .chunks_mut(chunk_len.max(1))
+                    .zip(s.chunks(chunk_len.max(1)))
+                {
                     reconstruct_chunk(&self.model, s, o);
                 }
             });
