@@ -4,14 +4,17 @@
 # built and made on a CPU machine (the GPU machine needs no toolchain and no network):
 #
 #   cargo build --release -p nwc --features cuda --example gpu_decode
-#   mkdir -p target/gpu && cp target/release/examples/gpu_decode target/gpu/ && strip target/gpu/gpu_decode
-#   nwc compress .data/minilm/model.safetensors -o target/gpu/minilm-nwc4.nwc --bits 4
-#   nwc compress .data/smollm2/SmolLM2-135M-Instruct.Q4_1.gguf -o target/gpu/smollm2-nwc2.nwc --bits 2
+#   mkdir -p target/gpu && strip -o target/gpu/gpu_decode target/release/examples/gpu_decode
+#   xz target/gpu/gpu_decode          # 28 MB → 4.4 MB: a device call carries at most 64 MiB
+#   nwc compress .data/smollm2/SmolLM2-135M-Instruct.Q4_1.gguf -o target/gpu/smollm2-nwc.nwc --bits 1.5
 #   # optional, for a machine without the CUDA runtime compiler: libnvrtc.so.12 and
 #   # libnvrtc-builtins.so.12.9 from PyPI's nvidia-cuda-nvrtc-cu12, as DIR/nvrtc.tar.xz
 #   bash scripts/gpu-perf.sh target/gpu
 set -euo pipefail
 dir=${1:-target/gpu}
+if [ ! -x "$dir/gpu_decode" ] && [ -f "$dir/gpu_decode.xz" ]; then
+    xz -dc "$dir/gpu_decode.xz" > "$dir/gpu_decode" && chmod +x "$dir/gpu_decode"
+fi
 echo "== machine"
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader || true
 echo "cpus: $(nproc)"
@@ -28,7 +31,7 @@ if ! ldconfig -p | grep -q libnvrtc.so; then
 fi
 echo "nvrtc: ${LD_LIBRARY_PATH:-system}"
 echo "== decode (learned codec; GPU = burn-cuda, CPU = NdArray with the plain-f32 refiner)"
-for threads in 2 16; do
+for threads in ${THREADS:-$(nproc)}; do
     echo "-- CPU threads: $threads"
     RAYON_NUM_THREADS=$threads "$dir/gpu_decode" "$dir"/*.nwc
 done
