@@ -168,7 +168,7 @@ mod tests {
         let symbols: Vec<i32> = (0..16 * 64)
             .map(|i| {
                 if i % 97 == 0 {
-                    1000 + i as i32
+                    1000 + i
                 } else {
                     (rng.next_u64() % 7) as i32 - 3
                 }

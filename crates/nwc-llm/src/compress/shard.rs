@@ -206,7 +206,7 @@ pub fn merge_shards(shards: &[impl AsRef<Path>], output: &Path) -> Result<u64> {
         ))
         .into());
     }
-    let header = readers[0].header().clone();
+    let header = *readers[0].header();
     nwc_tensor::write_whole(output, |tmp| -> Result<u64> {
         let f = std::fs::File::create(tmp).map_err(nwc_pipeline::io_err(tmp))?;
         let mut w = Writer::new(std::io::BufWriter::new(f), header)?;
