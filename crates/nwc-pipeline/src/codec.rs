@@ -335,16 +335,7 @@ impl WeightCodec for EcsqCodec {
         params: &CodecParams,
     ) -> Result<Vec<f32>> {
         let steps = params.steps(name)?;
-        if chunk_len == 0 || symbols.len() != chunk_levels.len() * chunk_len {
-            return Err(NwcError::Corrupt {
-                name: name.to_string(),
-                reason: format!(
-                    "{} symbols for {} chunks of {chunk_len}",
-                    symbols.len(),
-                    chunk_levels.len()
-                ),
-            });
-        }
+        check_chunk_layout(name, symbols, chunk_len, chunk_levels)?;
         if let Some(&l) = chunk_levels
             .iter()
             .find(|&&l| usize::from(l) >= steps.len())
@@ -374,6 +365,27 @@ impl WeightCodec for EcsqCodec {
             });
         Ok(out)
     }
+}
+
+/// Refuses symbols that are not `chunk_levels.len()` whole chunks of `chunk_len` (a decoded
+/// record's lengths are data).
+pub(crate) fn check_chunk_layout(
+    name: &str,
+    symbols: &[i32],
+    chunk_len: usize,
+    chunk_levels: &[u8],
+) -> Result<()> {
+    if chunk_len == 0 || symbols.len() != chunk_levels.len() * chunk_len {
+        return Err(NwcError::Corrupt {
+            name: name.to_string(),
+            reason: format!(
+                "{} symbols for {} chunks of {chunk_len}",
+                symbols.len(),
+                chunk_levels.len()
+            ),
+        });
+    }
+    Ok(())
 }
 
 /// Values per parallel task of a dequantization.

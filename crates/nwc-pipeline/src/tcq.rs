@@ -324,16 +324,7 @@ impl WeightCodec for TcqCodec {
     ) -> Result<Vec<f32>> {
         check_levels(name, chunk_levels)?;
         let steps = params.steps(name)?;
-        if chunk_len == 0 || symbols.len() != chunk_levels.len() * chunk_len {
-            return Err(NwcError::Corrupt {
-                name: name.to_string(),
-                reason: format!(
-                    "{} symbols for {} chunks of {chunk_len}",
-                    symbols.len(),
-                    chunk_levels.len()
-                ),
-            });
-        }
+        crate::codec::check_chunk_layout(name, symbols, chunk_len, chunk_levels)?;
         // The trellis walk and the step in one pass, a group of chunks per task.
         let mut out = vec![0.0f32; symbols.len()];
         let per_task = (crate::codec::DEQUANT_TASK / chunk_len).max(1);
