@@ -388,7 +388,7 @@ pub fn run(a: &PerfArgs) -> Result<()> {
          parameter of the file (uncoded norms and biases included) and include reading the \
          file, entropy decoding, the codec's reconstruction (for NWC the learned synthesis on \
          the CPU backend) and reassembly with the scales.\n\n\
-         GPU figures: `docs/perf-gpu.md` (CUDA on an H200, written by `scripts/gpu-perf.sh`).",
+         GPU figures: `docs/perf-gpu.md` (CUDA on an H200, measured with `scripts/gpu-perf.sh`).",
         a.repeat
     );
     for s in &sections {

@@ -62,15 +62,22 @@ fn floats(d: burn::tensor::TensorData) -> Vec<f32> {
     d.convert::<f32>().to_vec::<f32>().expect("f32 data")
 }
 
-/// A sum in eight lanes (vectorizable; the order is fixed by the row length alone).
-fn sum8(x: &[f32]) -> f32 {
+/// The sum of `f` over `x` in eight lanes (vectorizable; the order is fixed by the row length
+/// alone).
+#[inline(always)]
+fn sum8(x: &[f32], f: impl Fn(f32) -> f32) -> f32 {
     let mut acc = [0f32; 8];
     for c in x.chunks_exact(8) {
         for (a, &v) in acc.iter_mut().zip(c) {
-            *a += v;
+            *a += f(v);
         }
     }
-    acc.iter().sum::<f32>() + x.chunks_exact(8).remainder().iter().sum::<f32>()
+    acc.iter().sum::<f32>()
+        + x.chunks_exact(8)
+            .remainder()
+            .iter()
+            .map(|&v| f(v))
+            .sum::<f32>()
 }
 
 /// The refiner's weights as plain arrays.
@@ -155,20 +162,8 @@ impl CpuRefiner {
                 t.as_slice().expect("row-major"),
             );
             for ((hr, tr), &lv) in hs.chunks_exact_mut(w).zip(ts.chunks_exact(w)).zip(levels) {
-                let mean = sum8(tr) / w as f32;
-                let mut sq = [0f32; 8];
-                for c in tr.chunks_exact(8) {
-                    for (a, &x) in sq.iter_mut().zip(c) {
-                        *a += (x - mean) * (x - mean);
-                    }
-                }
-                let tail: f32 = tr
-                    .chunks_exact(8)
-                    .remainder()
-                    .iter()
-                    .map(|&x| (x - mean) * (x - mean))
-                    .sum();
-                let var = (sq.iter().sum::<f32>() + tail) / w as f32;
+                let mean = sum8(tr, |x| x) / w as f32;
+                let var = sum8(tr, |x| (x - mean) * (x - mean)) / w as f32;
                 let inv = 1.0 / (var + b.epsilon).sqrt();
                 let e = &self.quality[usize::from(lv).min(n_levels - 1) * w..][..w];
                 for ((((h, &x), &g), &be), &e) in

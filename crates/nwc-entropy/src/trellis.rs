@@ -173,7 +173,8 @@ fn floor_fast(x: f32) -> f32 {
 struct Trellis8 {
     /// Into state `s`: `(source state, subset r = 2·parity + context of the source)`.
     pred: [[(u8, u8); 2]; 8],
-    /// Whether this is [`ContextModel::tcq8`], whose layout [`Trellis8::search_tcq8`] unrolls.
+    /// Whether the branches are laid out as [`ContextModel::tcq8`]'s, which
+    /// [`Trellis8::search_tcq8`] unrolls.
     tcq8: bool,
 }
 
@@ -236,10 +237,14 @@ impl Trellis8 {
                 n[s] += 1;
             }
         }
-        n.iter().all(|&k| k == 2).then_some(Self {
-            pred,
-            tcq8: *model == ContextModel::tcq8(),
-        })
+        // The unrolled search needs exactly `tcq8`'s layout, so that is what is checked (from
+        // the branches, without building a model per chunk).
+        let tcq8 = (0..4u8).all(|m| {
+            let swap = (m + 2) % 4;
+            pred[usize::from(2 * m)] == [(m, m), (m + 4, swap)]
+                && pred[usize::from(2 * m + 1)] == [(m, swap), (m + 4, m)]
+        });
+        n.iter().all(|&k| k == 2).then_some(Self { pred, tcq8 })
     }
 
     fn viterbi(&self, x: &[f32], lambda: f32, rate: &RateModel, out: &mut [i32]) {
@@ -275,6 +280,9 @@ impl Trellis8 {
         ks: &mut [[i32; 8]],
         out: &mut [i32],
     ) {
+        // With flat costs every λ·bits term is +0 (adding it changes no sum of non-negative
+        // terms), so the lookups are skipped.
+        let rate = (!(rate.is_flat() && lambda.is_finite())).then_some(rate);
         let cost = if self.tcq8 {
             Self::search_tcq8(x, lambda, rate, sel, ks)
         } else {
@@ -297,9 +305,10 @@ impl Trellis8 {
 
     /// Distortion and λ·bits of the two grid points (`w` = 0, 1) of each subset `r` for value
     /// `v`, lanes by `r`: the same numbers, computed the same way, as the reference search
-    /// computes per state. Stores the union indices in `ks` (`2·r + w`).
+    /// computes per state (λ·bits is +0 without a `rate`). Stores the union indices in `ks`
+    /// (`2·r + w`).
     #[inline(always)]
-    fn grid_points(v: f32, lambda: f32, rate: &RateModel, ks: &mut [i32; 8]) -> [V4; 4] {
+    fn grid_points(v: f32, lambda: f32, rate: Option<&RateModel>, ks: &mut [i32; 8]) -> [V4; 4] {
         const R: V4 = [0.0, 1.0, 2.0, 3.0];
         const U: V4 = [0.0, 1.0, 0.0, 1.0];
         // Lane by lane (the compiler vectorizes these fixed-length loops).
@@ -317,9 +326,7 @@ impl Trellis8 {
             ks[2 * r] = k[0][r];
             ks[2 * r + 1] = k[1][r];
         }
-        // λ·bits; with flat costs every term is +0 (adding it changes no sum of non-negative
-        // terms), so the lookups are skipped.
-        if !(rate.is_flat() && lambda.is_finite()) {
+        if let Some(rate) = rate {
             for w in 0..2 {
                 for r in 0..4 {
                     g[2 + w][r] = lambda * rate.cost(r & 1, k[w][r]);
@@ -338,7 +345,7 @@ impl Trellis8 {
     fn search_tcq8(
         x: &[f32],
         lambda: f32,
-        rate: &RateModel,
+        rate: Option<&RateModel>,
         sel: &mut [[u8; 8]],
         ks: &mut [[i32; 8]],
     ) -> [f32; 8] {
@@ -378,7 +385,7 @@ impl Trellis8 {
         &self,
         x: &[f32],
         lambda: f32,
-        rate: &RateModel,
+        rate: Option<&RateModel>,
         sel: &mut [[u8; 8]],
         ks: &mut [[i32; 8]],
     ) -> [f32; 8] {

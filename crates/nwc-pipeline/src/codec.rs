@@ -335,7 +335,6 @@ impl WeightCodec for EcsqCodec {
         params: &CodecParams,
     ) -> Result<Vec<f32>> {
         let steps = params.steps(name)?;
-        check_chunk_layout(name, symbols, chunk_len, chunk_levels)?;
         if let Some(&l) = chunk_levels
             .iter()
             .find(|&&l| usize::from(l) >= steps.len())
@@ -345,36 +344,31 @@ impl WeightCodec for EcsqCodec {
                 reason: format!("quality level {l}, the codec has {}", steps.len()),
             });
         }
-        let mut out = vec![0f32; symbols.len()];
-        // Groups of chunks per task, so a task is worth scheduling.
-        let per_task = (DEQUANT_TASK / chunk_len).max(1);
-        out.par_chunks_mut(per_task * chunk_len)
-            .zip(symbols.par_chunks(per_task * chunk_len))
-            .zip(chunk_levels.par_chunks(per_task))
-            .for_each(|((o, q), lv)| {
-                for ((o, q), &l) in o
-                    .chunks_exact_mut(chunk_len)
-                    .zip(q.chunks_exact(chunk_len))
-                    .zip(lv)
-                {
-                    let step = steps[usize::from(l)];
-                    for (o, &q) in o.iter_mut().zip(q) {
-                        *o = q as f32 * step;
-                    }
-                }
-            });
-        Ok(out)
+        dequantize_chunks(name, symbols, chunk_len, chunk_levels, |o, q, l| {
+            let step = steps[usize::from(l)];
+            for (o, &q) in o.iter_mut().zip(q) {
+                *o = q as f32 * step;
+            }
+        })
     }
 }
 
-/// Refuses symbols that are not `chunk_levels.len()` whole chunks of `chunk_len` (a decoded
-/// record's lengths are data).
-pub(crate) fn check_chunk_layout(
+/// Values per parallel task of a dequantization.
+pub(crate) const DEQUANT_TASK: usize = 1 << 14;
+
+/// A dequantization chunk by chunk: `chunk(out, symbols, level)` fills each chunk's values,
+/// groups of chunks in parallel (a task is worth scheduling).
+///
+/// # Errors
+/// [`NwcError::Corrupt`] when the symbols are not `chunk_levels.len()` whole chunks of
+/// `chunk_len` (a decoded record's lengths are data).
+pub(crate) fn dequantize_chunks(
     name: &str,
     symbols: &[i32],
     chunk_len: usize,
     chunk_levels: &[u8],
-) -> Result<()> {
+    chunk: impl Fn(&mut [f32], &[i32], u8) + Sync,
+) -> Result<Vec<f32>> {
     if chunk_len == 0 || symbols.len() != chunk_levels.len() * chunk_len {
         return Err(NwcError::Corrupt {
             name: name.to_string(),
@@ -385,11 +379,22 @@ pub(crate) fn check_chunk_layout(
             ),
         });
     }
-    Ok(())
+    let mut out = vec![0f32; symbols.len()];
+    let per_task = (DEQUANT_TASK / chunk_len).max(1);
+    out.par_chunks_mut(per_task * chunk_len)
+        .zip(symbols.par_chunks(per_task * chunk_len))
+        .zip(chunk_levels.par_chunks(per_task))
+        .for_each(|((o, q), lv)| {
+            for ((o, q), &l) in o
+                .chunks_exact_mut(chunk_len)
+                .zip(q.chunks_exact(chunk_len))
+                .zip(lv)
+            {
+                chunk(o, q, l);
+            }
+        });
+    Ok(out)
 }
-
-/// Values per parallel task of a dequantization.
-pub(crate) const DEQUANT_TASK: usize = 1 << 14;
 
 /// One histogram table per table-map row that occurs, and the map (`n_rows × chunk_len` entries,
 /// every position of a row naming its table; rows without symbols name table 0, and an empty

@@ -1091,17 +1091,15 @@ fn reconstruct(
             )));
         }
         let out = &mut bytes[slab.start * cols * size..slab.end * cols * size];
-        let row_scales = match axis {
-            ScaleAxis::Column => None,
-            ScaleAxis::Row => Some(&scale_f32[slab.clone()]),
-        };
-        let col_scales = (axis == ScaleAxis::Column).then_some(&scale_f32[..]);
         let view = Unchunk {
             recon: &recon,
             per_col: sb * l,
             cols,
-            col_scales,
-            row_scales,
+            scales: match axis {
+                ScaleAxis::Column => &scale_f32,
+                ScaleAxis::Row => &scale_f32[slab.clone()],
+            },
+            by_row: axis == ScaleAxis::Row,
         };
         match dtype {
             DType::F32 => view.write(out, f32::to_le_bytes),
@@ -1120,8 +1118,9 @@ struct Unchunk<'a> {
     recon: &'a [f32],
     per_col: usize,
     cols: usize,
-    col_scales: Option<&'a [f32]>,
-    row_scales: Option<&'a [f32]>,
+    /// One per column, or (with `by_row`) one per row of the slab.
+    scales: &'a [f32],
+    by_row: bool,
 }
 
 /// Rows per parallel band and columns per tile of the transposition (a tile of the input,
@@ -1141,13 +1140,9 @@ impl Unchunk<'_> {
                 for c0 in (0..cols).step_by(TILE) {
                     let c1 = (c0 + TILE).min(cols);
                     for r in 0..n_rows {
-                        let row_scale = self.row_scales.map(|s| s[r0 + r]);
                         let line = &mut o[(r * cols + c0) * N..(r * cols + c1) * N];
                         for (c, dst) in (c0..c1).zip(line.chunks_exact_mut(N)) {
-                            let s = match row_scale {
-                                Some(s) => s,
-                                None => self.col_scales.map_or(1.0, |s| s[c]),
-                            };
+                            let s = self.scales[if self.by_row { r0 + r } else { c }];
                             let v = self.recon[c * self.per_col + r0 + r] * s;
                             dst.copy_from_slice(&conv(v));
                         }

@@ -324,24 +324,11 @@ impl WeightCodec for TcqCodec {
     ) -> Result<Vec<f32>> {
         check_levels(name, chunk_levels)?;
         let steps = params.steps(name)?;
-        crate::codec::check_chunk_layout(name, symbols, chunk_len, chunk_levels)?;
-        // The trellis walk and the step in one pass, a group of chunks per task.
-        let mut out = vec![0.0f32; symbols.len()];
-        let per_task = (crate::codec::DEQUANT_TASK / chunk_len).max(1);
-        out.par_chunks_mut(per_task * chunk_len)
-            .zip(symbols.par_chunks(per_task * chunk_len))
-            .zip(chunk_levels.par_chunks(per_task))
-            .for_each(|((o, s), lv)| {
-                for ((o, s), &l) in o
-                    .chunks_exact_mut(chunk_len)
-                    .zip(s.chunks_exact(chunk_len))
-                    .zip(lv)
-                {
-                    reconstruct_chunk(&self.model, s, o);
-                    let step = steps[usize::from(l)];
-                    o.iter_mut().for_each(|v| *v *= step);
-                }
-            });
-        Ok(out)
+        // The trellis walk and the step in one pass.
+        crate::codec::dequantize_chunks(name, symbols, chunk_len, chunk_levels, |o, s, l| {
+            reconstruct_chunk(&self.model, s, o);
+            let step = steps[usize::from(l)];
+            o.iter_mut().for_each(|v| *v *= step);
+        })
     }
 }

@@ -235,14 +235,16 @@ pub fn compress_llama_layerwise(
     output: &Path,
     progress: impl FnMut(LayerwiseProgress<'_>),
 ) -> Result<LayerwiseReport> {
-    let job = Job {
+    run_layerwise(
         compressor,
         src,
         mode,
         windows,
         embed_tokenizer,
-    };
-    run_layerwise(&job, None, output, progress)
+        None,
+        output,
+        progress,
+    )
 }
 
 /// [`compress_llama_layerwise`] for one shard of a job spread over machines: codes the decoder
@@ -264,38 +266,30 @@ pub fn compress_llama_shard(
     output: &Path,
     progress: impl FnMut(LayerwiseProgress<'_>),
 ) -> Result<LayerwiseReport> {
-    let job = Job {
+    run_layerwise(
         compressor,
         src,
         mode,
         windows,
         embed_tokenizer,
-    };
-    run_layerwise(&job, Some(shard), output, progress)
+        Some(shard),
+        output,
+        progress,
+    )
 }
 
-/// What a layer-by-layer job codes, the same for every shard of it.
-struct Job<'a, 'c> {
-    compressor: &'a Compressor<'c>,
-    src: &'a dyn ModelSource,
-    mode: Mode,
-    windows: &'a [Vec<u32>],
-    embed_tokenizer: bool,
-}
-
+/// The whole run (`shard: None`) or one shard of it.
+#[allow(clippy::too_many_arguments)]
 fn run_layerwise(
-    job: &Job<'_, '_>,
+    compressor: &Compressor<'_>,
+    src: &dyn ModelSource,
+    mode: Mode,
+    windows: &[Vec<u32>],
+    embed_tokenizer: bool,
     shard: Option<Shard>,
     output: &Path,
     mut progress: impl FnMut(LayerwiseProgress<'_>),
 ) -> Result<LayerwiseReport> {
-    let Job {
-        compressor,
-        src,
-        mode,
-        windows,
-        embed_tokenizer,
-    } = *job;
     let start = Instant::now();
     let calibrated = match mode {
         Mode::DataFree => false,

@@ -90,6 +90,19 @@ impl std::str::FromStr for Shard {
     }
 }
 
+/// The first characters of a job's fingerprint, for messages.
+fn short(job: &str) -> &str {
+    &job[..12.min(job.len())]
+}
+
+/// An error while reading the shard file `path`, named by it.
+fn in_file(path: &Path) -> impl FnOnce(NwcError) -> NwcError + '_ {
+    move |e| NwcError::InFile {
+        path: path.to_path_buf(),
+        source: Box::new(e),
+    }
+}
+
 /// What a shard file says of itself.
 struct ShardInfo {
     shard: Shard,
@@ -143,12 +156,7 @@ pub fn merge_shards(shards: &[impl AsRef<Path>], output: &Path) -> Result<u64> {
     }
     let readers: Vec<FileReader<'_>> = files
         .iter()
-        .map(|(p, f)| {
-            f.reader().map_err(|e| NwcError::InFile {
-                path: p.to_path_buf(),
-                source: Box::new(e),
-            })
-        })
+        .map(|(p, f)| f.reader().map_err(in_file(p)))
         .collect::<Result<_>>()?;
     let infos: Vec<ShardInfo> = files
         .iter()
@@ -166,10 +174,10 @@ pub fn merge_shards(shards: &[impl AsRef<Path>], output: &Path) -> Result<u64> {
                 path.display(),
                 info.shard.index,
                 info.shard.count,
-                &info.job[..12.min(info.job.len())],
+                short(&info.job),
                 first_path.display(),
                 count,
-                &first.job[..12.min(first.job.len())]
+                short(&first.job)
             ))
             .into());
         }
@@ -202,7 +210,7 @@ pub fn merge_shards(shards: &[impl AsRef<Path>], output: &Path) -> Result<u64> {
         return Err(LlmError::Shards(format!(
             "shard {} of {count} missing (job {}…)",
             missing.join(", "),
-            &first.job[..12.min(first.job.len())]
+            short(&first.job)
         ))
         .into());
     }
@@ -213,10 +221,8 @@ pub fn merge_shards(shards: &[impl AsRef<Path>], output: &Path) -> Result<u64> {
         for i in order.iter().flatten() {
             let r = &readers[*i];
             for k in 1..r.index().len() {
-                w.write(&r.record(k).map_err(|e| NwcError::InFile {
-                    path: files[*i].0.to_path_buf(),
-                    source: Box::new(e.into()),
-                })?)?;
+                let record = r.record(k).map_err(|e| in_file(files[*i].0)(e.into()))?;
+                w.write(&record)?;
             }
         }
         let (mut inner, bytes) = w.finish()?;
