@@ -4,6 +4,7 @@ mod bench_llm;
 mod bench_perf;
 mod bench_rd;
 mod fetch;
+mod house;
 mod plot;
 mod test;
 mod train;
@@ -57,6 +58,9 @@ enum Command {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<String>,
     },
+    /// Check the house rules: no file under `crates/*/src` longer than 700 lines, and no import
+    /// circle between the modules of any crate; prints each crate's modules bottom-up.
+    House,
     /// Train the small byte-level Llama that `compress_llama` uses by default (Canterbury texts,
     /// Alice in Wonderland held out) and write it as a Hugging Face directory
     /// (examples/assets/tiny-llama).
@@ -80,5 +84,6 @@ fn main() -> anyhow::Result<()> {
         Command::BenchLlm(args) => bench_llm::run(&args),
         Command::TrainLlama(args) => train_llama::run(&args),
         Command::Test { args } => test::run(&args),
+        Command::House => house::run(&test::workspace_root()),
     }
 }

@@ -1,5 +1,5 @@
 //! `cargo xtask test`: the one test command (README, `.ci/run`): fetches the real data the
-//! tests need, checks the layering (the `nwc` facade with default features off builds no burn),
+//! tests need, checks the house rules (`house.rs`: file lengths, no import circle) and the layering (the `nwc` facade with default features off builds no burn),
 //! then runs `cargo test --workspace`.
 
 use std::process::Command;
@@ -24,6 +24,7 @@ fn cargo() -> Command {
 pub fn run(extra: &[String]) -> Result<()> {
     let items: Vec<String> = TEST_DATA.iter().map(|s| s.to_string()).collect();
     crate::fetch::run(&items)?;
+    crate::house::run(&workspace_root())?;
     layering()?;
     let status = cargo()
         .args(["test", "--workspace"])
@@ -34,6 +35,14 @@ pub fn run(extra: &[String]) -> Result<()> {
         bail!("cargo test --workspace failed ({status})");
     }
     Ok(())
+}
+
+/// The workspace's root directory (the parent of `xtask/`).
+pub fn workspace_root() -> std::path::PathBuf {
+    std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .map(std::path::Path::to_path_buf)
+        .unwrap_or_default()
 }
 
 /// The dependency rule ARCHITECTURE.md states: with default features off, `nwc` (ECSQ/TCQ

@@ -35,6 +35,14 @@ use crate::config::{CodecConfig, Variant};
 use crate::error::{CodecError, Result};
 use crate::model::{NwcModel, Refiner};
 
+/// The checkpoint the library ships and uses by default: the small trellis refiner
+/// ([`crate::config::Variant::TrellisRefiner`]) trained on real weights by `cargo xtask train --refiner`
+/// (see `docs/training.md` for the exact command and log).
+pub const DEFAULT_CHECKPOINT: &[u8] = include_bytes!("../assets/default.ckpt");
+/// The paper's autoencoder ([`crate::config::Variant::Autoencoder`]), small configuration, the default until
+/// the trellis refiner replaced it; kept so files made with it still decode.
+pub const AUTOENCODER_CHECKPOINT: &[u8] = include_bytes!("../assets/autoencoder.ckpt");
+
 const MAGIC: &[u8; 8] = b"NWCCKPT\0";
 const VERSION: u32 = 3;
 

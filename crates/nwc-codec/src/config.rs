@@ -95,7 +95,7 @@ impl CodecConfig {
     /// # Errors
     /// [`crate::CodecError::Config`] for a zero size, more than 4 levels, or sizes so large they
     /// are surely a mistake.
-    pub fn validate(&self) -> crate::Result<()> {
+    pub fn validate(&self) -> crate::error::Result<()> {
         let ok = (1..=64).contains(&self.chunk_len)
             && (1..=64).contains(&self.latent)
             && (1..=8192).contains(&self.width)
@@ -107,7 +107,7 @@ impl CodecConfig {
         if ok {
             Ok(())
         } else {
-            Err(crate::CodecError::Config(format!(
+            Err(crate::error::CodecError::Config(format!(
                 "unusable codec configuration {self:?}"
             )))
         }

@@ -29,14 +29,7 @@ mod weight_codec;
 
 pub use burn;
 
-/// The checkpoint the library ships and uses by default: the small trellis refiner
-/// ([`Variant::TrellisRefiner`]) trained on real weights by `cargo xtask train --refiner`
-/// (see `docs/training.md` for the exact command and log).
-pub const DEFAULT_CHECKPOINT: &[u8] = include_bytes!("../assets/default.ckpt");
-/// The paper's autoencoder ([`Variant::Autoencoder`]), small configuration, the default until
-/// the trellis refiner replaced it; kept so files made with it still decode.
-pub const AUTOENCODER_CHECKPOINT: &[u8] = include_bytes!("../assets/autoencoder.ckpt");
-pub use checkpoint::{Checkpoint, DEFAULT_STEPS};
+pub use checkpoint::{AUTOENCODER_CHECKPOINT, Checkpoint, DEFAULT_CHECKPOINT, DEFAULT_STEPS};
 pub use config::{CodecConfig, Variant};
 pub use error::{CodecError, Result};
 pub use model::{EntropyBottleneck, NwcModel, Refiner, ResBlock, TrainOutput, Transform};

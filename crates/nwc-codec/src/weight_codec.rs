@@ -16,7 +16,10 @@ use nwc_pipeline::{
     WeightCodec,
 };
 
-use crate::{Checkpoint, NwcModel, Refiner, Variant};
+use crate::checkpoint::{AUTOENCODER_CHECKPOINT, Checkpoint, DEFAULT_CHECKPOINT};
+use crate::config::Variant;
+use crate::error::CodecError;
+use crate::model::{NwcModel, Refiner};
 
 /// Chunks per network call. Batches are independent (every op is per row), so they run in
 /// parallel on the rayon pool; at this size one batch's activations stay in a core's cache.
@@ -101,7 +104,7 @@ impl<B: Backend> NwcCodec<B> {
                 cfg.latent, cfg.chunk_len
             )));
         }
-        let config = |e: crate::CodecError| NwcError::Config(e.to_string());
+        let config = |e: CodecError| NwcError::Config(e.to_string());
         let net = match cfg.variant {
             Variant::Autoencoder => Net::Autoencoder(Box::new(Pool::new(
                 checkpoint.model::<B>(device).map_err(config)?,
@@ -161,7 +164,7 @@ impl<B: Backend> NwcCodec<B> {
     /// # Errors
     /// Never for the shipped checkpoint (its validity is tested).
     pub fn default_on(device: &B::Device) -> Result<Self> {
-        let c = Checkpoint::from_bytes(crate::DEFAULT_CHECKPOINT)
+        let c = Checkpoint::from_bytes(DEFAULT_CHECKPOINT)
             .map_err(|e| NwcError::Config(format!("shipped checkpoint: {e}")))?;
         Self::new(c, device)
     }
@@ -561,9 +564,9 @@ where
             ),
             None => {
                 let bytes = if h.codec == CodecKind::Nwc {
-                    crate::AUTOENCODER_CHECKPOINT
+                    AUTOENCODER_CHECKPOINT
                 } else {
-                    crate::DEFAULT_CHECKPOINT
+                    DEFAULT_CHECKPOINT
                 };
                 let c = Checkpoint::from_bytes(bytes)
                     .map_err(|e| NwcError::Config(format!("shipped checkpoint: {e}")))?;

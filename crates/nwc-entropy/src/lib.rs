@@ -30,6 +30,7 @@ mod error;
 mod lockstep;
 mod prior;
 mod rans;
+mod segment;
 mod steps;
 mod table;
 mod trellis;
@@ -39,7 +40,8 @@ pub use error::{EntropyError, Result};
 pub use prior::{
     DEFAULT_FILTERS, DEFAULT_TAIL_MASS, FactorizedPrior, LIKELIHOOD_BOUND, PriorParams, SplitMix64,
 };
-pub use rans::{Coder, MAX_CHUNKS_PER_SEGMENT, SEGMENT_HEADER_BYTES};
+pub use rans::Coder;
+pub use segment::{MAX_CHUNKS_PER_SEGMENT, SEGMENT_HEADER_BYTES};
 pub use steps::{LEVEL_STEP_RATIOS, scalar_step_for_bits, tcq_step_for_bits};
 pub use table::{DEFAULT_PRECISION, MAX_PRECISION, MAX_SYMBOLS, MIN_PRECISION, Table};
 pub use trellis::{RateModel, reconstruct_chunk, viterbi_chunk, viterbi_reference};

@@ -8,7 +8,7 @@
 //! up and the caller decodes each segment alone, which reports the exact error.
 
 use crate::context::ContextModel;
-use crate::rans::{Dec, L, SEGMENT_HEADER_BYTES, WAYS, decode_one, words_of};
+use crate::segment::{Dec, L, SEGMENT_HEADER_BYTES, WAYS, decode_one, words_of};
 
 /// How a chunk's symbols find their tables when decoded in lockstep.
 pub(crate) enum Tables<'a, 't> {

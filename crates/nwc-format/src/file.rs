@@ -343,7 +343,7 @@ impl<'a> FileReader<'a> {
     pub fn n_params(&self) -> u64 {
         self.index
             .iter()
-            .filter(|e| !crate::is_metadata(&e.name))
+            .filter(|e| !crate::record::is_metadata(&e.name))
             .map(|e| e.n_params)
             .sum()
     }

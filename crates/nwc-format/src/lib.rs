@@ -37,13 +37,6 @@ pub use file::{
     StreamReader, VERSION_MAJOR, VERSION_MINOR, Writer,
 };
 pub use record::{
-    CodecKind, CodedPayload, Payload, Record, TableRecord, pack_levels, unpack_levels,
+    CodecKind, CodedPayload, METADATA_PREFIX, Payload, Record, TableRecord, is_metadata,
+    pack_levels, unpack_levels,
 };
-
-/// Prefix of metadata record names (`docs/format.md`, "Metadata records").
-pub const METADATA_PREFIX: &str = "nwc.";
-
-/// Whether a record name denotes metadata rather than a model parameter.
-pub fn is_metadata(name: &str) -> bool {
-    name.starts_with(METADATA_PREFIX)
-}

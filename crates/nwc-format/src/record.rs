@@ -4,6 +4,14 @@ use nwc_tensor::{DType, numel};
 
 use crate::error::{FormatError, Result};
 
+/// Prefix of metadata record names (`docs/format.md`, "Metadata records").
+pub const METADATA_PREFIX: &str = "nwc.";
+
+/// Whether a record name denotes metadata rather than a model parameter.
+pub fn is_metadata(name: &str) -> bool {
+    name.starts_with(METADATA_PREFIX)
+}
+
 /// Which codec family coded a file or a tensor.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum CodecKind {
