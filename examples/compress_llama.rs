@@ -422,7 +422,7 @@ fn main() -> Result<()> {
     }
     // Written whole or not at all: `OUT.partial`, renamed when complete.
     let report = nwc::tensor::write_whole(&a.out, |tmp| {
-        let out = std::fs::File::create(tmp).map_err(nwc::pipeline::io_err(tmp))?;
+        let out = std::fs::File::create(tmp).map_err(nwc::pipeline::NwcError::io(tmp))?;
         compress_llama(
             &compressor,
             &w,

@@ -138,21 +138,25 @@ pub(crate) fn cholesky_in_place(a: &mut DMatrix<f64>) -> Option<()> {
 /// Returns `Ŵ`. With `H = L D Lᵀ`, this greedily minimizes `tr((W − Ŵ) H (W − Ŵ)ᵀ)` block by
 /// block (QuIP's LDLQ, which equals GPTQ/OPTQ).
 ///
+/// The quantizer's own error type `E` comes back unchanged (the first error stops the loop);
+/// this function's errors convert into it.
+///
 /// # Errors
-/// [`LdlError::Shape`] when sizes disagree; [`LdlError::Quantizer`] with the quantizer's message.
-pub fn ldlq(
+/// The quantizer's first error; [`LdlError::Shape`] when sizes disagree and
+/// [`LdlError::Quantizer`] when the quantizer returns the wrong number of values, as `E`.
+pub fn ldlq<E: From<LdlError>>(
     w: &[f32],
     rows: usize,
     cols: usize,
     ldl: &BlockLdl,
-    mut quantize: impl FnMut(usize, &[f32]) -> std::result::Result<Vec<f32>, String>,
-) -> Result<Vec<f32>> {
+    mut quantize: impl FnMut(usize, &[f32]) -> std::result::Result<Vec<f32>, E>,
+) -> std::result::Result<Vec<f32>, E> {
     if w.len() != rows * cols || ldl.l.nrows() != cols {
-        return Err(LdlError::Shape(format!(
+        return Err(E::from(LdlError::Shape(format!(
             "{} weights as {rows}×{cols} with a {}-column Hessian",
             w.len(),
             ldl.l.nrows()
-        )));
+        ))));
     }
     let wm = DMatrix::from_row_slice(rows, cols, w).map(f64::from);
     let mut err = DMatrix::<f64>::zeros(rows, cols);
@@ -169,12 +173,12 @@ pub fn ldlq(
             .flat_map(|r| (0..bw).map(move |c| (r, c)))
             .map(|(r, c)| target[(r, c)] as f32)
             .collect();
-        let q = quantize(s, &t).map_err(|reason| LdlError::Quantizer { start: s, reason })?;
+        let q = quantize(s, &t)?;
         if q.len() != rows * bw {
-            return Err(LdlError::Quantizer {
+            return Err(E::from(LdlError::Quantizer {
                 start: s,
                 reason: format!("returned {} values for a {rows}×{bw} block", q.len()),
-            });
+            }));
         }
         for r in 0..rows {
             for c in 0..bw {

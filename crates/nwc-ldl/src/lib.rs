@@ -13,7 +13,9 @@
 //!
 //! // Round to a grid of 0.25, once plainly and once with LDLQ feedback.
 //! let w: Vec<f32> = (0..rows * cols).map(|i| (i as f32 * 0.61).sin()).collect();
-//! let round = |_: usize, t: &[f32]| Ok(t.iter().map(|v| (v * 4.0).round() / 4.0).collect());
+//! let round = |_: usize, t: &[f32]| -> Result<Vec<f32>, nwc_ldl::LdlError> {
+//!     Ok(t.iter().map(|v| (v * 4.0).round() / 4.0).collect())
+//! };
 //! let plain: Vec<f32> = w.iter().map(|v| (v * 4.0).round() / 4.0).collect();
 //! let fed = ldlq(&w, rows, cols, &ldl, round)?;
 //! assert!(proxy_loss(&w, &fed, rows, cols, &h) <= proxy_loss(&w, &plain, rows, cols, &h));

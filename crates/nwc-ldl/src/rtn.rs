@@ -116,7 +116,7 @@ pub fn gptq(w: &[f32], rows: usize, cols: usize, ldl: &BlockLdl, rtn: GroupRtn) 
     let mut pieces: Vec<(usize, Vec<u8>)> = Vec::new();
     let values = ldlq(w, rows, cols, ldl, |s, target| {
         let bw = target.len() / rows;
-        let p = rtn.quantize(target, rows, bw).map_err(|e| e.to_string())?;
+        let p = rtn.quantize(target, rows, bw)?;
         pieces.push((s, p.bytes));
         Ok(p.values)
     })?;

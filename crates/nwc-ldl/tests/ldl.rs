@@ -59,7 +59,7 @@ fn ldlq_lowers_the_proxy_loss_at_equal_grid() {
     let plain: Vec<f32> = w.iter().map(|&v| round(v)).collect();
     for block in [1, 8, 32] {
         let ldl = BlockLdl::new(&h, block).unwrap();
-        let fed = ldlq(&w, rows, cols, &ldl, |_, t| {
+        let fed = ldlq::<LdlError>(&w, rows, cols, &ldl, |_, t| {
             Ok(t.iter().map(|&v| round(v)).collect())
         })
         .unwrap();
@@ -97,7 +97,31 @@ fn bad_input_is_an_error() {
     assert!(damp(&DMatrix::zeros(2, 2), DAMPING).is_err());
     assert!(damp(&DMatrix::from_element(2, 3, 1.0), DAMPING).is_err());
     let ldl = BlockLdl::new(&d.h, 2).unwrap();
-    assert!(ldlq(&[0.0; 5], 2, 3, &ldl, |_, t| Ok(t.to_vec())).is_err());
-    assert!(ldlq(&[0.0; 6], 2, 3, &ldl, |_, _| Ok(vec![0.0])).is_err());
-    assert!(ldlq(&[0.0; 6], 2, 3, &ldl, |_, _| Err("boom".into())).is_err());
+    assert!(matches!(
+        ldlq::<LdlError>(&[0.0; 5], 2, 3, &ldl, |_, t| Ok(t.to_vec())),
+        Err(LdlError::Shape(_))
+    ));
+    assert!(matches!(
+        ldlq::<LdlError>(&[0.0; 6], 2, 3, &ldl, |_, _| Ok(vec![0.0])),
+        Err(LdlError::Quantizer { start: 2, .. })
+    ));
+    // The quantizer's own error comes back as it was, the loop's errors convert into it.
+    #[derive(Debug, PartialEq)]
+    enum Mine {
+        Ldl(LdlError),
+        Boom(usize),
+    }
+    impl From<LdlError> for Mine {
+        fn from(e: LdlError) -> Self {
+            Mine::Ldl(e)
+        }
+    }
+    assert_eq!(
+        ldlq(&[0.0; 6], 2, 3, &ldl, |s, _| Err(Mine::Boom(s))),
+        Err(Mine::Boom(2))
+    );
+    assert!(matches!(
+        ldlq(&[0.0; 5], 2, 3, &ldl, |_, t| Ok::<_, Mine>(t.to_vec())),
+        Err(Mine::Ldl(LdlError::Shape(_)))
+    ));
 }

@@ -85,5 +85,15 @@ pub enum NwcError {
     },
 }
 
+impl NwcError {
+    /// Maps an I/O error on `path` to [`NwcError::Io`] naming it: `.map_err(NwcError::io(path))`.
+    pub fn io(path: &std::path::Path) -> impl FnOnce(std::io::Error) -> Self + '_ {
+        move |source| Self::Io {
+            path: path.to_path_buf(),
+            source,
+        }
+    }
+}
+
 /// Shorthand for results of this crate.
 pub type Result<T, E = NwcError> = std::result::Result<T, E>;

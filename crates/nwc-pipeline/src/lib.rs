@@ -23,17 +23,28 @@
 #![deny(missing_docs)]
 
 mod codec;
+mod decode;
+mod encode;
 mod error;
-mod pipeline;
+mod file;
+mod ldlq;
+mod options;
+mod plan;
 mod rate;
+mod reconstruct;
+mod registry;
+mod report;
 mod tcq;
 
 pub use codec::{CodecParams, EcsqCodec, LEVEL_STEP_RATIOS, Quantized, WeightCodec};
-pub use error::{NwcError, Result};
-pub use pipeline::{
-    Builtin, CodecRegistry, CompressOptions, CompressReport, Compressor, Decompressor, Importance,
-    NwcFile, ProgressFn, TensorPolicy, TensorReport, Uniform, compress_in_order,
-    compress_in_windows, decode_records, hex, io_err, round_trip_tensor, with_suffix,
+pub use decode::{Decompressor, decode_records};
+pub use encode::{
+    Compressor, ProgressFn, compress_in_order, compress_in_windows, round_trip_tensor,
 };
+pub use error::{NwcError, Result};
+pub use file::NwcFile;
+pub use options::{CompressOptions, Importance, TensorPolicy, Uniform};
 pub use rate::{RATE_TOLERANCE, RateControl, compress_file_to_rate, tune_to_rate};
+pub use registry::{Builtin, CodecRegistry};
+pub use report::{CompressReport, TensorReport};
 pub use tcq::{DEFAULT_TCQ_LAMBDA, DEFAULT_TCQ_RUN, TcqCodec, check_levels};

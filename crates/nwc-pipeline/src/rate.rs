@@ -12,9 +12,12 @@ use std::path::Path;
 
 use nwc_tensor::WeightSource;
 
+use crate::codec::{EcsqCodec, WeightCodec};
+use crate::encode::Compressor;
 use crate::error::{NwcError, Result};
-use crate::pipeline::{CompressOptions, CompressReport, Compressor, Importance};
-use crate::{EcsqCodec, TcqCodec, WeightCodec};
+use crate::options::{CompressOptions, Importance};
+use crate::report::CompressReport;
+use crate::tcq::TcqCodec;
 
 /// Relative tolerance the search stops at (the guarantee is ±1 %).
 pub const RATE_TOLERANCE: f64 = 0.004;

@@ -151,7 +151,7 @@ pub struct TcqCodec {
 }
 
 impl TcqCodec {
-    /// A codec with fine step `step` for level 0 and [`LEVEL_STEP_RATIOS`](crate::LEVEL_STEP_RATIOS)
+    /// A codec with fine step `step` for level 0 and [`LEVEL_STEP_RATIOS`](crate::codec::LEVEL_STEP_RATIOS)
     /// for the others.
     ///
     /// # Errors
@@ -159,7 +159,7 @@ impl TcqCodec {
     pub fn with_step(step: f32) -> Result<Self> {
         Self {
             run: DEFAULT_TCQ_RUN,
-            steps: crate::LEVEL_STEP_RATIOS,
+            steps: crate::codec::LEVEL_STEP_RATIOS,
             lambda: DEFAULT_TCQ_LAMBDA,
             passes: 2,
             precision: nwc_entropy::DEFAULT_PRECISION,
@@ -214,7 +214,7 @@ impl TcqCodec {
     /// # Errors
     /// [`NwcError::Config`] unless `step` is finite and positive.
     pub fn with_level0_step(&self, step: f32) -> Result<Self> {
-        let steps = crate::LEVEL_STEP_RATIOS.map(|r| r * step);
+        let steps = crate::codec::LEVEL_STEP_RATIOS.map(|r| r * step);
         check_steps(&steps, "TCQ")?;
         Ok(Self {
             steps,

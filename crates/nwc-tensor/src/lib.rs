@@ -51,6 +51,6 @@ pub use gguf::{GgmlType, GgufFile, GgufTensorInfo, GgufValue, dequantize};
 pub use gguf_write::write_gguf;
 pub use levels::LevelBands;
 pub use open::open_weights;
-pub use safetensors_io::{SafetensorsFile, write_safetensors, write_whole};
+pub use safetensors_io::{SafetensorsFile, with_suffix, write_safetensors, write_whole};
 pub use source::WeightSource;
 pub use tensor::{DType, Tensor, numel};

@@ -157,6 +157,14 @@ pub fn write_safetensors(path: impl AsRef<Path>, tensors: &[Tensor]) -> Result<(
     })
 }
 
+/// `path` with `suffix` appended to its file name (`model.nwc` → `model.nwc.partial`): the
+/// names of the side files a whole-or-nothing writer keeps beside its output.
+pub fn with_suffix(path: &Path, suffix: &str) -> std::path::PathBuf {
+    let mut name = path.file_name().unwrap_or_default().to_os_string();
+    name.push(suffix);
+    path.with_file_name(name)
+}
+
 /// Writes `path` whole or not at all: `write` fills `PATH.partial`, which is synced and renamed
 /// over `path` when `write` succeeds and removed when it fails. Every whole-file output of nwc
 /// goes through here (safetensors, GGUF, Hugging Face directories, `.nwc` files); `write` may
@@ -168,9 +176,7 @@ pub fn write_whole<T, E: From<TensorError>>(
     path: &Path,
     write: impl FnOnce(&Path) -> std::result::Result<T, E>,
 ) -> std::result::Result<T, E> {
-    let mut name = path.file_name().unwrap_or_default().to_os_string();
-    name.push(".partial");
-    let tmp = path.with_file_name(name);
+    let tmp = with_suffix(path, ".partial");
     let io = |source| TensorError::Write {
         path: path.to_path_buf(),
         source,

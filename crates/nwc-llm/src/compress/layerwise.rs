@@ -19,7 +19,7 @@ use nwc_format::{IndexEntry, Record, Writer};
 use nwc_tensor::Cursor;
 
 use nwc_pipeline::{
-    CompressReport, Compressor, NwcError, Result, TensorReport, io_err, with_suffix,
+    CompressReport, Compressor, NwcError, Result, TensorReport,
 };
 
 use super::{CONFIG_RECORD, Calibration, Mode, Shard, TOKENIZER_RECORD, metadata};
@@ -165,12 +165,12 @@ impl Checkpoint {
 
     /// Writes the checkpoint whole: to a temporary file, synced, then renamed over the old one.
     fn save(&self, path: &Path, fingerprint: &[u8; 32]) -> Result<()> {
-        let tmp = with_suffix(path, ".tmp");
-        let mut f = File::create(&tmp).map_err(io_err(&tmp))?;
+        let tmp = nwc_tensor::with_suffix(path, ".tmp");
+        let mut f = File::create(&tmp).map_err(NwcError::io(&tmp))?;
         f.write_all(&self.to_bytes(fingerprint))
             .and_then(|()| f.sync_data())
-            .map_err(io_err(&tmp))?;
-        std::fs::rename(&tmp, path).map_err(io_err(path))
+            .map_err(NwcError::io(&tmp))?;
+        std::fs::rename(&tmp, path).map_err(NwcError::io(path))
     }
 }
 
@@ -309,8 +309,8 @@ fn run_layerwise(
     };
     let cfg = src.config().clone();
     let device = Default::default();
-    let partial = with_suffix(output, ".partial");
-    let state_path = with_suffix(output, ".resume");
+    let partial = nwc_tensor::with_suffix(output, ".partial");
+    let state_path = nwc_tensor::with_suffix(output, ".resume");
     let job_fp = job_fingerprint(compressor, src, mode, windows, embed_tokenizer);
     // A shard's checkpoint resumes that shard only.
     let fp = match shard {
@@ -344,10 +344,10 @@ fn run_layerwise(
             let mut f = OpenOptions::new()
                 .write(true)
                 .open(&partial)
-                .map_err(io_err(&partial))?;
+                .map_err(NwcError::io(&partial))?;
             f.set_len(c.partial_len)
                 .and_then(|()| f.seek(SeekFrom::End(0)).map(drop))
-                .map_err(io_err(&partial))?;
+                .map_err(NwcError::io(&partial))?;
             let writer = Writer::resume(
                 BufWriter::new(f),
                 compressor.header(),
@@ -368,7 +368,7 @@ fn run_layerwise(
             (writer, c.reports, c.next_block, run)
         }
         None => {
-            let f = File::create(&partial).map_err(io_err(&partial))?;
+            let f = File::create(&partial).map_err(NwcError::io(&partial))?;
             let mut writer = Writer::new(BufWriter::new(f), compressor.header())?;
             let mut reports = Vec::new();
             let dtype_name = src
@@ -477,12 +477,12 @@ fn run_layerwise(
         drop(calibration);
         // Checkpoint: records synced, then the state that points at them.
         let t = Instant::now();
-        writer.inner_mut().flush().map_err(io_err(&partial))?;
+        writer.inner_mut().flush().map_err(NwcError::io(&partial))?;
         writer
             .inner_mut()
             .get_ref()
             .sync_data()
-            .map_err(io_err(&partial))?;
+            .map_err(NwcError::io(&partial))?;
         let activations = match &run {
             Some(r) => (r.windows(), windows[0].len(), r.to_f32()),
             None => (0, 0, Vec::new()),
@@ -535,10 +535,10 @@ fn run_layerwise(
     )?;
     let t = Instant::now();
     let (mut inner, file_bytes) = writer.finish()?;
-    inner.flush().map_err(io_err(&partial))?;
-    inner.get_ref().sync_data().map_err(io_err(&partial))?;
+    inner.flush().map_err(NwcError::io(&partial))?;
+    inner.get_ref().sync_data().map_err(NwcError::io(&partial))?;
     drop(inner);
-    std::fs::rename(&partial, output).map_err(io_err(output))?;
+    std::fs::rename(&partial, output).map_err(NwcError::io(output))?;
     let _ = std::fs::remove_file(&state_path);
     times.write += t.elapsed().as_secs_f64();
     // Metadata records are bytes of the file but not parameters (as in `compress_llama`).

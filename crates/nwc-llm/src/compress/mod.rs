@@ -192,7 +192,7 @@ pub fn compress_llama_ft_file(
     let calibration = Calibration::new(&hessians, &weights.config)?
         .with_finetune(ft_windows, FtConfig::default());
     nwc_tensor::write_whole(output, |tmp| {
-        let file = std::fs::File::create(tmp).map_err(nwc_pipeline::io_err(tmp))?;
+        let file = std::fs::File::create(tmp).map_err(nwc_pipeline::NwcError::io(tmp))?;
         compress_llama(
             compressor,
             weights,

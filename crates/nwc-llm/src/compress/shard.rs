@@ -70,7 +70,7 @@ impl Shard {
             "{{\"shard\": {}, \"of\": {}, \"job\": \"{}\"}}",
             self.index,
             self.count,
-            nwc_pipeline::hex(job)
+            hex::encode(job)
         );
         super::metadata(SHARD_RECORD, &text)
     }
@@ -216,7 +216,7 @@ pub fn merge_shards(shards: &[impl AsRef<Path>], output: &Path) -> Result<u64> {
     }
     let header = *readers[0].header();
     nwc_tensor::write_whole(output, |tmp| -> Result<u64> {
-        let f = std::fs::File::create(tmp).map_err(nwc_pipeline::io_err(tmp))?;
+        let f = std::fs::File::create(tmp).map_err(NwcError::io(tmp))?;
         let mut w = Writer::new(std::io::BufWriter::new(f), header)?;
         for i in order.iter().flatten() {
             let r = &readers[*i];
@@ -226,7 +226,7 @@ pub fn merge_shards(shards: &[impl AsRef<Path>], output: &Path) -> Result<u64> {
             }
         }
         let (mut inner, bytes) = w.finish()?;
-        std::io::Write::flush(&mut inner).map_err(nwc_pipeline::io_err(tmp))?;
+        std::io::Write::flush(&mut inner).map_err(NwcError::io(tmp))?;
         Ok(bytes)
     })
 }

@@ -1,0 +1,149 @@
+//! Decoding records: [`Decompressor`] (one record into a tensor) and [`decode_records`] (a whole
+//! container in parallel).
+
+use nwc_entropy::{Coder, Table};
+use nwc_format::{CodecKind, FileReader, Header, Payload, Record};
+
+use crate::codec::{CodecParams, WeightCodec};
+use crate::error::{NwcError, Result};
+use crate::plan::chunk_levels;
+use crate::reconstruct::{DECODE_SLAB_VALUES, Layout, reconstruct};
+use half::f16;
+use nwc_tensor::{ScaleAxis, Tensor};
+
+/// Every record of a parsed container, decoded in parallel on the rayon pool, in file order.
+///
+/// # Errors
+/// [`NwcError::CodecMismatch`] when `codec` is not the file's; the first decoding error.
+pub fn decode_records(reader: &FileReader<'_>, codec: &dyn WeightCodec) -> Result<Vec<Tensor>> {
+    use rayon::prelude::*;
+    let d = Decompressor::new(codec);
+    d.check_header(reader.header())?;
+    (0..reader.index().len())
+        .into_par_iter()
+        .map(|i| d.decompress_record(&reader.record(i)?))
+        .collect()
+}
+
+/// Decodes `.nwc` records with one codec.
+pub struct Decompressor<'c> {
+    codec: &'c dyn WeightCodec,
+}
+
+impl std::fmt::Debug for Decompressor<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Decompressor")
+            .field("codec", &self.codec.kind())
+            .finish()
+    }
+}
+
+impl<'c> Decompressor<'c> {
+    /// A decompressor for files written with `codec`.
+    pub fn new(codec: &'c dyn WeightCodec) -> Self {
+        Self { codec }
+    }
+
+    /// Checks that a file's header names this codec (and checkpoint).
+    ///
+    /// # Errors
+    /// [`NwcError::CodecMismatch`] otherwise.
+    pub fn check_header(&self, h: &Header) -> Result<()> {
+        if h.codec == CodecKind::None {
+            return Ok(());
+        }
+        if h.codec != self.codec.kind() {
+            return Err(NwcError::CodecMismatch(format!(
+                "the file was coded with {:?}, the decoder is {:?}",
+                h.codec,
+                self.codec.kind()
+            )));
+        }
+        if h.codec_hash != self.codec.checkpoint_hash() {
+            return Err(NwcError::CodecMismatch(format!(
+                "the file needs checkpoint {}, the decoder has {}",
+                hex::encode(&h.codec_hash),
+                hex::encode(&self.codec.checkpoint_hash())
+            )));
+        }
+        Ok(())
+    }
+
+    /// Decodes one record into a tensor.
+    ///
+    /// # Errors
+    /// [`NwcError::Entropy`] for a corrupt stream, [`NwcError::Corrupt`] for inconsistent
+    /// parameters, [`NwcError::Tensor`] for invalid scales.
+    pub fn decompress_record(&self, r: &Record) -> Result<Tensor> {
+        let shape: Vec<usize> = r.shape.iter().map(|&d| d as usize).collect();
+        let c = match &r.payload {
+            Payload::Raw(bytes) => {
+                return Ok(Tensor::from_bytes(&r.name, r.dtype, shape, bytes.clone())?);
+            }
+            Payload::Coded(c) => c,
+        };
+        let corrupt = |reason: String| NwcError::Corrupt {
+            name: r.name.clone(),
+            reason,
+        };
+        if c.method != self.codec.kind() {
+            return Err(NwcError::CodecMismatch(format!(
+                "{} was coded with {:?}, the decoder is {:?}",
+                r.name,
+                c.method,
+                self.codec.kind()
+            )));
+        }
+        if usize::from(c.n_levels) != self.codec.n_levels() {
+            return Err(corrupt(format!(
+                "{} levels, the codec has {}",
+                c.n_levels,
+                self.codec.n_levels()
+            )));
+        }
+        let stored: Vec<Table> = c
+            .tables
+            .iter()
+            .map(|t| Table::from_freqs(t.min_symbol, u32::from(t.precision), t.freqs.clone()))
+            .collect::<std::result::Result<_, _>>()?;
+        let tables: &[Table] = if stored.is_empty() {
+            self.codec.tables()
+        } else {
+            &stored
+        };
+        let l = usize::from(c.chunk_len);
+        let coder = Coder::new(tables, &c.table_map, l)?.with_contexts(self.codec.contexts())?;
+        let (rows, cols) = (c.rows as usize, c.cols as usize);
+        let blocks = rows.div_ceil(l);
+        let chunk_levels = chunk_levels(&c.levels, blocks);
+        let mut symbols = vec![0i32; chunk_levels.len() * l];
+        let parts: Vec<&[u8]> = c.segments.iter().map(Vec::as_slice).collect();
+        coder.decode_all(
+            &parts,
+            &chunk_levels,
+            c.chunks_per_segment as usize,
+            &mut symbols,
+        )?;
+        let axis = ScaleAxis::from_code(c.scale_axis)
+            .ok_or_else(|| corrupt(format!("scale axis {}", c.scale_axis)))?;
+        let scales: Vec<f16> = c.scales.iter().map(|&b| f16::from_bits(b)).collect();
+        let layout = Layout {
+            rows,
+            cols,
+            chunk_len: l,
+            axis,
+            scales,
+        };
+        reconstruct(
+            self.codec,
+            &r.name,
+            r.dtype,
+            shape,
+            layout,
+            &symbols,
+            &chunk_levels,
+            &CodecParams::parse(self.codec.kind(), &r.name, &c.params)?,
+            DECODE_SLAB_VALUES,
+        )
+    }
+}
