@@ -4,12 +4,12 @@
 use nwc_entropy::{Coder, Table};
 use nwc_format::{CodecKind, FileReader, Header, Payload, Record};
 
-use crate::codec::{CodecParams, WeightCodec};
+use crate::codec::WeightCodec;
+use crate::coded::CodedTensor;
 use crate::error::{NwcError, Result};
 use crate::plan::chunk_levels;
 use crate::reconstruct::{DECODE_SLAB_VALUES, Layout, reconstruct};
-use half::f16;
-use nwc_tensor::{ScaleAxis, Tensor};
+use nwc_tensor::Tensor;
 
 /// Every record of a parsed container, decoded in parallel on the rayon pool, in file order.
 ///
@@ -76,16 +76,14 @@ impl<'c> Decompressor<'c> {
     /// parameters, [`NwcError::Tensor`] for invalid scales.
     pub fn decompress_record(&self, r: &Record) -> Result<Tensor> {
         let shape: Vec<usize> = r.shape.iter().map(|&d| d as usize).collect();
-        let c = match &r.payload {
-            Payload::Raw(bytes) => {
-                return Ok(Tensor::from_bytes(&r.name, r.dtype, shape, bytes.clone())?);
-            }
-            Payload::Coded(c) => c,
+        if let Payload::Raw(bytes) = &r.payload {
+            return Ok(Tensor::from_bytes(&r.name, r.dtype, shape, bytes.clone())?);
+        }
+        let segments = match &r.payload {
+            Payload::Raw(_) => unreachable!("returned above"),
+            Payload::Coded(c) => &c.segments,
         };
-        let corrupt = |reason: String| NwcError::Corrupt {
-            name: r.name.clone(),
-            reason,
-        };
+        let c = CodedTensor::try_from(r)?;
         if c.method != self.codec.kind() {
             return Err(NwcError::CodecMismatch(format!(
                 "{} was coded with {:?}, the decoder is {:?}",
@@ -94,12 +92,15 @@ impl<'c> Decompressor<'c> {
                 self.codec.kind()
             )));
         }
-        if usize::from(c.n_levels) != self.codec.n_levels() {
-            return Err(corrupt(format!(
-                "{} levels, the codec has {}",
-                c.n_levels,
-                self.codec.n_levels()
-            )));
+        if c.n_levels != self.codec.n_levels() {
+            return Err(NwcError::Corrupt {
+                name: r.name.clone(),
+                reason: format!(
+                    "{} levels, the codec has {}",
+                    c.n_levels,
+                    self.codec.n_levels()
+                ),
+            });
         }
         let stored: Vec<Table> = c
             .tables
@@ -111,28 +112,18 @@ impl<'c> Decompressor<'c> {
         } else {
             &stored
         };
-        let l = usize::from(c.chunk_len);
+        let l = c.chunk_len;
         let coder = Coder::new(tables, &c.table_map, l)?.with_contexts(self.codec.contexts())?;
-        let (rows, cols) = (c.rows as usize, c.cols as usize);
-        let blocks = rows.div_ceil(l);
-        let chunk_levels = chunk_levels(&c.levels, blocks);
+        let chunk_levels = chunk_levels(&c.levels, c.rows.div_ceil(l));
         let mut symbols = vec![0i32; chunk_levels.len() * l];
-        let parts: Vec<&[u8]> = c.segments.iter().map(Vec::as_slice).collect();
-        coder.decode_all(
-            &parts,
-            &chunk_levels,
-            c.chunks_per_segment as usize,
-            &mut symbols,
-        )?;
-        let axis = ScaleAxis::from_code(c.scale_axis)
-            .ok_or_else(|| corrupt(format!("scale axis {}", c.scale_axis)))?;
-        let scales: Vec<f16> = c.scales.iter().map(|&b| f16::from_bits(b)).collect();
+        let parts: Vec<&[u8]> = segments.iter().map(Vec::as_slice).collect();
+        coder.decode_all(&parts, &chunk_levels, c.chunks_per_segment, &mut symbols)?;
         let layout = Layout {
-            rows,
-            cols,
+            rows: c.rows,
+            cols: c.cols,
             chunk_len: l,
-            axis,
-            scales,
+            axis: c.axis,
+            scales: c.scales,
         };
         reconstruct(
             self.codec,
@@ -142,7 +133,7 @@ impl<'c> Decompressor<'c> {
             layout,
             &symbols,
             &chunk_levels,
-            &CodecParams::parse(self.codec.kind(), &r.name, &c.params)?,
+            &c.params,
             DECODE_SLAB_VALUES,
         )
     }

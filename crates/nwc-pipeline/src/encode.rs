@@ -7,10 +7,11 @@ use std::time::Instant;
 
 use ndarray::ArrayView2;
 use nwc_entropy::{Coder, Table};
-use nwc_format::{CodedPayload, Header, Payload, Record, TableRecord, Writer};
+use nwc_format::{Header, Payload, Record, TableRecord, Writer};
 use nwc_tensor::{ScaleSums, Tensor, WeightSource, chunk_with_scales};
 
 use crate::codec::{Quantized, WeightCodec};
+use crate::coded::CodedTensor;
 use crate::decode::Decompressor;
 use crate::error::{NwcError, Result};
 use crate::options::{CompressOptions, Importance};
@@ -255,16 +256,16 @@ impl<'c> Compressor<'c> {
             sq_error,
             sq_signal,
         };
-        let payload = Payload::Coded(CodedPayload {
+        let coded = CodedTensor {
             method: self.codec.kind(),
-            chunk_len: l as u8,
-            scale_axis: plan.axis.code(),
-            n_levels: self.codec.n_levels() as u8,
-            rows: plan.rows as u64,
-            cols: plan.cols as u64,
-            scales: plan.scales.iter().map(|s| s.to_bits()).collect(),
+            chunk_len: l,
+            axis: plan.axis,
+            n_levels: self.codec.n_levels(),
+            rows: plan.rows,
+            cols: plan.cols,
+            scales: plan.scales.clone(),
             levels: plan.levels.clone(),
-            params: q.params.to_bytes(),
+            params: q.params,
             tables: q
                 .tables
                 .iter()
@@ -275,9 +276,9 @@ impl<'c> Compressor<'c> {
                 })
                 .collect(),
             table_map: q.table_map,
-            chunks_per_segment: self.options.chunks_per_segment as u32,
-            segments,
-        });
+            chunks_per_segment: self.options.chunks_per_segment,
+        };
+        let payload = Payload::Coded(coded.into_payload(segments));
         let record = Record {
             name: t.name().to_string(),
             dtype: t.dtype(),

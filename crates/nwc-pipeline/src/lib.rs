@@ -23,6 +23,7 @@
 #![deny(missing_docs)]
 
 mod codec;
+mod coded;
 mod decode;
 mod encode;
 mod error;
@@ -37,6 +38,7 @@ mod report;
 mod tcq;
 
 pub use codec::{CodecParams, EcsqCodec, LEVEL_STEP_RATIOS, Quantized, WeightCodec};
+pub use coded::CodedTensor;
 pub use decode::{Decompressor, decode_records};
 pub use encode::{
     Compressor, ProgressFn, compress_in_order, compress_in_windows, round_trip_tensor,

@@ -23,7 +23,8 @@ pub use self::layerwise::{
 pub use self::shard::{SHARD_RECORD, Shard, merge_shards};
 
 use nwc_pipeline::{
-    CompressReport, Compressor, NwcError, NwcFile, Result, TensorPolicy, WeightCodec,
+    CodedTensor, CompressReport, Compressor, NwcError, NwcFile, Result, TensorPolicy,
+    WeightCodec,
 };
 
 /// Metadata record holding the model's `config.json` (`docs/format.md`).
@@ -513,20 +514,28 @@ fn rewrite_with_finetune<W: Write>(
         let mut r = reader.record(i)?;
         let bad = |why: String| NwcError::Config(format!("fine-tuning {}: {why}", r.name));
         let shape: Vec<usize> = r.shape.iter().map(|&d| d as usize).collect();
+        // The typed side information of a coded record whose scales change.
+        let typed = match (edits.get(&r.name), &r.payload) {
+            (Some(FtEdit::Columns(_)), Payload::Coded(_)) => Some(CodedTensor::try_from(&r)?),
+            _ => None,
+        };
         match (edits.get(&r.name), &mut r.payload) {
             (None, _) => {}
             (Some(FtEdit::Columns(s)), Payload::Coded(c)) => {
-                if c.scale_axis != ScaleAxis::Column.code() || c.scales.len() != s.len() {
+                let mut typed = typed.expect("a coded record with new scales");
+                if typed.axis != ScaleAxis::Column || typed.scales.len() != s.len() {
                     return Err(bad(format!(
-                        "{} scales on axis {} for {} column multipliers",
-                        c.scales.len(),
-                        c.scale_axis,
+                        "{} scales on the {:?} axis for {} column multipliers",
+                        typed.scales.len(),
+                        typed.axis,
                         s.len()
                     )));
                 }
-                for (b, &m) in c.scales.iter_mut().zip(*s) {
-                    *b = f16::from_f32(f16::from_bits(*b).to_f32() * m).to_bits();
+                for (b, &m) in typed.scales.iter_mut().zip(*s) {
+                    *b = f16::from_f32(b.to_f32() * m);
                 }
+                let segments = std::mem::take(&mut c.segments);
+                *c = typed.into_payload(segments);
             }
             (Some(edit), Payload::Raw(bytes)) => {
                 let t = Tensor::from_bytes(&r.name, r.dtype, shape.clone(), bytes.clone())?;
