@@ -272,7 +272,7 @@ impl ModelSource for LazyWeights {
     }
 
     /// SHA-256 over the bytes of every file it reads (streamed; about a second per GB), the same
-    /// digest as [`crate::fingerprint`] over their contents.
+    /// digest as [`crate::calib::fingerprint`] over their contents.
     fn fingerprint(&self) -> [u8; 32] {
         let paths: Vec<&Path> = match &self.files {
             Files::Gguf(f) => vec![f.path()],
@@ -540,7 +540,7 @@ impl<B: Backend> Layerwise<B> {
 }
 
 /// Perplexity of the model in `src` on up to `max_windows` windows of `ctx` tokens of `ids`, one
-/// block at a time (the same windows and figure as [`crate::perplexity`]), calling
+/// block at a time (the same windows and figure as [`crate::eval::perplexity`]), calling
 /// `progress(done, total)` after each block.
 ///
 /// # Errors
@@ -566,4 +566,17 @@ pub fn layerwise_perplexity<B: Backend>(
     let total = run.head_nll(src, &targets, None)?;
     progress(layers + 1, layers + 1);
     Ok(Perplexity::from_total(total, ws.len(), ctx))
+}
+
+/// Opening weights whole lives here, above the lazy loader it goes through (`weights` stays
+/// below `stream`).
+impl LlamaWeights {
+    /// Opens a GGUF file or a Hugging Face directory (`config.json`, `*.safetensors`,
+    /// `tokenizer.json`).
+    ///
+    /// # Errors
+    /// Missing files, another architecture, missing or mis-shaped tensors.
+    pub fn open(path: impl AsRef<Path>) -> Result<Self> {
+        crate::stream::LazyWeights::open(path)?.load_all()
+    }
 }

@@ -166,8 +166,12 @@ mod tests {
         );
         // Its tensors have the shapes the loader checks, and load back to the same model.
         let tensors = model.to_tensors(nwc_tensor::DType::F32).unwrap();
-        let w =
-            crate::LlamaWeights::from_parts(cfg, tensors, crate::TextTokenizer::bytes()).unwrap();
+        let w = crate::weights::LlamaWeights::from_parts(
+            cfg,
+            tensors,
+            crate::tokenizer::TextTokenizer::bytes(),
+        )
+        .unwrap();
         let back = Llama::<NdArray>::from_weights(&w, &device).unwrap();
         let x: Tensor<NdArray, 2, Int> =
             Tensor::from_data(TensorData::new(vec![116i64, 104, 101], [1, 3]), &device);

@@ -160,15 +160,6 @@ pub struct LlamaWeights {
 }
 
 impl LlamaWeights {
-    /// Opens a GGUF file or a Hugging Face directory (`config.json`, `*.safetensors`,
-    /// `tokenizer.json`).
-    ///
-    /// # Errors
-    /// Missing files, another architecture, missing or mis-shaped tensors.
-    pub fn open(path: impl AsRef<Path>) -> Result<Self> {
-        crate::stream::LazyWeights::open(path)?.load_all()
-    }
-
     /// Builds weights from parts (for example a decoded `.nwc` file), checking every shape.
     ///
     /// # Errors

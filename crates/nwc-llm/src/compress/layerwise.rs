@@ -13,16 +13,19 @@ use std::io::{BufWriter, Seek, SeekFrom, Write};
 use std::path::Path;
 use std::time::Instant;
 
-use crate::{Capture, Hessians, Layerwise, ModelSource, Site, site_of};
+use crate::calib::Hessians;
+use crate::model::Capture;
+use crate::stream::{Layerwise, ModelSource};
+use crate::weights::{Site, site_of};
 use burn::backend::NdArray;
 use nwc_format::{IndexEntry, Record, Writer};
 use nwc_tensor::Cursor;
 
-use nwc_pipeline::{
-    CompressReport, Compressor, NwcError, Result, TensorReport,
-};
+use nwc_pipeline::{CompressReport, Compressor, NwcError, Result, TensorReport};
 
-use super::{CONFIG_RECORD, Calibration, Mode, Shard, TOKENIZER_RECORD, metadata};
+use super::calibration::{Calibration, Mode, compress_llama_tensor};
+use super::records::{CONFIG_RECORD, TOKENIZER_RECORD, metadata};
+use super::shard::Shard;
 
 const MAGIC: &[u8; 8] = b"NWCRSUM1";
 
@@ -100,7 +103,7 @@ impl Checkpoint {
         for x in v {
             b.extend(x.to_le_bytes());
         }
-        let digest = crate::fingerprint(&[&b]);
+        let digest = crate::calib::fingerprint(&[&b]);
         b.extend(digest);
         b
     }
@@ -111,7 +114,7 @@ impl Checkpoint {
             return Err("not a resume checkpoint".into());
         }
         let (body, digest) = bytes.split_at(bytes.len() - 32);
-        if crate::fingerprint(&[body]) != digest {
+        if crate::calib::fingerprint(&[body]) != digest {
             return Err("checksum mismatch (damaged)".into());
         }
         if &body[8..40] != fingerprint {
@@ -204,7 +207,7 @@ fn job_fingerprint(
         Ok(q) => format!("{:?} {:?}", q.symbols, q.params),
         Err(e) => e.to_string(),
     };
-    crate::fingerprint(&[
+    crate::calib::fingerprint(&[
         &src.fingerprint(),
         &[header.codec as u8],
         &header.codec_hash,
@@ -315,7 +318,7 @@ fn run_layerwise(
     // A shard's checkpoint resumes that shard only.
     let fp = match shard {
         None => job_fp,
-        Some(s) => crate::fingerprint(&[
+        Some(s) => crate::calib::fingerprint(&[
             &job_fp,
             &(s.index() as u64).to_le_bytes(),
             &(s.count() as u64).to_le_bytes(),
@@ -372,9 +375,9 @@ fn run_layerwise(
             let mut writer = Writer::new(BufWriter::new(f), compressor.header())?;
             let mut reports = Vec::new();
             let dtype_name = src
-                .dtype(crate::EMBED)
+                .dtype(crate::weights::EMBED)
                 .ok()
-                .and_then(crate::torch_dtype)
+                .and_then(crate::weights::torch_dtype)
                 .unwrap_or("float32");
             let mut meta = Vec::new();
             if let Some(s) = shard {
@@ -536,7 +539,10 @@ fn run_layerwise(
     let t = Instant::now();
     let (mut inner, file_bytes) = writer.finish()?;
     inner.flush().map_err(NwcError::io(&partial))?;
-    inner.get_ref().sync_data().map_err(NwcError::io(&partial))?;
+    inner
+        .get_ref()
+        .sync_data()
+        .map_err(NwcError::io(&partial))?;
     drop(inner);
     std::fs::rename(&partial, output).map_err(NwcError::io(output))?;
     let _ = std::fs::remove_file(&state_path);
@@ -557,7 +563,7 @@ fn run_layerwise(
 /// Accumulates the Hessians of `sites` from what `forward` hands its capture, then factors them
 /// (each freed once factored), timing both stages.
 fn calibrate(
-    cfg: &crate::LlamaConfig,
+    cfg: &crate::config::LlamaConfig,
     sites: &[Site],
     times: &mut StageTimes,
     forward: impl FnOnce(Capture<'_, NdArray>) -> Result<()>,
@@ -624,7 +630,7 @@ fn code_tensors(
             load_s += t.elapsed().as_secs_f64();
             Ok(r?)
         },
-        |t| super::compress_llama_tensor(compressor, cfg, &t, calibration, mode),
+        |t| compress_llama_tensor(compressor, cfg, &t, calibration, mode),
         |_, record, report| {
             let t = Instant::now();
             let r = sink(record, report);

@@ -13,7 +13,9 @@ use std::path::Path;
 use nwc_format::{FileReader, Payload, Record, Writer};
 use nwc_pipeline::{NwcError, NwcFile, Result};
 
-use crate::LlmError;
+use crate::error::LlmError;
+
+use super::records::metadata;
 
 /// Metadata record naming a shard's place: `{"shard": K, "of": N, "job": "<hex>"}`.
 pub const SHARD_RECORD: &str = "nwc.shard.json";
@@ -72,7 +74,7 @@ impl Shard {
             self.count,
             hex::encode(job)
         );
-        super::metadata(SHARD_RECORD, &text)
+        metadata(SHARD_RECORD, &text)
     }
 }
 

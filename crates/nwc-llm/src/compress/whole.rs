@@ -1,0 +1,286 @@
+//! Compressing a Llama held in memory into one `.nwc` stream, with every mode, fine-tuning
+//! included.
+
+use std::collections::BTreeMap;
+use std::io::Write;
+use std::time::Instant;
+
+use half::f16;
+use nwc_format::{FileReader, Payload, ReadOptions, Writer};
+use nwc_pipeline::{CodedTensor, CompressReport, Compressor, NwcError, Result};
+use nwc_tensor::{ScaleAxis, Tensor};
+
+use super::calibration::{Calibration, Mode, compress_llama_tensor};
+use super::decode::decode_llama_from;
+use super::records::{CONFIG_RECORD, TOKENIZER_RECORD, metadata};
+use crate::calib::Hessians;
+use crate::finetune::{BlockFt, FtConfig};
+use crate::weights::{LlamaWeights, Proj};
+
+/// Compresses a whole Llama held in memory with every stage of the LLM pipeline — quality levels
+/// from calibration Hessians, LDLQ, and block-wise fine-tuning ([`Mode::LevelsLdlqFt`]) — into
+/// the file `output`, written whole or not at all (`output.partial`, renamed when complete).
+/// Calibration uses the first `n_windows` windows of `ctx` tokens of `calib_ids`; fine-tuning
+/// the first 8 of them (the last 2 held out for early stopping), with [`FtConfig::default`].
+/// `progress(stage, done, total)` reports the calibration windows (`"calibration"`) and the
+/// tensors (`"tensors"`).
+///
+/// # Errors
+/// Too little calibration text; a Hessian that cannot be factored; any tensor's error; I/O
+/// errors naming the file.
+pub fn compress_llama_ft_file(
+    compressor: &Compressor<'_>,
+    weights: &LlamaWeights,
+    calib_ids: &[u32],
+    ctx: usize,
+    n_windows: usize,
+    output: &std::path::Path,
+    progress: impl Fn(&str, usize, usize),
+) -> Result<CompressReport> {
+    use burn::backend::NdArray;
+    let device = Default::default();
+    let reference = crate::model::Llama::<NdArray>::from_weights(weights, &device)?;
+    let fingerprint = crate::calib::calibration_fingerprint(weights, calib_ids, ctx);
+    let hessians = Hessians::collect(
+        &reference,
+        calib_ids,
+        ctx,
+        n_windows,
+        None,
+        fingerprint,
+        &device,
+        |d, n| progress("calibration", d, n),
+    )?;
+    drop(reference);
+    let ft_windows = crate::eval::windows(calib_ids, ctx, n_windows.min(8))?
+        .into_iter()
+        .map(<[u32]>::to_vec)
+        .collect();
+    let calibration = Calibration::new(&hessians, &weights.config)?
+        .with_finetune(ft_windows, FtConfig::default());
+    nwc_tensor::write_whole(output, |tmp| {
+        let file = std::fs::File::create(tmp).map_err(nwc_pipeline::NwcError::io(tmp))?;
+        compress_llama(
+            compressor,
+            weights,
+            Some(&calibration),
+            Mode::LevelsLdlqFt,
+            true,
+            std::io::BufWriter::new(file),
+        )
+    })
+}
+
+/// Compresses a Llama into a `.nwc` stream: its `config.json` (and, if asked, `tokenizer.json`)
+/// as metadata records, then every tensor, coded per `mode` with `calibration`.
+///
+/// # Errors
+/// [`NwcError::NeedsCalibration`] when `mode` needs calibration and none is given; any tensor's error.
+pub fn compress_llama<W: Write>(
+    compressor: &Compressor<'_>,
+    weights: &LlamaWeights,
+    calibration: Option<&Calibration>,
+    mode: Mode,
+    embed_tokenizer: bool,
+    out: W,
+) -> Result<CompressReport> {
+    if let (Mode::LevelsLdlqFt, Some(c)) = (mode, calibration) {
+        return compress_llama_ft(compressor, weights, c, embed_tokenizer, out);
+    }
+    let start = Instant::now();
+    let cal = match (mode, calibration) {
+        (Mode::DataFree, _) => None,
+        (_, Some(c)) => Some(c),
+        (m, None) => {
+            return Err(NwcError::NeedsCalibration {
+                mode: m.label().into(),
+                needs: "calibration Hessians".into(),
+            });
+        }
+    };
+    let cfg = &weights.config;
+    let mut writer = Writer::new(out, compressor.header())?;
+    let dtype_name = weights
+        .tensors
+        .get(crate::weights::EMBED)
+        .and_then(|t| crate::weights::torch_dtype(t.dtype()))
+        .unwrap_or("float32");
+    writer.write(&metadata(CONFIG_RECORD, &cfg.to_hf_json(dtype_name)))?;
+    if embed_tokenizer {
+        writer.write(&metadata(TOKENIZER_RECORD, &weights.tokenizer.to_json()?))?;
+    }
+    let tensors: Vec<(&String, &Tensor)> = weights.tensors.iter().collect();
+    let n = tensors.len();
+    let mut reports = Vec::with_capacity(n);
+    nwc_pipeline::compress_in_order(
+        n,
+        |i| Ok(tensors[i]),
+        |(_, t)| compress_llama_tensor(compressor, cfg, t, cal, mode),
+        |i, record, mut report| {
+            report.bytes = writer.write(&record)?;
+            tracing::debug!(tensor = %tensors[i].0, bits_per_param = report.bits_per_param(), nmse = report.nmse(), "compressed");
+            compressor.report_progress(&report, i + 1, n);
+            reports.push(report);
+            Ok(())
+        },
+    )?;
+    let (_, file_bytes) = writer.finish()?;
+    Ok(CompressReport {
+        tensors: reports,
+        file_bytes,
+        seconds: start.elapsed().as_secs_f64(),
+    })
+}
+
+/// What fine-tuning does to one record of a Llama `.nwc`.
+enum FtEdit<'a> {
+    /// Multiply the matrix's columns (its stored per-column scales) by these.
+    Columns(&'a [f32]),
+    /// Replace the (raw) norm weight by these values.
+    Values(&'a [f32]),
+}
+
+/// Copies the container in `reader` to `out` with the fine-tuned per-column scales folded into
+/// each coded matrix's stored f16 scales and the fine-tuned norms in place of the old ones; every
+/// other byte of every record is unchanged, so the rate is too. Returns the file's bytes.
+fn rewrite_with_finetune<W: Write>(
+    reader: &FileReader<'_>,
+    blocks: &[BlockFt],
+    out: W,
+) -> Result<u64> {
+    let mut edits: BTreeMap<String, FtEdit<'_>> = BTreeMap::new();
+    for b in blocks {
+        for (k, p) in Proj::ALL.iter().enumerate() {
+            edits.insert(p.name(b.layer), FtEdit::Columns(&b.col_scales[k]));
+        }
+        edits.insert(
+            format!("model.layers.{}.input_layernorm.weight", b.layer),
+            FtEdit::Values(&b.attn_norm),
+        );
+        edits.insert(
+            format!("model.layers.{}.post_attention_layernorm.weight", b.layer),
+            FtEdit::Values(&b.mlp_norm),
+        );
+    }
+    let mut writer = Writer::new(out, *reader.header())?;
+    for i in 0..reader.index().len() {
+        let mut r = reader.record(i)?;
+        let bad = |why: String| NwcError::Config(format!("fine-tuning {}: {why}", r.name));
+        let shape: Vec<usize> = r.shape.iter().map(|&d| d as usize).collect();
+        // The typed side information of a coded record whose scales change.
+        let typed = match (edits.get(&r.name), &r.payload) {
+            (Some(FtEdit::Columns(_)), Payload::Coded(_)) => Some(CodedTensor::try_from(&r)?),
+            _ => None,
+        };
+        match (edits.get(&r.name), &mut r.payload) {
+            (None, _) => {}
+            (Some(FtEdit::Columns(s)), Payload::Coded(c)) => {
+                let mut typed = typed.expect("a coded record with new scales");
+                if typed.axis != ScaleAxis::Column || typed.scales.len() != s.len() {
+                    return Err(bad(format!(
+                        "{} scales on the {:?} axis for {} column multipliers",
+                        typed.scales.len(),
+                        typed.axis,
+                        s.len()
+                    )));
+                }
+                for (b, &m) in typed.scales.iter_mut().zip(*s) {
+                    *b = f16::from_f32(b.to_f32() * m);
+                }
+                let segments = std::mem::take(&mut c.segments);
+                *c = typed.into_payload(segments);
+            }
+            (Some(edit), Payload::Raw(bytes)) => {
+                let t = Tensor::from_bytes(&r.name, r.dtype, shape.clone(), bytes.clone())?;
+                let mut v = t.to_f32()?;
+                match edit {
+                    FtEdit::Columns(s) => {
+                        if shape.len() != 2 || shape[1] != s.len() {
+                            return Err(bad(format!("shape {shape:?} for {} columns", s.len())));
+                        }
+                        for row in v.chunks_mut(s.len()) {
+                            row.iter_mut().zip(*s).for_each(|(x, m)| *x *= m);
+                        }
+                    }
+                    FtEdit::Values(n) if n.len() == v.len() => v.copy_from_slice(n),
+                    FtEdit::Values(n) => {
+                        return Err(bad(format!("{} values for {} elements", n.len(), v.len())));
+                    }
+                }
+                *bytes = Tensor::from_f32(&r.name, r.dtype, shape, &v)?
+                    .bytes()
+                    .to_vec();
+            }
+            (Some(FtEdit::Values(_)), Payload::Coded(_)) => {
+                return Err(bad("a coded norm cannot take new values".into()));
+            }
+        }
+        writer.write(&r)?;
+    }
+    Ok(writer.finish()?.1)
+}
+
+/// Mode [`Mode::LevelsLdlqFt`]: LDLQ into memory, decode, fine-tune every block on the CPU,
+/// write the file with the learned scales and norms.
+fn compress_llama_ft<W: Write>(
+    compressor: &Compressor<'_>,
+    weights: &LlamaWeights,
+    calibration: &Calibration,
+    embed_tokenizer: bool,
+    out: W,
+) -> Result<CompressReport> {
+    use burn::backend::{Autodiff, NdArray};
+    let start = Instant::now();
+    let (windows, ft) =
+        calibration
+            .finetune
+            .as_ref()
+            .ok_or_else(|| NwcError::NeedsCalibration {
+                mode: Mode::LevelsLdlqFt.label().into(),
+                needs: "fine-tuning windows (Calibration::with_finetune)".into(),
+            })?;
+    let mut buf = Vec::new();
+    let mut report = compress_llama(
+        compressor,
+        weights,
+        Some(calibration),
+        Mode::LevelsLdlq,
+        embed_tokenizer,
+        &mut buf,
+    )?;
+    let reader = FileReader::new(&buf, ReadOptions::default())?;
+    let decoded = decode_llama_from(&reader, compressor.codec(), Some(weights.tokenizer.clone()))?;
+    let device = Default::default();
+    let original = crate::model::Llama::<NdArray>::from_weights(weights, &device)?;
+    let quantized = crate::model::Llama::<NdArray>::from_weights(&decoded, &device)?;
+    let w: Vec<&[u32]> = windows.iter().map(Vec::as_slice).collect();
+    let t = Instant::now();
+    let blocks = crate::finetune::finetune_blocks::<Autodiff<NdArray>>(
+        &original,
+        &quantized,
+        &w,
+        ft,
+        &device,
+        |b| {
+            tracing::debug!(
+                layer = b.layer,
+                before = b.heldout_before,
+                after = b.heldout_after,
+                "fine-tuned"
+            );
+        },
+    )?;
+    let (before, after) = blocks.iter().fold((0.0, 0.0), |(a, b), f| {
+        (a + f.heldout_before, b + f.heldout_after)
+    });
+    tracing::info!(
+        seconds = t.elapsed().as_secs_f64(),
+        blocks = blocks.len(),
+        mean_heldout_before = before / blocks.len().max(1) as f64,
+        mean_heldout_after = after / blocks.len().max(1) as f64,
+        "block-wise fine-tuning done"
+    );
+    report.file_bytes = rewrite_with_finetune(&reader, &blocks, out)?;
+    report.seconds = start.elapsed().as_secs_f64();
+    Ok(report)
+}
