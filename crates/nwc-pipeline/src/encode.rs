@@ -3,7 +3,6 @@
 
 use std::io::Write;
 use std::path::Path;
-use std::time::Instant;
 
 use ndarray::ArrayView2;
 use nwc_entropy::{Coder, Table};
@@ -18,6 +17,7 @@ use crate::options::{CompressOptions, Importance};
 use crate::plan::{Plan, SlabSymbols, chunk_levels, sum_sq, sum_sq_diff, with_name};
 use crate::reconstruct::{Layout, reconstruct};
 use crate::report::{CompressReport, TensorReport};
+use crate::streaming::Encoder;
 
 /// Called after each tensor of a model: (report, tensors done, tensors in all).
 pub type ProgressFn<'c> = Box<dyn Fn(&TensorReport, usize, usize) + Send + Sync + 'c>;
@@ -298,44 +298,9 @@ impl<'c> Compressor<'c> {
         out: W,
         importance: &dyn Importance,
     ) -> Result<CompressReport> {
-        let start = Instant::now();
-        let mut writer = Writer::new(out, self.header())?;
-        let names = source.names();
-        let mut tensors = Vec::with_capacity(names.len());
-        compress_in_order(
-            names.len(),
-            |i| {
-                let t = source.tensor(&names[i])?;
-                let imp = t
-                    .matrix_dims()
-                    .and_then(|(_, cols)| importance.importance(&names[i], cols));
-                Ok((t, imp))
-            },
-            |(t, imp)| self.compress_tensor(&t, imp.as_deref()),
-            |i, record, mut report| {
-                report.bytes = writer.write(&record)?;
-                tracing::info!(
-                    tensor = %names[i],
-                    index = i + 1,
-                    of = names.len(),
-                    coded = report.coded,
-                    bits_per_param = report.bits_per_param(),
-                    nmse = report.nmse(),
-                    "compressed"
-                );
-                if let Some(p) = &self.progress {
-                    p(&report, i + 1, names.len());
-                }
-                tensors.push(report);
-                Ok(())
-            },
-        )?;
-        let (_, file_bytes) = writer.finish()?;
-        Ok(CompressReport {
-            tensors,
-            file_bytes,
-            seconds: start.elapsed().as_secs_f64(),
-        })
+        let mut encoder = Encoder::new(self, out)?;
+        encoder.write_source(source, importance)?;
+        encoder.finish()
     }
 
     /// Compresses a safetensors or GGUF file into a `.nwc` file.

@@ -10,10 +10,27 @@ use crate::decode::{Decompressor, decode_records};
 use crate::error::{NwcError, Result};
 use crate::registry::CodecRegistry;
 
-/// A `.nwc` file opened for reading (memory-mapped).
+/// A `.nwc` file opened for reading: memory-mapped ([`NwcFile::open`]) or held in memory
+/// ([`NwcFile::from_bytes`]).
 pub struct NwcFile {
-    map: memmap2::Mmap,
+    map: Backing,
     options: ReadOptions,
+}
+
+/// Where a file's bytes live.
+enum Backing {
+    Map(memmap2::Mmap),
+    Owned(Vec<u8>),
+}
+
+impl std::ops::Deref for Backing {
+    type Target = [u8];
+    fn deref(&self) -> &[u8] {
+        match self {
+            Backing::Map(m) => m,
+            Backing::Owned(v) => v,
+        }
+    }
 }
 
 impl std::fmt::Debug for NwcFile {
@@ -42,7 +59,24 @@ impl NwcFile {
             path: path.to_path_buf(),
             source: Box::new(e.into()),
         })?;
-        Ok(Self { map, options })
+        Ok(Self {
+            map: Backing::Map(map),
+            options,
+        })
+    }
+
+    /// A `.nwc` file held in memory (received over the network, read from a stream, embedded),
+    /// with its header, index and footer checked as [`NwcFile::open`] checks them.
+    ///
+    /// # Errors
+    /// [`NwcError::Format`] when the bytes are not a valid, complete `.nwc` file.
+    pub fn from_bytes(bytes: Vec<u8>) -> Result<Self> {
+        let options = ReadOptions::default();
+        FileReader::new(&bytes, options)?;
+        Ok(Self {
+            map: Backing::Owned(bytes),
+            options,
+        })
     }
 
     /// Whether the file holds a record named `name` (a tensor or a metadata record).

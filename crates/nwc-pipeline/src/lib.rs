@@ -35,6 +35,7 @@ mod rate;
 mod reconstruct;
 mod registry;
 mod report;
+mod streaming;
 mod tcq;
 
 pub use codec::{CodecParams, EcsqCodec, LEVEL_STEP_RATIOS, Quantized, WeightCodec};
@@ -49,4 +50,5 @@ pub use options::{CompressOptions, Importance, TensorPolicy, Uniform};
 pub use rate::{RATE_TOLERANCE, RateControl, compress_file_to_rate, tune_to_rate};
 pub use registry::{Builtin, CodecRegistry};
 pub use report::{CompressReport, TensorReport};
+pub use streaming::{Decoder, Encoder};
 pub use tcq::{DEFAULT_TCQ_LAMBDA, DEFAULT_TCQ_RUN, TcqCodec, check_levels};

@@ -50,7 +50,7 @@ pub use error::{Result, TensorError};
 pub use gguf::{GgmlType, GgufFile, GgufTensorInfo, GgufValue, dequantize};
 pub use gguf_write::write_gguf;
 pub use levels::LevelBands;
-pub use open::open_weights;
+pub use open::{open_weights, read_weights};
 pub use safetensors_io::{SafetensorsFile, with_suffix, write_safetensors, write_whole};
 pub use source::WeightSource;
 pub use tensor::{DType, Tensor, numel};

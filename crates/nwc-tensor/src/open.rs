@@ -42,3 +42,27 @@ pub fn open_weights(path: impl AsRef<Path>) -> Result<Box<dyn WeightSource>> {
         Ok(Box::new(SafetensorsFile::open(path)?))
     }
 }
+
+/// Reads a safetensors model from any `Read` (a pipe, a socket, an archive member) into memory
+/// and serves its tensors like [`open_weights`] does a file. GGUF and CTranslate2 inputs need a
+/// file (their readers seek); they are a clear error here.
+///
+/// # Errors
+/// [`TensorError::Io`] when reading fails (the path is `-`), [`TensorError::Malformed`] when
+/// the bytes are not a valid safetensors file.
+pub fn read_weights(mut input: impl std::io::Read) -> Result<Box<dyn WeightSource>> {
+    let mut bytes = Vec::new();
+    input
+        .read_to_end(&mut bytes)
+        .map_err(|source| TensorError::Io {
+            path: "-".into(),
+            source,
+        })?;
+    if bytes.starts_with(b"GGUF") || bytes.len() >= 9 && bytes[8] != b'{' && sniff(&bytes[..9]) {
+        return Err(TensorError::Malformed {
+            format: "safetensors",
+            reason: "GGUF and CTranslate2 models are read from files, not streams".into(),
+        });
+    }
+    Ok(Box::new(SafetensorsFile::from_bytes(bytes)?))
+}

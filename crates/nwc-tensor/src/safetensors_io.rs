@@ -57,11 +57,28 @@ fn to_st(d: DType) -> StDtype {
     }
 }
 
-/// A safetensors file, memory-mapped; tensors are copied out one at a time on request.
+/// A safetensors file, memory-mapped (or held in memory, [`SafetensorsFile::from_bytes`]);
+/// tensors are copied out one at a time on request.
 pub struct SafetensorsFile {
     path: PathBuf,
-    map: memmap2::Mmap,
+    map: Backing,
     names: Vec<String>,
+}
+
+/// Where a safetensors file's bytes live.
+enum Backing {
+    Map(memmap2::Mmap),
+    Owned(Vec<u8>),
+}
+
+impl std::ops::Deref for Backing {
+    type Target = [u8];
+    fn deref(&self) -> &[u8] {
+        match self {
+            Backing::Map(m) => m,
+            Backing::Owned(v) => v,
+        }
+    }
 }
 
 impl std::fmt::Debug for SafetensorsFile {
@@ -81,7 +98,20 @@ impl SafetensorsFile {
     /// header is invalid.
     pub fn open(path: impl AsRef<Path>) -> Result<Self> {
         let path = path.as_ref().to_path_buf();
-        let map = map_file(&path)?;
+        let map = Backing::Map(map_file(&path)?);
+        Self::with_backing(path, map)
+    }
+
+    /// A safetensors file held in memory (read from a stream, downloaded, embedded); its path
+    /// is empty.
+    ///
+    /// # Errors
+    /// [`TensorError::Malformed`] when its header is invalid.
+    pub fn from_bytes(bytes: Vec<u8>) -> Result<Self> {
+        Self::with_backing(PathBuf::new(), Backing::Owned(bytes))
+    }
+
+    fn with_backing(path: PathBuf, map: Backing) -> Result<Self> {
         let st = SafeTensors::deserialize(&map).map_err(malformed)?;
         // File order (by offset), so streaming writers keep the layout of the source.
         let mut entries: Vec<(usize, String)> = st
@@ -91,6 +121,7 @@ impl SafetensorsFile {
             .collect();
         entries.sort();
         let names = entries.into_iter().map(|(_, n)| n).collect();
+        drop(st);
         Ok(Self { path, map, names })
     }
 

@@ -26,6 +26,37 @@
 //! # Ok::<(), nwc::NwcError>(())
 //! ```
 //!
+//! Streams work the way `zstd`/`flate2` users expect: an [`Encoder`] codes tensors into any
+//! `Write`, a [`Decoder`] reads any `Read` back as an iterator of tensors.
+//!
+//! ```
+//! use nwc::{Compressor, Decoder, Encoder, TcqCodec, Uniform};
+//!
+//! // A safetensors model arriving on a `Read` (here: bytes in memory).
+//! let values: Vec<f32> = (0..256 * 64).map(|i| ((i * 29 % 113) as f32 - 56.0) / 400.0).collect();
+//! let w = nwc::tensor::Tensor::from_f32("mlp.weight", nwc::tensor::DType::F32, vec![256, 64], &values)?;
+//! let dir = tempfile::tempdir()?;
+//! nwc::tensor::write_safetensors(dir.path().join("m.safetensors"), &[w.clone()])?;
+//! let input = std::fs::File::open(dir.path().join("m.safetensors"))?; // any `std::io::Read`
+//!
+//! // Compress from the `Read` into a `Vec<u8>` with the trellis codec at about 3 bits.
+//! let source = nwc::tensor::read_weights(input)?;
+//! let codec = TcqCodec::for_bits(3.0)?;
+//! let compressor = Compressor::new(&codec);
+//! let mut bytes = Vec::new();
+//! let mut encoder = Encoder::new(&compressor, &mut bytes)?;
+//! encoder.write_source(&*source, &Uniform)?;
+//! let report = encoder.finish()?;
+//! assert_eq!(report.file_bytes as usize, bytes.len());
+//!
+//! // Decode it back from a `&[u8]`, finding the codec from the stream's header.
+//! let decoded: Vec<_> = Decoder::new(&bytes[..], &*nwc::registry(), None)?
+//!     .collect::<Result<_, _>>()?;
+//! assert_eq!(decoded.len(), 1);
+//! assert_eq!(decoded[0].shape(), w.shape());
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! ```
+//!
 //! Whole models go through [`Compressor::compress_file`] (safetensors or GGUF in, `.nwc` out)
 //! and [`NwcFile`] (inspect, decode tensor by tensor, or export); [`decode`] turns a `.nwc`
 //! file back into weights with nothing but the file.
@@ -40,11 +71,11 @@
 use std::path::Path;
 
 pub use nwc_pipeline::{
-    Builtin, CodecParams, CodecRegistry, CompressOptions, CompressReport, Compressor,
-    DEFAULT_TCQ_LAMBDA, DEFAULT_TCQ_RUN, Decompressor, EcsqCodec, Importance, LEVEL_STEP_RATIOS,
-    NwcError, NwcFile, ProgressFn, Quantized, RATE_TOLERANCE, RateControl, Result, TcqCodec,
-    TensorPolicy, TensorReport, Uniform, WeightCodec, compress_file_to_rate, round_trip_tensor,
-    tune_to_rate,
+    Builtin, CodecParams, CodecRegistry, CodedTensor, CompressOptions, CompressReport, Compressor,
+    DEFAULT_TCQ_LAMBDA, DEFAULT_TCQ_RUN, Decoder, Decompressor, EcsqCodec, Encoder, Importance,
+    LEVEL_STEP_RATIOS, NwcError, NwcFile, ProgressFn, Quantized, RATE_TOLERANCE, RateControl,
+    Result, TcqCodec, TensorPolicy, TensorReport, Uniform, WeightCodec, compress_file_to_rate,
+    round_trip_tensor, tune_to_rate,
 };
 
 /// The learned codec network crate (burn), including `burn` itself.
@@ -76,11 +107,16 @@ pub use nwc_tensor as tensor;
 /// # Errors
 /// [`NwcError::CodecMismatch`] when the file needs a codec or checkpoint this build lacks.
 pub fn decoder(file: &NwcFile, checkpoint: Option<&Path>) -> Result<Box<dyn WeightCodec>> {
+    file.decoder(&*registry(), checkpoint)
+}
+
+/// Every codec this build can decode with, for [`Decoder::new`] and [`NwcFile::decoder`]:
+/// ECSQ and TCQ always; with the `learned` feature the learned codec on the CPU.
+pub fn registry() -> Box<dyn CodecRegistry> {
     #[cfg(feature = "learned")]
-    let registry = Codecs::<nwc_codec::burn::backend::NdArray>::default();
+    return Box::new(Codecs::<nwc_codec::burn::backend::NdArray>::default());
     #[cfg(not(feature = "learned"))]
-    let registry = Builtin;
-    file.decoder(&registry, checkpoint)
+    Box::new(Builtin)
 }
 
 /// Decodes the `.nwc` file `input` to `output` with nothing but the file (and `checkpoint` for

@@ -7,12 +7,12 @@ use std::time::Instant;
 
 use half::f16;
 use nwc_format::{FileReader, Payload, ReadOptions, Writer};
-use nwc_pipeline::{CodedTensor, CompressReport, Compressor, NwcError, Result};
+use nwc_pipeline::{CodedTensor, CompressReport, Compressor, Encoder, NwcError, Result};
 use nwc_tensor::{ScaleAxis, Tensor};
 
 use super::calibration::{Calibration, Mode, compress_llama_tensor};
 use super::decode::decode_llama_from;
-use super::records::{CONFIG_RECORD, TOKENIZER_RECORD, metadata};
+use super::records::{CONFIG_RECORD, TOKENIZER_RECORD};
 use crate::calib::Hessians;
 use crate::finetune::{BlockFt, FtConfig};
 use crate::weights::{LlamaWeights, Proj};
@@ -87,7 +87,6 @@ pub fn compress_llama<W: Write>(
     if let (Mode::LevelsLdlqFt, Some(c)) = (mode, calibration) {
         return compress_llama_ft(compressor, weights, c, embed_tokenizer, out);
     }
-    let start = Instant::now();
     let cal = match (mode, calibration) {
         (Mode::DataFree, _) => None,
         (_, Some(c)) => Some(c),
@@ -99,37 +98,23 @@ pub fn compress_llama<W: Write>(
         }
     };
     let cfg = &weights.config;
-    let mut writer = Writer::new(out, compressor.header())?;
+    let mut encoder = Encoder::new(compressor, out)?;
     let dtype_name = weights
         .tensors
         .get(crate::weights::EMBED)
         .and_then(|t| crate::weights::torch_dtype(t.dtype()))
         .unwrap_or("float32");
-    writer.write(&metadata(CONFIG_RECORD, &cfg.to_hf_json(dtype_name)))?;
+    encoder.metadata(CONFIG_RECORD, cfg.to_hf_json(dtype_name).as_bytes())?;
     if embed_tokenizer {
-        writer.write(&metadata(TOKENIZER_RECORD, &weights.tokenizer.to_json()?))?;
+        encoder.metadata(TOKENIZER_RECORD, weights.tokenizer.to_json()?.as_bytes())?;
     }
-    let tensors: Vec<(&String, &Tensor)> = weights.tensors.iter().collect();
-    let n = tensors.len();
-    let mut reports = Vec::with_capacity(n);
-    nwc_pipeline::compress_in_order(
-        n,
+    let tensors: Vec<&Tensor> = weights.tensors.values().collect();
+    encoder.write_in_order(
+        tensors.len(),
         |i| Ok(tensors[i]),
-        |(_, t)| compress_llama_tensor(compressor, cfg, t, cal, mode),
-        |i, record, mut report| {
-            report.bytes = writer.write(&record)?;
-            tracing::debug!(tensor = %tensors[i].0, bits_per_param = report.bits_per_param(), nmse = report.nmse(), "compressed");
-            compressor.report_progress(&report, i + 1, n);
-            reports.push(report);
-            Ok(())
-        },
+        |t| compress_llama_tensor(compressor, cfg, t, cal, mode),
     )?;
-    let (_, file_bytes) = writer.finish()?;
-    Ok(CompressReport {
-        tensors: reports,
-        file_bytes,
-        seconds: start.elapsed().as_secs_f64(),
-    })
+    encoder.finish()
 }
 
 /// What fine-tuning does to one record of a Llama `.nwc`.
