@@ -1,23 +1,19 @@
 //! Encoding: [`Compressor`] codes tensors into records and models into `.nwc` streams and
 //! files; [`compress_in_order`] runs a model's tensors a window at a time on all cores.
 
-use std::io::Write;
-use std::path::Path;
-
 use ndarray::ArrayView2;
 use nwc_entropy::{Coder, Table};
 use nwc_format::{Header, Payload, Record, TableRecord, Writer};
-use nwc_tensor::{ScaleSums, Tensor, WeightSource, chunk_with_scales};
+use nwc_tensor::{ScaleSums, Tensor, chunk_with_scales};
 
 use crate::codec::{Quantized, WeightCodec};
 use crate::coded::CodedTensor;
 use crate::decode::Decompressor;
 use crate::error::{NwcError, Result};
-use crate::options::{CompressOptions, Importance};
+use crate::options::CompressOptions;
 use crate::plan::{Plan, SlabSymbols, chunk_levels, sum_sq, sum_sq_diff, with_name};
 use crate::reconstruct::{Layout, reconstruct};
-use crate::report::{CompressReport, TensorReport};
-use crate::streaming::Encoder;
+use crate::report::TensorReport;
 
 /// Called after each tensor of a model: (report, tensors done, tensors in all).
 pub type ProgressFn<'c> = Box<dyn Fn(&TensorReport, usize, usize) + Send + Sync + 'c>;
@@ -286,54 +282,6 @@ impl<'c> Compressor<'c> {
             payload,
         };
         Ok((record, report))
-    }
-
-    /// Compresses every tensor of `source` into a `.nwc` stream, one tensor in memory at a time.
-    ///
-    /// # Errors
-    /// The first error of any tensor; nothing is written past it.
-    pub fn compress_model<W: Write>(
-        &self,
-        source: &dyn WeightSource,
-        out: W,
-        importance: &dyn Importance,
-    ) -> Result<CompressReport> {
-        let mut encoder = Encoder::new(self, out)?;
-        encoder.write_source(source, importance)?;
-        encoder.finish()
-    }
-
-    /// Compresses a safetensors or GGUF file into a `.nwc` file.
-    ///
-    /// # Errors
-    /// As [`Compressor::compress_model`], plus I/O errors on either path. On error the partial
-    /// output is removed.
-    pub fn compress_file(
-        &self,
-        input: impl AsRef<Path>,
-        output: impl AsRef<Path>,
-        importance: &dyn Importance,
-    ) -> Result<CompressReport> {
-        let source = nwc_tensor::open_weights(input)?;
-        self.compress_source_to_file(&*source, output, importance)
-    }
-
-    /// Compresses `source` into a `.nwc` file, whole or not at all: it is written to
-    /// `output.partial` and renamed over `output` only when complete
-    /// ([`nwc_tensor::write_whole`]).
-    ///
-    /// # Errors
-    /// As [`Compressor::compress_model`], plus I/O errors; `output` is then left untouched.
-    pub fn compress_source_to_file(
-        &self,
-        source: &dyn WeightSource,
-        output: impl AsRef<Path>,
-        importance: &dyn Importance,
-    ) -> Result<CompressReport> {
-        nwc_tensor::write_whole(output.as_ref(), |tmp| {
-            let file = std::fs::File::create(tmp).map_err(NwcError::io(tmp))?;
-            self.compress_model(source, std::io::BufWriter::new(file), importance)
-        })
     }
 }
 

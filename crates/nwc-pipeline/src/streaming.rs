@@ -184,6 +184,57 @@ impl<'a, 'c, W: Write> Encoder<'a, 'c, W> {
     }
 }
 
+/// Whole models, through an [`Encoder`].
+impl Compressor<'_> {
+    /// Compresses every tensor of `source` into a `.nwc` stream, one tensor in memory at a time.
+    ///
+    /// # Errors
+    /// The first error of any tensor; nothing is written past it.
+    pub fn compress_model<W: Write>(
+        &self,
+        source: &dyn WeightSource,
+        out: W,
+        importance: &dyn Importance,
+    ) -> Result<CompressReport> {
+        let mut encoder = Encoder::new(self, out)?;
+        encoder.write_source(source, importance)?;
+        encoder.finish()
+    }
+
+    /// Compresses a safetensors or GGUF file into a `.nwc` file.
+    ///
+    /// # Errors
+    /// As [`Compressor::compress_model`], plus I/O errors on either path. On error the partial
+    /// output is removed.
+    pub fn compress_file(
+        &self,
+        input: impl AsRef<Path>,
+        output: impl AsRef<Path>,
+        importance: &dyn Importance,
+    ) -> Result<CompressReport> {
+        let source = nwc_tensor::open_weights(input)?;
+        self.compress_source_to_file(&*source, output, importance)
+    }
+
+    /// Compresses `source` into a `.nwc` file, whole or not at all: it is written to
+    /// `output.partial` and renamed over `output` only when complete
+    /// ([`nwc_tensor::write_whole`]).
+    ///
+    /// # Errors
+    /// As [`Compressor::compress_model`], plus I/O errors; `output` is then left untouched.
+    pub fn compress_source_to_file(
+        &self,
+        source: &dyn WeightSource,
+        output: impl AsRef<Path>,
+        importance: &dyn Importance,
+    ) -> Result<CompressReport> {
+        nwc_tensor::write_whole(output.as_ref(), |tmp| {
+            let file = std::fs::File::create(tmp).map_err(NwcError::io(tmp))?;
+            self.compress_model(source, std::io::BufWriter::new(file), importance)
+        })
+    }
+}
+
 /// The codec a [`Decoder`] decodes with: its own (found from the header) or the caller's.
 enum CodecRef<'c> {
     Owned(Box<dyn WeightCodec>),
