@@ -47,7 +47,9 @@ pub use encode::{
 pub use error::{NwcError, Result};
 pub use file::NwcFile;
 pub use options::{CompressOptions, Importance, TensorPolicy, Uniform};
-pub use rate::{RATE_TOLERANCE, RateControl, compress_file_to_rate, tune_to_rate};
+pub use rate::{
+    Count, RATE_TOLERANCE, RateControl, compress_file_to_rate, search_rate, tune_to_rate,
+};
 pub use registry::{Builtin, CodecRegistry};
 pub use report::{CompressReport, TensorReport};
 pub use streaming::{Decoder, Encoder};

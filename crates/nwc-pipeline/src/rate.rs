@@ -54,8 +54,9 @@ impl RateControl for TcqCodec {
     }
 }
 
-/// Counts bytes and drops them.
-struct Count(u64);
+/// A `Write` that counts bytes and drops them (for measuring a rate without writing a file).
+#[derive(Debug, Default, Clone, Copy)]
+pub struct Count(pub u64);
 
 impl Write for Count {
     fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
@@ -96,6 +97,21 @@ pub fn tune_to_rate<C: RateControl>(
     importance: &dyn Importance,
     bits: f64,
 ) -> Result<(C, f64)> {
+    search_rate(codec, bits, |c| measure(c, options, source, importance))
+}
+
+/// The search of [`tune_to_rate`] over any measurement: `measure(codec)` returns the measured
+/// bits per parameter of whatever the caller compresses with `codec` (a model loop with
+/// calibration and LDLQ in it, for example). Returns the codec at the step whose measurement
+/// is within [`RATE_TOLERANCE`] of `bits` (at worst 1 %), and that measurement.
+///
+/// # Errors
+/// As [`tune_to_rate`]; `measure`'s errors.
+pub fn search_rate<C: RateControl>(
+    codec: &C,
+    bits: f64,
+    mut measure: impl FnMut(&C) -> Result<f64>,
+) -> Result<(C, f64)> {
     if !(0.5..=16.0).contains(&bits) {
         return Err(NwcError::RateUnreachable {
             target: bits,
@@ -104,9 +120,9 @@ pub fn tune_to_rate<C: RateControl>(
     }
     // High-rate theory: one more bit per value halves the step. Bracket, then regula falsi in
     // (log₂ step, bits), which is close to a line.
-    let eval = |s: f64| -> Result<(C, f64)> {
+    let mut eval = |s: f64| -> Result<(C, f64)> {
         let c = codec.with_log2_step(s as f32)?;
-        let r = measure(&c, options, source, importance)?;
+        let r = measure(&c)?;
         tracing::debug!(log2_step = s, bits = r, "rate search");
         Ok((c, r))
     };

@@ -219,71 +219,9 @@ fn job_fingerprint(
     ])
 }
 
-/// Compresses the Llama or Qwen2 in `src` into `output`, one decoder block at a time (see the
-/// module documentation), resuming from a checkpoint of the same job when one is found beside
-/// `output`. `windows` are the calibration windows (token ids, one length; unused for
-/// [`Mode::DataFree`]); Hessians are those of the original model's activations, as in
-/// [`super::compress_llama`]. `output` appears only when complete.
-///
-/// # Errors
-/// [`NwcError::NeedsCalibration`] for [`Mode::LevelsLdlqFt`] (fine-tuning runs on the whole model) or a
-/// calibrated mode without windows; load, coding and I/O errors (the partial file and its
-/// checkpoint are kept, so a rerun resumes).
-pub fn compress_llama_layerwise(
-    compressor: &Compressor<'_>,
-    src: &dyn ModelSource,
-    mode: Mode,
-    windows: &[Vec<u32>],
-    embed_tokenizer: bool,
-    output: &Path,
-    progress: impl FnMut(LayerwiseProgress<'_>),
-) -> Result<LayerwiseReport> {
-    run_layerwise(
-        compressor,
-        src,
-        mode,
-        windows,
-        embed_tokenizer,
-        None,
-        output,
-        progress,
-    )
-}
-
-/// [`compress_llama_layerwise`] for one shard of a job spread over machines: codes the decoder
-/// blocks of `shard` (and, in shard 0, the metadata; in the last shard, the tensors after the
-/// blocks) into the shard file `output`. [`super::merge_shards`] joins the shards of one job,
-/// every shard run with the same model, codec, mode and calibration, into the bytes
-/// [`compress_llama_layerwise`] writes. A shard resumes like a whole run.
-///
-/// # Errors
-/// As [`compress_llama_layerwise`].
-#[allow(clippy::too_many_arguments)]
-pub fn compress_llama_shard(
-    compressor: &Compressor<'_>,
-    src: &dyn ModelSource,
-    mode: Mode,
-    windows: &[Vec<u32>],
-    embed_tokenizer: bool,
-    shard: Shard,
-    output: &Path,
-    progress: impl FnMut(LayerwiseProgress<'_>),
-) -> Result<LayerwiseReport> {
-    run_layerwise(
-        compressor,
-        src,
-        mode,
-        windows,
-        embed_tokenizer,
-        Some(shard),
-        output,
-        progress,
-    )
-}
-
 /// The whole run (`shard: None`) or one shard of it.
 #[allow(clippy::too_many_arguments)]
-fn run_layerwise(
+pub(crate) fn run_layerwise(
     compressor: &Compressor<'_>,
     src: &dyn ModelSource,
     mode: Mode,
@@ -294,22 +232,8 @@ fn run_layerwise(
     mut progress: impl FnMut(LayerwiseProgress<'_>),
 ) -> Result<LayerwiseReport> {
     let start = Instant::now();
-    let calibrated = match mode {
-        Mode::DataFree => false,
-        Mode::Levels | Mode::LevelsLdlq if !windows.is_empty() => true,
-        Mode::Levels | Mode::LevelsLdlq => {
-            return Err(NwcError::NeedsCalibration {
-                mode: mode.label().into(),
-                needs: "calibration windows".into(),
-            });
-        }
-        Mode::LevelsLdlqFt => {
-            return Err(NwcError::NeedsCalibration {
-                mode: mode.label().into(),
-                needs: "the whole model: use compress_llama or compress_llama_ft_file".into(),
-            });
-        }
-    };
+    // Checked by `LlamaCompression::run_layerwise`: a calibrated mode here has windows.
+    let calibrated = mode != Mode::DataFree;
     let cfg = src.config().clone();
     let device = Default::default();
     let partial = nwc_tensor::with_suffix(output, ".partial");

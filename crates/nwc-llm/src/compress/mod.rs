@@ -5,11 +5,13 @@
 //! Modules, bottom-up (each imports only those before it): `records` (the metadata records),
 //! `calibration` (modes, per-site importances and LDL factors, one tensor coded with them),
 //! `whole` (a model held in memory into one stream), `decode`, `baseline`, `shard`, `layerwise`
-//! (block by block from disk, resumable, sharded).
+//! (block by block from disk, resumable, sharded), `job` ([`LlamaCompression`], the builder
+//! that checks a job and runs it any of these ways).
 
 mod baseline;
 mod calibration;
 mod decode;
+mod job;
 mod layerwise;
 mod records;
 mod shard;
@@ -18,9 +20,10 @@ mod whole;
 pub use self::baseline::{Baseline, BaselineResult, quantize_baseline};
 pub use self::calibration::{Calibration, Mode};
 pub use self::decode::{NwcLlamaSource, decode_llama, decode_to, is_llama};
-pub use self::layerwise::{
-    LayerwiseProgress, LayerwiseReport, StageTimes, compress_llama_layerwise, compress_llama_shard,
+pub use self::job::{
+    LlamaCompression, compress_llama, compress_llama_ft_file, compress_llama_layerwise,
+    compress_llama_shard,
 };
+pub use self::layerwise::{LayerwiseProgress, LayerwiseReport, StageTimes};
 pub use self::records::{CONFIG_RECORD, TOKENIZER_RECORD};
 pub use self::shard::{SHARD_RECORD, Shard, merge_shards};
-pub use self::whole::{compress_llama, compress_llama_ft_file};

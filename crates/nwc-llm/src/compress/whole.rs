@@ -13,88 +13,54 @@ use nwc_tensor::{ScaleAxis, Tensor};
 use super::calibration::{Calibration, Mode, compress_llama_tensor};
 use super::decode::decode_llama_from;
 use super::records::{CONFIG_RECORD, TOKENIZER_RECORD};
-use crate::calib::Hessians;
 use crate::finetune::{BlockFt, FtConfig};
 use crate::weights::{LlamaWeights, Proj};
 
-/// Compresses a whole Llama held in memory with every stage of the LLM pipeline — quality levels
-/// from calibration Hessians, LDLQ, and block-wise fine-tuning ([`Mode::LevelsLdlqFt`]) — into
-/// the file `output`, written whole or not at all (`output.partial`, renamed when complete).
-/// Calibration uses the first `n_windows` windows of `ctx` tokens of `calib_ids`; fine-tuning
-/// the first 8 of them (the last 2 held out for early stopping), with [`FtConfig::default`].
-/// `progress(stage, done, total)` reports the calibration windows (`"calibration"`) and the
-/// tensors (`"tensors"`).
-///
-/// # Errors
-/// Too little calibration text; a Hessian that cannot be factored; any tensor's error; I/O
-/// errors naming the file.
-pub fn compress_llama_ft_file(
-    compressor: &Compressor<'_>,
-    weights: &LlamaWeights,
-    calib_ids: &[u32],
-    ctx: usize,
-    n_windows: usize,
-    output: &std::path::Path,
-    progress: impl Fn(&str, usize, usize),
-) -> Result<CompressReport> {
-    use burn::backend::NdArray;
-    let device = Default::default();
-    let reference = crate::model::Llama::<NdArray>::from_weights(weights, &device)?;
-    let fingerprint = crate::calib::calibration_fingerprint(weights, calib_ids, ctx);
-    let hessians = Hessians::collect(
-        &reference,
-        calib_ids,
-        ctx,
-        n_windows,
-        None,
-        fingerprint,
-        &device,
-        |d, n| progress("calibration", d, n),
-    )?;
-    drop(reference);
-    let ft_windows = crate::eval::windows(calib_ids, ctx, n_windows.min(8))?
-        .into_iter()
-        .map(<[u32]>::to_vec)
-        .collect();
-    let calibration = Calibration::new(&hessians, &weights.config)?
-        .with_finetune(ft_windows, FtConfig::default());
-    nwc_tensor::write_whole(output, |tmp| {
-        let file = std::fs::File::create(tmp).map_err(nwc_pipeline::NwcError::io(tmp))?;
-        compress_llama(
-            compressor,
-            weights,
-            Some(&calibration),
-            Mode::LevelsLdlqFt,
-            true,
-            std::io::BufWriter::new(file),
-        )
-    })
+/// What a checked [`super::LlamaCompression`] hands the writer: the mode with what it needs.
+#[derive(Clone, Copy)]
+pub(crate) enum Calibrated<'a> {
+    /// No calibration.
+    DataFree,
+    /// Levels (and LDLQ with `ldlq`) from this calibration.
+    Levels {
+        calibration: &'a Calibration,
+        ldlq: bool,
+    },
+    /// Levels, LDLQ and fine-tuning on these windows with these settings.
+    FineTuned {
+        calibration: &'a Calibration,
+        windows: &'a [Vec<u32>],
+        config: &'a FtConfig,
+    },
 }
 
-/// Compresses a Llama into a `.nwc` stream: its `config.json` (and, if asked, `tokenizer.json`)
-/// as metadata records, then every tensor, coded per `mode` with `calibration`.
-///
-/// # Errors
-/// [`NwcError::NeedsCalibration`] when `mode` needs calibration and none is given; any tensor's error.
-pub fn compress_llama<W: Write>(
+/// Writes a Llama `.nwc` stream (the body of [`super::LlamaCompression::run`]).
+pub(crate) fn write_llama<W: Write>(
     compressor: &Compressor<'_>,
     weights: &LlamaWeights,
-    calibration: Option<&Calibration>,
-    mode: Mode,
+    calibrated: Calibrated<'_>,
     embed_tokenizer: bool,
     out: W,
 ) -> Result<CompressReport> {
-    if let (Mode::LevelsLdlqFt, Some(c)) = (mode, calibration) {
-        return compress_llama_ft(compressor, weights, c, embed_tokenizer, out);
-    }
-    let cal = match (mode, calibration) {
-        (Mode::DataFree, _) => None,
-        (_, Some(c)) => Some(c),
-        (m, None) => {
-            return Err(NwcError::NeedsCalibration {
-                mode: m.label().into(),
-                needs: "calibration Hessians".into(),
-            });
+    let (cal, mode) = match calibrated {
+        Calibrated::DataFree => (None, Mode::DataFree),
+        Calibrated::Levels { calibration, ldlq } => (
+            Some(calibration),
+            if ldlq { Mode::LevelsLdlq } else { Mode::Levels },
+        ),
+        Calibrated::FineTuned {
+            calibration,
+            windows,
+            config,
+        } => {
+            return compress_llama_ft(
+                compressor,
+                weights,
+                calibration,
+                (windows, config),
+                embed_tokenizer,
+                out,
+            );
         }
     };
     let cfg = &weights.config;
@@ -211,28 +177,18 @@ fn compress_llama_ft<W: Write>(
     compressor: &Compressor<'_>,
     weights: &LlamaWeights,
     calibration: &Calibration,
+    (windows, ft): (&[Vec<u32>], &FtConfig),
     embed_tokenizer: bool,
     out: W,
 ) -> Result<CompressReport> {
     use burn::backend::{Autodiff, NdArray};
     let start = Instant::now();
-    let (windows, ft) =
-        calibration
-            .finetune
-            .as_ref()
-            .ok_or_else(|| NwcError::NeedsCalibration {
-                mode: Mode::LevelsLdlqFt.label().into(),
-                needs: "fine-tuning windows (Calibration::with_finetune)".into(),
-            })?;
     let mut buf = Vec::new();
-    let mut report = compress_llama(
-        compressor,
-        weights,
-        Some(calibration),
-        Mode::LevelsLdlq,
-        embed_tokenizer,
-        &mut buf,
-    )?;
+    let ldlq = Calibrated::Levels {
+        calibration,
+        ldlq: true,
+    };
+    let mut report = write_llama(compressor, weights, ldlq, embed_tokenizer, &mut buf)?;
     let reader = FileReader::new(&buf, ReadOptions::default())?;
     let decoded = decode_llama_from(&reader, compressor.codec(), Some(weights.tokenizer.clone()))?;
     let device = Default::default();
