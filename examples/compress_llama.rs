@@ -33,14 +33,14 @@ use clap::{Parser, ValueEnum};
 use indicatif::{ProgressBar, ProgressStyle};
 use nwc::codec_net::burn::backend::NdArray;
 use nwc::llama::{
-    Calibration, Mode, NwcLlamaSource, compress_llama, compress_llama_layerwise, decode_llama,
+    Calibration, LlamaCompression, Mode, NwcLlamaSource, compress_llama_layerwise, decode_llama,
 };
 use nwc::llm::{
     FtConfig, Hessians, LazyWeights, Llama, LlamaWeights, ModelSource, Perplexity, cache_file_name,
     calibration_fingerprint, layerwise_perplexity, perplexity,
 };
 use nwc::tensor::{ChunkConfig, DType, chunk};
-use nwc::{Compressor, EcsqCodec, NwcCodec, NwcFile, WeightCodec};
+use nwc::{Compressor, EcsqCodec, NwcCodec, NwcFile, RateControl, WeightCodec};
 
 #[derive(Clone, Copy, Debug, ValueEnum)]
 enum CodecChoice {
@@ -112,6 +112,15 @@ fn default_model() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../examples/assets/tiny-llama")
 }
 
+/// `p` relative to the working directory when it lies below it (clean paths in the report).
+fn rel(p: &Path) -> PathBuf {
+    let abs = p.canonicalize().unwrap_or_else(|_| p.to_path_buf());
+    std::env::current_dir()
+        .ok()
+        .and_then(|d| abs.strip_prefix(d).ok().map(Path::to_path_buf))
+        .unwrap_or(abs)
+}
+
 fn read_text(p: &Path) -> Result<String> {
     let b = std::fs::read(p).with_context(|| format!("reading {}", p.display()))?;
     Ok(String::from_utf8_lossy(&b).into_owned())
@@ -175,6 +184,48 @@ fn make_codec(a: &Args, src: &dyn ModelSource) -> Result<Box<dyn WeightCodec>> {
     })
 }
 
+/// The codec at the step where this job (mode, calibration) writes `--bits` measured bits per
+/// parameter of this model, file side information included; and the rate the search measured.
+fn tuned_codec(
+    a: &Args,
+    w: &LlamaWeights,
+    mode: Mode,
+    calibration: Option<&Calibration>,
+) -> Result<(Box<dyn WeightCodec>, f64)> {
+    fn search<C: RateControl + 'static>(
+        start: C,
+        w: &LlamaWeights,
+        bits: f64,
+        mode: Mode,
+        calibration: Option<&Calibration>,
+    ) -> Result<(Box<dyn WeightCodec>, f64)> {
+        let probe = Compressor::new(&start);
+        let mut job = LlamaCompression::new(&probe).mode(mode);
+        if let Some(c) = calibration {
+            job = job.calibration(c);
+        }
+        let (codec, measured) = job.tune_to_rate(&start, w, bits)?;
+        Ok((Box::new(codec), measured))
+    }
+    match a.codec {
+        CodecChoice::Ecsq => search(
+            EcsqCodec::for_bits(a.bits as f32)?,
+            w,
+            a.bits,
+            mode,
+            calibration,
+        ),
+        CodecChoice::Nwc => {
+            let codec = NwcCodec::<NdArray>::default_on(&Default::default())?;
+            if !codec.is_trellis() {
+                bail!("the embedded checkpoint has no continuous rate control");
+            }
+            let start = codec.with_step(nwc::codec_net::tcq_step_for_bits(a.bits as f32))?;
+            search(start, w, a.bits, mode, calibration)
+        }
+    }
+}
+
 fn layerwise_ppl(src: &dyn ModelSource, ids: &[u32], a: &Args, what: &str) -> Result<Perplexity> {
     let pb = bar(src.config().layers as u64 + 1, what);
     let p = layerwise_perplexity::<NdArray>(
@@ -213,11 +264,11 @@ fn run_layerwise(a: &Args, model_path: &Path, eval_path: &Path, calib_path: &Pat
     };
     let t = Instant::now();
     let src = LazyWeights::open(model_path)
-        .with_context(|| format!("opening {}", model_path.display()))?;
+        .with_context(|| format!("opening {}", rel(&model_path).display()))?;
     let cfg = src.config().clone();
     println!(
         "model      {} — {:?}, {} params, {} layers, hidden {}, vocab {} (read lazily)   [open {:.1} s]",
-        model_path.display(),
+        rel(&model_path).display(),
         cfg.family,
         cfg.n_params(),
         cfg.layers,
@@ -237,7 +288,7 @@ fn run_layerwise(a: &Args, model_path: &Path, eval_path: &Path, calib_path: &Pat
     println!(
         "reference  perplexity {:.4} on {} ({} windows × {} tokens, block by block)   [{:.1} s, peak RSS {:.2} GB]",
         before.ppl,
-        eval_path.display(),
+        rel(&eval_path).display(),
         before.windows,
         before.ctx,
         t.elapsed().as_secs_f64(),
@@ -270,8 +321,8 @@ fn run_layerwise(a: &Args, model_path: &Path, eval_path: &Path, calib_path: &Pat
         a.codec,
         mode.label(),
         windows.len(),
-        calib_path.display(),
-        a.out.display(),
+        rel(&calib_path).display(),
+        rel(&a.out).display(),
         r.report.file_bytes,
         r.first_block,
         t.elapsed().as_secs_f64(),
@@ -284,7 +335,7 @@ fn run_layerwise(a: &Args, model_path: &Path, eval_path: &Path, calib_path: &Pat
     );
     let bits = NwcFile::open(&a.out)?.bits_per_param()?;
     println!(
-        "rate       {bits:.4} bits/param measured (file bytes × 8 / {} params; target {})",
+        "rate       {bits:.4} bits/param measured (file bytes × 8 / {} params; codec step nominal for {} bits, not searched layer by layer)",
         r.report.n_params(),
         a.bits
     );
@@ -333,11 +384,11 @@ fn main() -> Result<()> {
 
     let t = Instant::now();
     let w = LlamaWeights::open(&model_path)
-        .with_context(|| format!("loading {}", model_path.display()))?;
+        .with_context(|| format!("loading {}", rel(&model_path).display()))?;
     let n_params = w.n_params();
     println!(
         "model      {} — {n_params} params, {} layers, hidden {}, vocab {}   [load {:.1} s]",
-        model_path.display(),
+        rel(&model_path).display(),
         w.config.layers,
         w.config.hidden,
         w.config.vocab,
@@ -354,7 +405,7 @@ fn main() -> Result<()> {
     println!(
         "reference  perplexity {:.4} on {} ({} windows × {} tokens)   [{:.1} s]",
         before.ppl,
-        eval_path.display(),
+        rel(&eval_path).display(),
         before.windows,
         before.ctx,
         t.elapsed().as_secs_f64()
@@ -402,16 +453,25 @@ fn main() -> Result<()> {
             "calibrate  {} windows × {} tokens of {} → Hessians of {} layer inputs (cache {})   [{:.1} s]",
             h.windows(),
             ctx,
-            calib_path.display(),
+            rel(&calib_path).display(),
             nwc::llm::Site::all(&w.config).len(),
-            cache.display(),
+            rel(&cache).display(),
             t.elapsed().as_secs_f64()
         );
         Some(cal)
     };
 
     let t = Instant::now();
-    let codec = make_codec(&a, &w)?;
+    // The codec step at which this job's file measures the target rate (calibration and LDLQ
+    // in the loop), then the file.
+    let (codec, searched) = tuned_codec(&a, &w, mode, calibration.as_ref())?;
+    println!(
+        "rate search {:?} codec step for {} bits/param: {searched:.4} measured   [{:.1} s]",
+        a.codec,
+        a.bits,
+        t.elapsed().as_secs_f64()
+    );
+    let t = Instant::now();
     let pb = bar(w.tensors.len() as u64, "tensors");
     let compressor = Compressor::new(codec.as_ref()).with_progress(|_, d, n| {
         pb.set_length(n as u64);
@@ -421,17 +481,11 @@ fn main() -> Result<()> {
         std::fs::create_dir_all(dir)?;
     }
     // Written whole or not at all: `OUT.partial`, renamed when complete.
-    let report = nwc::tensor::write_whole(&a.out, |tmp| {
-        let out = std::fs::File::create(tmp).map_err(nwc::pipeline::NwcError::io(tmp))?;
-        compress_llama(
-            &compressor,
-            &w,
-            calibration.as_ref(),
-            mode,
-            true,
-            std::io::BufWriter::new(out),
-        )
-    })?;
+    let mut job = LlamaCompression::new(&compressor).mode(mode);
+    if let Some(c) = &calibration {
+        job = job.calibration(c);
+    }
+    let report = job.run_to_file(&w, &a.out)?;
     pb.finish_and_clear();
     let file = NwcFile::open(&a.out)?;
     let bits = file.bits_per_param()?;
@@ -439,7 +493,7 @@ fn main() -> Result<()> {
         "compress   {:?} codec, mode {} → {} ({} bytes, tokenizer and config included)   [{:.1} s]",
         a.codec,
         mode.label(),
-        a.out.display(),
+        rel(&a.out).display(),
         report.file_bytes,
         t.elapsed().as_secs_f64()
     );
@@ -477,7 +531,7 @@ fn main() -> Result<()> {
             other => bail!("--export-dtype {other}: use f32, f16 or bf16"),
         };
         decoded.save_hf(dir, dtype)?;
-        println!("export     Hugging Face directory {}", dir.display());
+        println!("export     Hugging Face directory {}", rel(&dir).display());
     }
     Ok(())
 }

@@ -25,7 +25,7 @@ use clap::{Parser, Subcommand, ValueEnum};
 use indicatif::{ProgressBar, ProgressStyle};
 use nwc::codec_net::burn::backend::NdArray;
 use nwc::format::Payload;
-use nwc::llama::{Mode, NwcLlamaSource, compress_llama_layerwise};
+use nwc::llama::{LlamaCompression, Mode, NwcLlamaSource};
 use nwc::llm::{LazyWeights, ModelSource, layerwise_perplexity};
 use nwc::tensor::DType;
 use nwc::{
@@ -282,7 +282,11 @@ fn compress(a: &CompressArgs) -> Result<()> {
                     a.model.display()
                 );
             }
-            tracing::info!(model = %a.model.display(), reason = %why, "compressing as a generic model");
+            // Said, not logged: a user who expected a Llama learns why it was not taken as one.
+            eprintln!(
+                "note: {} is not a Llama-family model ({why}); compressing it as a generic model",
+                a.model.display()
+            );
             let input = if a.model.is_dir() {
                 a.model.join("model.safetensors")
             } else {
@@ -355,22 +359,16 @@ fn compress_llama(a: &CompressArgs, src: &LazyWeights, mode: Mode) -> Result<Com
         pb.inc(1);
         pb.set_message(format!("block {}/{}", p.blocks_done, p.blocks));
     };
-    let r = match a.shard {
-        None => {
-            compress_llama_layerwise(&compressor, src, mode, &windows, true, &a.output, progress)
-        }
-        Some(shard) => nwc::llama::compress_llama_shard(
-            &compressor,
-            src,
-            mode,
-            &windows,
-            true,
-            shard,
-            &a.output,
-            progress,
-        ),
+    let mut job = LlamaCompression::new(&compressor)
+        .mode(mode)
+        .windows(&windows)
+        .embed_tokenizer(true);
+    if let Some(shard) = a.shard {
+        job = job.shard(shard);
     }
-    .with_context(|| format!("compressing {}", a.model.display()))?;
+    let r = job
+        .run_layerwise(src, &a.output, progress)
+        .with_context(|| format!("compressing {}", a.model.display()))?;
     pb.finish_and_clear();
     Ok(r.report)
 }
