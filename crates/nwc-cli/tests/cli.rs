@@ -226,6 +226,25 @@ fn tiny_llama_compresses_decodes_and_evaluates_the_same() {
         "--json",
     ]);
     let from_gguf = ppl(&gguf);
+    // The default export (F16): matrices in F16, norms in F32 as llama.cpp's converter writes
+    // them (llama.cpp refuses an F16 norm).
+    let gguf16 = dir.path().join("decoded16.gguf");
+    nwc_json(&["decompress", s(&out), "-o", s(&gguf16), "--json"]);
+    let g = nwc::tensor::GgufFile::open(&gguf16).unwrap();
+    let types: Vec<(usize, nwc::tensor::GgmlType)> = g
+        .tensor_infos()
+        .iter()
+        .map(|t| (t.shape.len(), t.ggml_type))
+        .collect();
+    assert!(types.iter().any(|t| t.0 == 1), "{types:?}");
+    for (dims, ty) in types {
+        let want = if dims == 1 {
+            nwc::tensor::GgmlType::F32
+        } else {
+            nwc::tensor::GgmlType::F16
+        };
+        assert_eq!(ty, want, "{dims}-D tensor");
+    }
     let (reference, coded, decoded) = (ppl(&tiny_llama()), ppl(&out), ppl(&hf));
     // The GGUF export read back by nwc's GGUF reader (Q/K rows permuted and unpermuted).
     assert!(

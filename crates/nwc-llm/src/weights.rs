@@ -281,8 +281,10 @@ impl LlamaWeights {
     }
 
     /// Writes the model as a GGUF file llama.cpp loads: its configuration and tokenizer as
-    /// metadata, every tensor in `dtype` (F32, F16 or BF16) under its GGUF name, Llama's Q/K
-    /// rows in the order llama.cpp's converter gives them. Written whole or not at all.
+    /// metadata, every matrix in `dtype` (F32, F16 or BF16) and every 1-D tensor (norms, biases)
+    /// in F32 whatever `dtype` says, as llama.cpp's converter writes them (its kernels add an F16
+    /// norm to F32 activations nowhere), under its GGUF name, Llama's Q/K rows in the order
+    /// llama.cpp's converter gives them. Written whole or not at all.
     ///
     /// # Errors
     /// [`LlmError::Config`] for another dtype; [`LlmError::Tokenizer`] for a tokenizer GGUF
@@ -315,12 +317,8 @@ impl LlamaWeights {
                 Some(heads) => permute(t, hf, heads)?,
                 None => t.to_f32()?,
             };
-            tensors.push(Tensor::from_f32(
-                name.clone(),
-                dtype,
-                t.shape().to_vec(),
-                &v,
-            )?);
+            let out = if t.shape().len() <= 1 { DType::F32 } else { dtype };
+            tensors.push(Tensor::from_f32(name.clone(), out, t.shape().to_vec(), &v)?);
         }
         nwc_tensor::write_gguf(path, &meta, &tensors)?;
         Ok(())
