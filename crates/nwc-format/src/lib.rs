@@ -37,6 +37,7 @@ pub use file::{
     StreamReader, VERSION_MAJOR, VERSION_MINOR, Writer,
 };
 pub use record::{
-    CodecKind, CodedPayload, METADATA_PREFIX, Payload, Record, TableRecord, is_metadata,
-    pack_levels, unpack_levels,
+    CodecKind, CodedPayload, MAX_METADATA_BYTES, METADATA_COMPRESS_ABOVE, METADATA_PREFIX, Payload,
+    Record, TableRecord, is_metadata, metadata_content, metadata_record, pack_levels,
+    unpack_levels,
 };

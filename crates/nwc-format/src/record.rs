@@ -12,6 +12,63 @@ pub fn is_metadata(name: &str) -> bool {
     name.starts_with(METADATA_PREFIX)
 }
 
+/// Metadata text longer than this is stored as a zstd frame (`docs/format.md`).
+pub const METADATA_COMPRESS_ABOVE: usize = 4096;
+/// The most bytes a metadata frame may decode to.
+pub const MAX_METADATA_BYTES: usize = 1 << 28;
+const ZSTD_MAGIC: [u8; 4] = [0x28, 0xB5, 0x2F, 0xFD];
+
+/// The metadata record `name` holding `text`: the text itself, or a zstd frame of it when it
+/// is longer than [`METADATA_COMPRESS_ABOVE`] bytes.
+///
+/// # Errors
+/// [`FormatError::Corrupt`] for a name outside the metadata namespace; [`FormatError::Io`]
+/// when compression fails.
+pub fn metadata_record(name: &str, text: &[u8]) -> Result<Record> {
+    if !is_metadata(name) {
+        return Err(FormatError::Corrupt(format!(
+            "metadata record {name:?} must start with {METADATA_PREFIX:?}"
+        )));
+    }
+    let bytes = if text.len() > METADATA_COMPRESS_ABOVE {
+        zstd::bulk::compress(text, 19)?
+    } else {
+        text.to_vec()
+    };
+    Ok(Record {
+        name: name.to_string(),
+        dtype: DType::U8,
+        shape: vec![bytes.len() as u64],
+        payload: Payload::Raw(bytes),
+    })
+}
+
+/// The text a metadata record's bytes hold: the bytes themselves, or what their zstd frame
+/// decodes to.
+///
+/// # Errors
+/// [`FormatError::Corrupt`] for a damaged frame or one that decodes to more than
+/// [`MAX_METADATA_BYTES`].
+pub fn metadata_content(bytes: &[u8]) -> Result<Vec<u8>> {
+    use std::io::Read;
+    if !bytes.starts_with(&ZSTD_MAGIC) {
+        return Ok(bytes.to_vec());
+    }
+    let bad = |e: std::io::Error| FormatError::Corrupt(format!("metadata frame: {e}"));
+    let mut out = Vec::new();
+    zstd::stream::read::Decoder::new(bytes)
+        .map_err(bad)?
+        .take(MAX_METADATA_BYTES as u64 + 1)
+        .read_to_end(&mut out)
+        .map_err(bad)?;
+    if out.len() > MAX_METADATA_BYTES {
+        return Err(FormatError::Corrupt(format!(
+            "metadata frame decodes to more than {MAX_METADATA_BYTES} bytes"
+        )));
+    }
+    Ok(out)
+}
+
 /// Which codec family coded a file or a tensor.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum CodecKind {
@@ -560,4 +617,37 @@ fn decode_coded(
         chunks_per_segment,
         segments,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Short metadata stays text, long metadata becomes a frame that decodes back to it;
+    /// damaged frames and non-metadata names are errors.
+    #[test]
+    fn metadata_round_trips_and_compresses() {
+        let short = metadata_record("nwc.x", b"{\"a\": 1}").unwrap();
+        assert_eq!(short.payload, Payload::Raw(b"{\"a\": 1}".to_vec()));
+        let long: Vec<u8> = (0..20_000)
+            .flat_map(|i| format!("\"tok{}\": {i},", i % 97).into_bytes())
+            .collect();
+        let rec = metadata_record("nwc.y", &long).unwrap();
+        let Payload::Raw(bytes) = &rec.payload else {
+            panic!("raw")
+        };
+        assert!(
+            bytes.len() * 4 < long.len(),
+            "{} of {}",
+            bytes.len(),
+            long.len()
+        );
+        assert_eq!(rec.shape, vec![bytes.len() as u64]);
+        assert_eq!(metadata_content(bytes).unwrap(), long);
+        assert_eq!(metadata_content(b"{}").unwrap(), b"{}");
+        for cut in [4, 9, bytes.len() / 2, bytes.len() - 1] {
+            assert!(metadata_content(&bytes[..cut]).is_err(), "cut at {cut}");
+        }
+        assert!(metadata_record("model.weight", b"x").is_err());
+    }
 }

@@ -317,7 +317,11 @@ impl LlamaWeights {
                 Some(heads) => permute(t, hf, heads)?,
                 None => t.to_f32()?,
             };
-            let out = if t.shape().len() <= 1 { DType::F32 } else { dtype };
+            let out = if t.shape().len() <= 1 {
+                DType::F32
+            } else {
+                dtype
+            };
             tensors.push(Tensor::from_f32(name.clone(), out, t.shape().to_vec(), &v)?);
         }
         nwc_tensor::write_gguf(path, &meta, &tensors)?;

@@ -8,7 +8,7 @@ use std::path::Path;
 use std::time::Instant;
 
 use nwc_format::{Header, Payload, ReadOptions, Record, StreamReader, Writer, is_metadata};
-use nwc_tensor::{DType, Tensor, WeightSource};
+use nwc_tensor::{Tensor, WeightSource};
 
 use crate::codec::WeightCodec;
 use crate::decode::Decompressor;
@@ -54,7 +54,8 @@ impl<'a, 'c, W: Write> Encoder<'a, 'c, W> {
     }
 
     /// Writes a metadata record (`name` starts with `nwc.`, `docs/format.md`): bytes that are
-    /// part of the file but not of the model (a configuration, a tokenizer).
+    /// part of the file but not of the model (a configuration, a tokenizer), stored as a zstd
+    /// frame when longer than [`nwc_format::METADATA_COMPRESS_ABOVE`].
     ///
     /// # Errors
     /// [`NwcError::Config`] for a name outside the metadata namespace; write errors.
@@ -65,12 +66,8 @@ impl<'a, 'c, W: Write> Encoder<'a, 'c, W> {
                 nwc_format::METADATA_PREFIX
             )));
         }
-        self.writer.write(&Record {
-            name: name.to_string(),
-            dtype: DType::U8,
-            shape: vec![bytes.len() as u64],
-            payload: Payload::Raw(bytes.to_vec()),
-        })?;
+        self.writer
+            .write(&nwc_format::metadata_record(name, bytes)?)?;
         Ok(())
     }
 
@@ -309,7 +306,7 @@ impl<'c, R: Read> Decoder<'c, R> {
     }
 
     /// The metadata records read so far (all of them once the iterator has ended), as
-    /// (name, bytes).
+    /// (name, content) — frames decompressed.
     pub fn metadata(&self) -> &[(String, Vec<u8>)] {
         &self.metadata
     }
@@ -327,7 +324,10 @@ impl<R: Read> Iterator for Decoder<'_, R> {
             };
             match record.payload {
                 Payload::Raw(bytes) if is_metadata(&record.name) => {
-                    self.metadata.push((record.name, bytes));
+                    match nwc_format::metadata_content(&bytes) {
+                        Ok(text) => self.metadata.push((record.name, text)),
+                        Err(e) => return Some(Err(e.into())),
+                    }
                 }
                 _ => return Some(Decompressor::new(self.codec.get()).decompress_record(&record)),
             }
@@ -346,8 +346,8 @@ mod tests {
             .map(|i| ((i * 31 % 97) as f32 - 48.0) / 97.0)
             .collect();
         vec![
-            Tensor::from_f32("a.weight", DType::F32, vec![96, 80], &w).unwrap(),
-            Tensor::from_f32("a.bias", DType::F32, vec![3], &[1.0, 2.0, 3.0]).unwrap(),
+            Tensor::from_f32("a.weight", nwc_tensor::DType::F32, vec![96, 80], &w).unwrap(),
+            Tensor::from_f32("a.bias", nwc_tensor::DType::F32, vec![3], &[1.0, 2.0, 3.0]).unwrap(),
         ]
     }
 

@@ -48,7 +48,7 @@ fn llama_metadata(
         match reader.index().iter().position(|e| e.name == name) {
             None => Ok(None),
             Some(i) => match reader.record(i)?.payload {
-                Payload::Raw(b) => String::from_utf8(b)
+                Payload::Raw(b) => String::from_utf8(nwc_format::metadata_content(&b)?)
                     .map(Some)
                     .map_err(|_| NwcError::Corrupt {
                         name: name.to_string(),

@@ -305,12 +305,12 @@ pub(crate) fn run_layerwise(
                 .unwrap_or("float32");
             let mut meta = Vec::new();
             if let Some(s) = shard {
-                meta.push(s.record(&job_fp));
+                meta.push(s.record(&job_fp)?);
             }
             if shard.is_none_or(|s| s.writes_metadata()) {
-                meta.push(metadata(CONFIG_RECORD, &cfg.to_hf_json(dtype_name)));
+                meta.push(metadata(CONFIG_RECORD, &cfg.to_hf_json(dtype_name))?);
                 if embed_tokenizer {
-                    meta.push(metadata(TOKENIZER_RECORD, &src.tokenizer().to_json()?));
+                    meta.push(metadata(TOKENIZER_RECORD, &src.tokenizer().to_json()?)?);
                 }
             }
             for r in &meta {

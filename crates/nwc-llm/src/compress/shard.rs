@@ -67,7 +67,7 @@ impl Shard {
     }
 
     /// The shard record of this shard of job `job`.
-    pub(crate) fn record(&self, job: &[u8; 32]) -> Record {
+    pub(crate) fn record(&self, job: &[u8; 32]) -> Result<Record> {
         let text = format!(
             "{{\"shard\": {}, \"of\": {}, \"job\": \"{}\"}}",
             self.index,
@@ -125,6 +125,7 @@ fn shard_info(path: &Path, reader: &FileReader<'_>) -> Result<ShardInfo> {
     let Payload::Raw(bytes) = reader.record(0)?.payload else {
         return Err(not_shard());
     };
+    let bytes = nwc_format::metadata_content(&bytes).map_err(|_| not_shard())?;
     let v: serde_json::Value = serde_json::from_slice(&bytes).map_err(|_| not_shard())?;
     let num = |k: &str| v.get(k).and_then(serde_json::Value::as_u64);
     let (Some(k), Some(n), Some(job)) = (
