@@ -264,11 +264,11 @@ fn run_layerwise(a: &Args, model_path: &Path, eval_path: &Path, calib_path: &Pat
     };
     let t = Instant::now();
     let src = LazyWeights::open(model_path)
-        .with_context(|| format!("opening {}", rel(&model_path).display()))?;
+        .with_context(|| format!("opening {}", rel(model_path).display()))?;
     let cfg = src.config().clone();
     println!(
         "model      {} — {:?}, {} params, {} layers, hidden {}, vocab {} (read lazily)   [open {:.1} s]",
-        rel(&model_path).display(),
+        rel(model_path).display(),
         cfg.family,
         cfg.n_params(),
         cfg.layers,
@@ -288,7 +288,7 @@ fn run_layerwise(a: &Args, model_path: &Path, eval_path: &Path, calib_path: &Pat
     println!(
         "reference  perplexity {:.4} on {} ({} windows × {} tokens, block by block)   [{:.1} s, peak RSS {:.2} GB]",
         before.ppl,
-        rel(&eval_path).display(),
+        rel(eval_path).display(),
         before.windows,
         before.ctx,
         t.elapsed().as_secs_f64(),
@@ -321,7 +321,7 @@ fn run_layerwise(a: &Args, model_path: &Path, eval_path: &Path, calib_path: &Pat
         a.codec,
         mode.label(),
         windows.len(),
-        rel(&calib_path).display(),
+        rel(calib_path).display(),
         rel(&a.out).display(),
         r.report.file_bytes,
         r.first_block,
@@ -531,7 +531,7 @@ fn main() -> Result<()> {
             other => bail!("--export-dtype {other}: use f32, f16 or bf16"),
         };
         decoded.save_hf(dir, dtype)?;
-        println!("export     Hugging Face directory {}", rel(&dir).display());
+        println!("export     Hugging Face directory {}", rel(dir).display());
     }
     Ok(())
 }

@@ -577,8 +577,8 @@ where
         if codec.checkpoint_hash() != h.codec_hash {
             return Err(NwcError::CodecMismatch(format!(
                 "the file needs the NWC checkpoint {}, {what} {}",
-                hex::encode(&h.codec_hash),
-                hex::encode(&codec.checkpoint_hash())
+                hex::encode(h.codec_hash),
+                hex::encode(codec.checkpoint_hash())
             )));
         }
         Ok(Box::new(codec))

@@ -62,8 +62,8 @@ impl<'c> Decompressor<'c> {
         if h.codec_hash != self.codec.checkpoint_hash() {
             return Err(NwcError::CodecMismatch(format!(
                 "the file needs checkpoint {}, the decoder has {}",
-                hex::encode(&h.codec_hash),
-                hex::encode(&self.codec.checkpoint_hash())
+                hex::encode(h.codec_hash),
+                hex::encode(self.codec.checkpoint_hash())
             )));
         }
         Ok(())

@@ -33,7 +33,7 @@ impl CodecRegistry for Builtin {
             CodecKind::Nwc | CodecKind::NwcTrellis => Err(NwcError::CodecMismatch(format!(
                 "the file is coded with the learned codec (checkpoint {}), which needs nwc's \
                  `learned` feature (nwc_codec::Codecs)",
-                hex::encode(&h.codec_hash)
+                hex::encode(h.codec_hash)
             ))),
         }
     }
