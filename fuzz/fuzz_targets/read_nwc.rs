@@ -43,9 +43,23 @@ fuzz_target!(|data: &[u8]| {
         for rec in s.take(64) {
             match rec {
                 Ok(rec) => {
+                    // Metadata frames (zstd) decode or fail within their cap.
+                    if let nwc::format::Payload::Raw(b) = &rec.payload {
+                        if nwc::format::is_metadata(&rec.name) {
+                            let _ = nwc::format::metadata_content(b);
+                        }
+                    }
                     let _ = d.decompress_record(&rec);
                 }
                 Err(_) => break,
+            }
+        }
+    }
+    // The streaming decoder the `nwc` facade offers, on the same bytes.
+    if let Ok(dec) = nwc::Decoder::with_codec(bytes, codec) {
+        for t in dec.take(64) {
+            if t.is_err() {
+                break;
             }
         }
     }
