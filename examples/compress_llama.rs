@@ -40,7 +40,7 @@ use nwc::llm::{
     calibration_fingerprint, layerwise_perplexity, perplexity,
 };
 use nwc::tensor::{ChunkConfig, DType, chunk};
-use nwc::{Compressor, EcsqCodec, NwcCodec, NwcFile, RateControl, WeightCodec};
+use nwc::{CompressOptions, Compressor, EcsqCodec, NwcCodec, NwcFile, RateControl, WeightCodec};
 
 #[derive(Clone, Copy, Debug, ValueEnum)]
 enum CodecChoice {
@@ -102,6 +102,10 @@ struct Args {
     /// dtype of the exported weights: f32, f16 or bf16.
     #[arg(long, default_value = "f16")]
     export_dtype: String,
+    /// Incoherence processing: every coded matrix rotated to `U W Vᵀ` (random-sign block
+    /// Hadamard) and its Hessian to `V H Vᵀ` before coding; the decoder rotates back.
+    #[arg(long)]
+    incoherence: bool,
     /// One decoder block at a time in bounded memory, resumable (levels or LDLQ modes;
     /// the reference and decoded perplexities are computed block by block too).
     #[arg(long)]
@@ -110,6 +114,14 @@ struct Args {
 
 fn default_model() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../examples/assets/tiny-llama")
+}
+
+/// The compressor options: the codec's defaults, with incoherence processing when asked.
+fn options(codec: &dyn WeightCodec, incoherence: bool) -> CompressOptions {
+    CompressOptions {
+        incoherence,
+        ..CompressOptions::for_codec(codec)
+    }
 }
 
 /// `p` relative to the working directory when it lies below it (clean paths in the report).
@@ -198,8 +210,9 @@ fn tuned_codec(
         bits: f64,
         mode: Mode,
         calibration: Option<&Calibration>,
+        incoherence: bool,
     ) -> Result<(Box<dyn WeightCodec>, f64)> {
-        let probe = Compressor::new(&start);
+        let probe = Compressor::new(&start).with_options(options(&start, incoherence))?;
         let mut job = LlamaCompression::new(&probe).mode(mode);
         if let Some(c) = calibration {
             job = job.calibration(c);
@@ -214,6 +227,7 @@ fn tuned_codec(
             a.bits,
             mode,
             calibration,
+            a.incoherence,
         ),
         CodecChoice::Nwc => {
             let codec = NwcCodec::<NdArray>::default_on(&Default::default())?;
@@ -221,7 +235,7 @@ fn tuned_codec(
                 bail!("the embedded checkpoint has no continuous rate control");
             }
             let start = codec.with_step(nwc::codec_net::tcq_step_for_bits(a.bits as f32))?;
-            search(start, w, a.bits, mode, calibration)
+            search(start, w, a.bits, mode, calibration, a.incoherence)
         }
     }
 }
@@ -448,7 +462,12 @@ fn main() -> Result<()> {
             .into_iter()
             .map(<[u32]>::to_vec)
             .collect();
-        let cal = Calibration::new(&h, &w.config)?.with_finetune(ft_windows, FtConfig::default());
+        let cal = if a.incoherence {
+            Calibration::with_incoherence(&h, &w.config)?
+        } else {
+            Calibration::new(&h, &w.config)?
+        }
+        .with_finetune(ft_windows, FtConfig::default());
         println!(
             "calibrate  {} windows × {} tokens of {} → Hessians of {} layer inputs (cache {})   [{:.1} s]",
             h.windows(),
@@ -473,10 +492,12 @@ fn main() -> Result<()> {
     );
     let t = Instant::now();
     let pb = bar(w.tensors.len() as u64, "tensors");
-    let compressor = Compressor::new(codec.as_ref()).with_progress(|_, d, n| {
-        pb.set_length(n as u64);
-        pb.set_position(d as u64);
-    });
+    let compressor = Compressor::new(codec.as_ref())
+        .with_options(options(codec.as_ref(), a.incoherence))?
+        .with_progress(|_, d, n| {
+            pb.set_length(n as u64);
+            pb.set_position(d as u64);
+        });
     if let Some(dir) = a.out.parent() {
         std::fs::create_dir_all(dir)?;
     }

@@ -294,13 +294,18 @@ fn encode_coded(b: &mut Vec<u8>, r: &Record, n: u64, c: &CodedPayload) -> Result
     let ok = r.dtype.is_float()
         && c.method != CodecKind::None
         && (1..=MAX_CHUNK_LEN).contains(&c.chunk_len)
-        && c.scale_axis <= 1
+        && c.scale_axis <= 3
         && (1..=MAX_LEVELS).contains(&c.n_levels)
         && r.shape.len() >= 2
         && c.rows == r.shape[0]
         && c.rows > 0
         && c.rows * c.cols == n
-        && c.scales.len() as u64 == if c.scale_axis == 0 { c.cols } else { c.rows }
+        && c.scales.len() as u64
+            == if c.scale_axis & 1 == 0 {
+                c.cols
+            } else {
+                c.rows
+            }
         && c.levels.len() as u64 == c.cols
         && c.levels.iter().all(|&l| l < c.n_levels)
         && c.params.len() as u32 <= MAX_PARAMS_LEN
@@ -498,7 +503,7 @@ fn decode_coded(
     let scale_axis = r.u8("scale_axis")?;
     let n_levels = r.u8("n_levels")?;
     if !(1..=MAX_CHUNK_LEN).contains(&chunk_len)
-        || scale_axis > 1
+        || scale_axis > 3
         || !(1..=MAX_LEVELS).contains(&n_levels)
     {
         return bad(format!(
@@ -510,7 +515,7 @@ fn decode_coded(
     if shape.len() < 2 || rows != shape[0] || rows == 0 || rows.checked_mul(cols) != Some(n) {
         return bad(format!("{rows}×{cols} does not view shape {shape:?}"));
     }
-    let n_scales = if scale_axis == 0 { cols } else { rows };
+    let n_scales = if scale_axis & 1 == 0 { cols } else { rows };
     let raw = r.take(n_scales.saturating_mul(2), "scales")?;
     let scales: Vec<u16> = raw
         .chunks_exact(2)

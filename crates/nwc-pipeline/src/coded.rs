@@ -19,6 +19,9 @@ pub struct CodedTensor {
     pub chunk_len: usize,
     /// The axis the scales run along.
     pub axis: ScaleAxis,
+    /// Whether the matrix was coded after incoherence processing (`U W Vᵀ`,
+    /// [`nwc_tensor::rotate_matrix`]; `docs/format.md`, "Incoherence").
+    pub incoherent: bool,
     /// Quality levels of the codec.
     pub n_levels: usize,
     /// Rows of the matrix view.
@@ -55,7 +58,8 @@ impl TryFrom<&Record> for CodedTensor {
         let Payload::Coded(c) = &r.payload else {
             return Err(corrupt("stored losslessly, not coded".into()));
         };
-        let axis = ScaleAxis::from_code(c.scale_axis)
+        let axis = ScaleAxis::from_code(c.scale_axis & 1)
+            .filter(|_| c.scale_axis & !3 == 0)
             .ok_or_else(|| corrupt(format!("scale axis {}", c.scale_axis)))?;
         let as_usize = |v: u64, what: &str| {
             usize::try_from(v).map_err(|_| corrupt(format!("{what} {v} does not fit in memory")))
@@ -64,6 +68,7 @@ impl TryFrom<&Record> for CodedTensor {
             method: c.method,
             chunk_len: usize::from(c.chunk_len),
             axis,
+            incoherent: c.scale_axis & 2 != 0,
             n_levels: usize::from(c.n_levels),
             rows: as_usize(c.rows, "rows")?,
             cols: as_usize(c.cols, "columns")?,
@@ -85,7 +90,7 @@ impl CodedTensor {
         CodedPayload {
             method: t.method,
             chunk_len: t.chunk_len as u8,
-            scale_axis: t.axis.code(),
+            scale_axis: t.axis.code() | (u8::from(t.incoherent) << 1),
             n_levels: t.n_levels as u8,
             rows: t.rows as u64,
             cols: t.cols as u64,
@@ -130,10 +135,17 @@ mod tests {
         };
         let typed = CodedTensor::try_from(&record).unwrap();
         assert_eq!(typed.axis, ScaleAxis::Row);
+        assert!(!typed.incoherent);
         assert_eq!(typed.scales[0].to_f32(), 0.5);
         assert_eq!(typed.into_payload(wire.segments.clone()), wire.clone());
+        let mut rotated = wire.clone();
+        rotated.scale_axis |= 2;
+        record.payload = Payload::Coded(rotated.clone());
+        let typed = CodedTensor::try_from(&record).unwrap();
+        assert!(typed.incoherent && typed.axis == ScaleAxis::Row);
+        assert_eq!(typed.into_payload(rotated.segments.clone()), rotated);
         let mut bad = wire;
-        bad.scale_axis = 7;
+        bad.scale_axis = 5;
         record.payload = Payload::Coded(bad);
         assert!(matches!(
             CodedTensor::try_from(&record),

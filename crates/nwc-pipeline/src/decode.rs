@@ -125,16 +125,33 @@ impl<'c> Decompressor<'c> {
             axis: c.axis,
             scales: c.scales,
         };
-        reconstruct(
+        if !c.incoherent {
+            return reconstruct(
+                self.codec,
+                &r.name,
+                r.dtype,
+                shape,
+                layout,
+                &symbols,
+                &chunk_levels,
+                &c.params,
+                DECODE_SLAB_VALUES,
+            );
+        }
+        // Incoherence: the rotated matrix in f32, rotated back, then rounded to the dtype.
+        let rotated = reconstruct(
             self.codec,
             &r.name,
-            r.dtype,
-            shape,
+            nwc_tensor::DType::F32,
+            shape.clone(),
             layout,
             &symbols,
             &chunk_levels,
             &c.params,
             DECODE_SLAB_VALUES,
-        )
+        )?;
+        let mut v = rotated.to_f32()?;
+        nwc_tensor::rotate_matrix(&mut v, c.rows, c.cols, true);
+        Ok(Tensor::from_f32(&r.name, r.dtype, shape, &v)?)
     }
 }

@@ -127,6 +127,9 @@ impl<'c> Compressor<'c> {
             };
             return Ok((record, report));
         }
+        let original = t;
+        let rotated = self.rotated(t)?;
+        let t = rotated.as_ref().unwrap_or(t);
         let plan = self.plan(t, importance)?;
         let (name, l, cols) = (t.name(), plan.chunk_len, plan.cols);
         let mut coded = SlabSymbols::new(&plan);
@@ -172,7 +175,40 @@ impl<'c> Compressor<'c> {
             }
         }
         // One slab: the codec's own tables; several: tables fitted to all the symbols.
-        self.coded(t, &plan, coded, single, sq_error, sq_signal)
+        let (mut record, report) = self.coded(t, &plan, coded, single, sq_error, sq_signal)?;
+        record.dtype = original.dtype();
+        Ok((record, report))
+    }
+
+    /// With [`CompressOptions::incoherence`], the matrix `t` rotated to `U W Vᵀ` in `f32` (the
+    /// record keeps `t`'s dtype; the decoder rounds to it after rotating back); else `None`.
+    ///
+    /// # Errors
+    /// [`NwcError::Unrepresentable`] for a NaN or infinite weight, named at its place in `t`
+    /// (rotating would smear it over a block).
+    pub(crate) fn rotated(&self, t: &Tensor) -> Result<Option<Tensor>> {
+        let Some((rows, cols)) = t.matrix_dims().filter(|_| self.options.incoherence) else {
+            return Ok(None);
+        };
+        let mut v = t.to_f32()?;
+        if let Some(i) = v.iter().position(|x| !x.is_finite()) {
+            return Err(NwcError::Unrepresentable {
+                name: t.name().to_string(),
+                reason: format!(
+                    "non-finite value {} at row {}, column {}",
+                    v[i],
+                    i / cols,
+                    i % cols
+                ),
+            });
+        }
+        nwc_tensor::rotate_matrix(&mut v, rows, cols, false);
+        Ok(Some(Tensor::from_f32(
+            t.name(),
+            nwc_tensor::DType::F32,
+            t.shape().to_vec(),
+            &v,
+        )?))
     }
 
     /// The scales (from the whole matrix) and quality levels of a matrix the policy codes.
@@ -256,6 +292,7 @@ impl<'c> Compressor<'c> {
             method: self.codec.kind(),
             chunk_len: l,
             axis: plan.axis,
+            incoherent: self.options.incoherence,
             n_levels: self.codec.n_levels(),
             rows: plan.rows,
             cols: plan.cols,

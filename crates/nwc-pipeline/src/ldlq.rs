@@ -17,6 +17,9 @@ impl Compressor<'_> {
     /// layer's Hessian. The codec itself is in the loop, so the errors fed back are the ones the
     /// decoder will reproduce.
     ///
+    /// With [`crate::CompressOptions::incoherence`] the loop runs on the rotated matrix, and
+    /// `importance` and `ldl` must be those of the rotated Hessian `V H Vᵀ`.
+    ///
     /// Scales are fixed from the original matrix before the loop, so normalization stays
     /// invertible. The feedback never crosses rows, so a large matrix runs the loop one slab of
     /// rows at a time. The report's error is the loop's own reconstruction (for f32 tensors
@@ -43,6 +46,9 @@ impl Compressor<'_> {
                 ldl.l().nrows()
             )));
         }
+        let original = t;
+        let rotated = self.rotated(t)?;
+        let t = rotated.as_ref().unwrap_or(t);
         let plan = self.plan(t, importance)?;
         let l = plan.chunk_len;
         let scales: Vec<f32> = plan.scales.iter().map(|s| s.to_f32()).collect();
@@ -84,6 +90,8 @@ impl Compressor<'_> {
             })?;
             sq_error += sum_sq_diff(&values, &out);
         }
-        self.coded(t, &plan, coded, None, sq_error, sq_signal)
+        let (mut record, report) = self.coded(t, &plan, coded, None, sq_error, sq_signal)?;
+        record.dtype = original.dtype();
+        Ok((record, report))
     }
 }

@@ -60,6 +60,11 @@ pub struct CompressOptions {
     /// levels always come from the whole matrix; codecs that fit statistics to what they are
     /// given (TCQ's rate model) fit them per slab.
     pub slab_values: usize,
+    /// Incoherence processing: every coded matrix is rotated to `U W Vᵀ` before it is
+    /// normalized and coded ([`nwc_tensor::rotate_matrix`]), and rotated back by the decoder.
+    /// Importance and LDL factors given with it must be those of the rotated Hessian
+    /// `V H Vᵀ`. Off by default.
+    pub incoherence: bool,
 }
 
 impl Default for CompressOptions {
@@ -71,6 +76,7 @@ impl Default for CompressOptions {
             bands: LevelBands::default(),
             report_error: true,
             slab_values: 1 << 25,
+            incoherence: false,
         }
     }
 }

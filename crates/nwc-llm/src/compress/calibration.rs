@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 
 use nwc_format::Record;
 use nwc_ldl::BlockLdl;
-use nwc_pipeline::{Compressor, Result};
+use nwc_pipeline::{Compressor, NwcError, Result};
 use nwc_tensor::Tensor;
 
 use crate::calib::Hessians;
@@ -55,7 +55,10 @@ struct SiteCalibration {
 }
 
 impl SiteCalibration {
-    fn new(site: Site, h: nalgebra::DMatrix<f64>) -> Result<Self> {
+    fn new(site: Site, mut h: nalgebra::DMatrix<f64>, rotate: bool) -> Result<Self> {
+        if rotate {
+            rotate_hessian(&mut h);
+        }
         let importance: Vec<f32> = h.diagonal().iter().map(|&v| v as f32).collect();
         let d = nwc_ldl::damp_owned(h, nwc_ldl::DAMPING)?;
         if !d.dead.is_empty() {
@@ -66,11 +69,28 @@ impl SiteCalibration {
     }
 }
 
+/// `H ← V H Vᵀ` with `V` the incoherence rotation of its size ([`nwc_tensor::Rotation`]): the
+/// Hessian of a layer whose weights are coded as `U W Vᵀ`.
+fn rotate_hessian(h: &mut nalgebra::DMatrix<f64>) {
+    let n = h.nrows();
+    let rot = nwc_tensor::Rotation::new(n);
+    // Column-major: rotate every column (V H), transpose, rotate every column again.
+    for col in h.as_mut_slice().chunks_exact_mut(n.max(1)) {
+        rot.forward(col);
+    }
+    h.transpose_mut();
+    for col in h.as_mut_slice().chunks_exact_mut(n.max(1)) {
+        rot.forward(col);
+    }
+}
+
 /// The block LDL factor (block [`nwc_ldl::LDL_BLOCK`]) of every linear-layer input's damped
 /// Hessian, and its column importances, computed once and shared by every method that uses them.
 #[derive(Debug, Clone)]
 pub struct Calibration {
     sites: BTreeMap<Site, SiteCalibration>,
+    /// Whether the Hessians were rotated for incoherence processing.
+    rotated: bool,
     pub(crate) finetune: Option<(Vec<Vec<u32>>, FtConfig)>,
 }
 
@@ -81,26 +101,50 @@ impl Calibration {
     /// # Errors
     /// [`NwcError::Ldl`] when a Hessian is empty or cannot be factored even after damping.
     pub fn new(hessians: &Hessians, cfg: &LlamaConfig) -> Result<Self> {
+        Self::build(hessians, cfg, false)
+    }
+
+    /// As [`Calibration::new`], for incoherence processing
+    /// ([`nwc_pipeline::CompressOptions::incoherence`]): every Hessian is rotated to `V H Vᵀ`
+    /// before it is damped and factored, and the importances are that matrix's diagonal.
+    ///
+    /// # Errors
+    /// As [`Calibration::new`].
+    pub fn with_incoherence(hessians: &Hessians, cfg: &LlamaConfig) -> Result<Self> {
+        Self::build(hessians, cfg, true)
+    }
+
+    fn build(hessians: &Hessians, cfg: &LlamaConfig, rotated: bool) -> Result<Self> {
         let mut sites = BTreeMap::new();
         for site in Site::all(cfg) {
-            sites.insert(site, SiteCalibration::new(site, hessians.hessian(site)?)?);
+            sites.insert(
+                site,
+                SiteCalibration::new(site, hessians.hessian(site)?, rotated)?,
+            );
         }
         Ok(Self {
             sites,
+            rotated,
             finetune: None,
         })
     }
 
+    /// Whether the Hessians were rotated ([`Calibration::with_incoherence`]).
+    pub fn is_rotated(&self) -> bool {
+        self.rotated
+    }
+
     /// Calibration of the sites in `hessians` only, each accumulator freed as soon as it is
     /// factored (layer-by-layer compression holds one block's).
-    pub(crate) fn take_all(mut hessians: Hessians) -> Result<Self> {
+    pub(crate) fn take_all(mut hessians: Hessians, rotated: bool) -> Result<Self> {
         let mut sites = BTreeMap::new();
         for site in hessians.sites().collect::<Vec<_>>() {
             let h = hessians.take(site)?;
-            sites.insert(site, SiteCalibration::new(site, h)?);
+            sites.insert(site, SiteCalibration::new(site, h, rotated)?);
         }
         Ok(Self {
             sites,
+            rotated,
             finetune: None,
         })
     }
@@ -134,6 +178,18 @@ pub(crate) fn compress_llama_tensor(
     mode: Mode,
 ) -> Result<(Record, nwc_pipeline::TensorReport)> {
     let site = site_of(cfg, t.name()).filter(|_| compressor.options().policy.codes(t));
+    if let Some(c) = calibration.filter(|c| c.rotated != compressor.options().incoherence) {
+        return Err(NwcError::Config(format!(
+            "{}: calibration {} rotated but incoherence processing is {}",
+            t.name(),
+            if c.rotated { "is" } else { "is not" },
+            if compressor.options().incoherence {
+                "on"
+            } else {
+                "off"
+            }
+        )));
+    }
     let calibrated = calibration
         .zip(site)
         .and_then(|(c, s)| Some((c.importance(s)?, c.ldl(s)?)));

@@ -382,11 +382,17 @@ pub(crate) fn run_layerwise(
                     Site::MlpDown(l),
                 ];
                 // The block's weights go before its Hessians are factored.
-                let c = calibrate(&cfg, &sites, &mut times, move |cap| {
-                    run.advance(&w, l, Some(cap));
-                    drop(w);
-                    Ok(())
-                })?;
+                let c = calibrate(
+                    &cfg,
+                    compressor.options().incoherence,
+                    &sites,
+                    &mut times,
+                    move |cap| {
+                        run.advance(&w, l, Some(cap));
+                        drop(w);
+                        Ok(())
+                    },
+                )?;
                 Some(c)
             }
             None => None,
@@ -442,11 +448,13 @@ pub(crate) fn run_layerwise(
         Vec::new()
     };
     let head = match run.as_ref() {
-        Some(run) if rest.iter().any(|n| site_of(&cfg, n) == Some(Site::Head)) => {
-            Some(calibrate(&cfg, &[Site::Head], &mut times, |cap| {
-                Ok(run.head_input(src, cap)?)
-            })?)
-        }
+        Some(run) if rest.iter().any(|n| site_of(&cfg, n) == Some(Site::Head)) => Some(calibrate(
+            &cfg,
+            compressor.options().incoherence,
+            &[Site::Head],
+            &mut times,
+            |cap| Ok(run.head_input(src, cap)?),
+        )?),
         _ => None,
     };
     drop(run);
@@ -488,6 +496,7 @@ pub(crate) fn run_layerwise(
 /// (each freed once factored), timing both stages.
 fn calibrate(
     cfg: &crate::config::LlamaConfig,
+    rotated: bool,
     sites: &[Site],
     times: &mut StageTimes,
     forward: impl FnOnce(Capture<'_, NdArray>) -> Result<()>,
@@ -507,7 +516,7 @@ fn calibrate(
     }
     times.forward += t.elapsed().as_secs_f64();
     let t = Instant::now();
-    let c = Calibration::take_all(h)?;
+    let c = Calibration::take_all(h, rotated)?;
     times.factor += t.elapsed().as_secs_f64();
     Ok(c)
 }
