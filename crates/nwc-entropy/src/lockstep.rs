@@ -150,6 +150,80 @@ pub(crate) fn decode_pair(
     a.ended() && b.ended()
 }
 
+/// Decodes one segment with the same tables as [`decode_pair`] (the last segment of an odd
+/// count, or a tensor of one segment): the loops of the pair, one stream. Returns `false`, with
+/// the output unspecified, when the segment is damaged in any way.
+pub(crate) fn decode_single(
+    tables: &Tables<'_, '_>,
+    n_contexts: usize,
+    chunk_len: usize,
+    segment: &[u8],
+    classes: &[u8],
+    out: &mut [i32],
+) -> bool {
+    let Some(mut a) = Stream::open(segment) else {
+        return false;
+    };
+    let wa = a.words.as_slice();
+    let mut pa = 0usize;
+    let [mut a0, mut a1, mut a2, mut a3] = a.x;
+    let chunks = out.chunks_exact_mut(chunk_len).zip(classes);
+    match *tables {
+        Tables::Uniform(per_class) => {
+            for (oa, &ka) in chunks {
+                let Some(da) = per_class.get(usize::from(ka)) else {
+                    return false;
+                };
+                for ga in oa.chunks_exact_mut(WAYS) {
+                    ga[0] = decode_one(da, &mut a0, wa, &mut pa);
+                    ga[1] = decode_one(da, &mut a1, wa, &mut pa);
+                    ga[2] = decode_one(da, &mut a2, wa, &mut pa);
+                    ga[3] = decode_one(da, &mut a3, wa, &mut pa);
+                }
+                if pa > wa.len() {
+                    return false;
+                }
+            }
+        }
+        Tables::Contexts { per_class, model } => {
+            let n = model.n_states();
+            let mut ctx = [0u8; 256];
+            let mut next = [[0u8; 2]; 256];
+            for q in 0..n {
+                ctx[q] = model.context(q as u8) as u8;
+                next[q] = [model.next(q as u8, 0), model.next(q as u8, 1)];
+            }
+            for (oa, &ka) in chunks {
+                let base_a = usize::from(ka) * n_contexts;
+                if base_a + n_contexts > per_class.len() {
+                    return false;
+                }
+                let ra = &per_class[base_a..base_a + n_contexts];
+                let mut qa = 0usize;
+                macro_rules! step {
+                    ($o:expr, $x:ident) => {{
+                        let v = decode_one(&ra[usize::from(ctx[qa])], &mut $x, wa, &mut pa);
+                        qa = usize::from(next[qa][(v & 1) as usize]);
+                        $o = v;
+                    }};
+                }
+                for ga in oa.chunks_exact_mut(WAYS) {
+                    step!(ga[0], a0);
+                    step!(ga[1], a1);
+                    step!(ga[2], a2);
+                    step!(ga[3], a3);
+                }
+                if pa > wa.len() {
+                    return false;
+                }
+            }
+        }
+    }
+    a.x = [a0, a1, a2, a3];
+    a.pos = pa;
+    a.ended()
+}
+
 #[cfg(test)]
 mod tests {
     use crate::{Coder, EntropyError, Table};

@@ -241,6 +241,11 @@ impl<'a> Coder<'a> {
                     .zip(segs)
                     .enumerate()
                 {
+                    if let Some(t) = &tables
+                        && lockstep::decode_single(t, n_contexts, self.chunk_len, bytes, c, o)
+                    {
+                        continue;
+                    }
                     one(2 * pair + j, o, c, bytes)?;
                 }
                 Ok(())

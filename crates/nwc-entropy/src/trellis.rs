@@ -166,6 +166,26 @@ fn floor_fast(x: f32) -> f32 {
     if t > x { t - 1.0 } else { t }
 }
 
+/// Values (in fine steps) below which the search uses [`floor_small`] and [`int_small`].
+const SMALL_LIMIT: f32 = (1u32 << 20) as f32;
+/// `1.5 · 2^23`: adding it to a float of magnitude below 2^22 rounds it to an integer.
+const ROUNDER: f32 = 12_582_912.0;
+
+/// `floor(x)` for `|x| < 2^22`, branch-free (so four lanes vectorize): the same value as
+/// [`floor_fast`] there.
+#[inline(always)]
+fn floor_small(x: f32) -> f32 {
+    let t = (x + ROUNDER) - ROUNDER;
+    t - f32::from(u8::from(t > x))
+}
+
+/// `x as i32` for an integer-valued `x` with `|x| < 2^22`, without the saturating conversion's
+/// branches: the integer is the low bits of `x + 1.5 · 2^23`.
+#[inline(always)]
+fn int_small(x: f32) -> i32 {
+    ((x + ROUNDER).to_bits() as i32).wrapping_sub(ROUNDER.to_bits() as i32)
+}
+
 /// An 8-state trellis laid out for the search: the two branches into each state, in the order
 /// the reference search tries them (ascending source state, then parity), so ties break the
 /// same way and the path is the same to the bit.
@@ -202,17 +222,18 @@ fn swap_halves(x: V4) -> V4 {
 /// search), and which one it was.
 #[inline(always)]
 fn least_of_four(c: [V4; 4]) -> (V4, [u8; 4]) {
+    // Select by masks, not branches: the comparisons are data (a mispredicted branch per lane
+    // cost more than the whole step), and mask arithmetic vectorizes.
     let mut best = c[0];
-    let mut which = [0u8; 4];
+    let mut which = [0u32; 4];
     for (i, ci) in c.iter().enumerate().skip(1) {
         for lane in 0..4 {
-            if ci[lane] < best[lane] {
-                best[lane] = ci[lane];
-                which[lane] = i as u8;
-            }
+            let m = 0u32.wrapping_sub(u32::from(ci[lane] < best[lane]));
+            best[lane] = f32::from_bits((ci[lane].to_bits() & m) | (best[lane].to_bits() & !m));
+            which[lane] = (i as u32 & m) | (which[lane] & !m);
         }
     }
-    (best, which)
+    (best, which.map(|w| w as u8))
 }
 
 /// Values per search kept on the stack (the trellis run of every shipped codec fits).
@@ -283,10 +304,14 @@ impl Trellis8 {
         // With flat costs every λ·bits term is +0 (adding it changes no sum of non-negative
         // terms), so the lookups are skipped.
         let rate = (!(rate.is_flat() && lambda.is_finite())).then_some(rate);
-        let cost = if self.tcq8 {
-            Self::search_tcq8(x, lambda, rate, sel, ks)
-        } else {
-            self.search_any(x, lambda, rate, sel, ks)
+        // Values well inside ±2^20 steps (every chunk a codec makes in practice) convert between
+        // floats and integers with exact, branch-free arithmetic; the rest as before.
+        let small = x.iter().all(|v| v.abs() < SMALL_LIMIT);
+        let cost = match (self.tcq8, small) {
+            (true, true) => Self::search_tcq8::<true>(x, lambda, rate, sel, ks),
+            (true, false) => Self::search_tcq8::<false>(x, lambda, rate, sel, ks),
+            (false, true) => self.search_any::<true>(x, lambda, rate, sel, ks),
+            (false, false) => self.search_any::<false>(x, lambda, rate, sel, ks),
         };
         // The cheapest end state (ties: the lowest state), then back along the path.
         let mut q = 0usize;
@@ -308,17 +333,27 @@ impl Trellis8 {
     /// computes per state (λ·bits is +0 without a `rate`). Stores the union indices in `ks`
     /// (`2·r + w`).
     #[inline(always)]
-    fn grid_points(v: f32, lambda: f32, rate: Option<&RateModel>, ks: &mut [i32; 8]) -> [V4; 4] {
+    fn grid_points<const SMALL: bool>(
+        v: f32,
+        lambda: f32,
+        rate: Option<&RateModel>,
+        ks: &mut [i32; 8],
+    ) -> [V4; 4] {
         const R: V4 = [0.0, 1.0, 2.0, 3.0];
         const U: V4 = [0.0, 1.0, 0.0, 1.0];
         // Lane by lane (the compiler vectorizes these fixed-length loops).
         let mut g = [[0f32; 4]; 4];
         let mut k = [[0i32; 4]; 2];
         for r in 0..4 {
-            let lo = R[r] + 4.0 * floor_fast((v - R[r]) / 4.0);
+            let y = (v - R[r]) / 4.0;
+            let lo = R[r] + 4.0 * if SMALL { floor_small(y) } else { floor_fast(y) };
             let hi = lo + 4.0;
-            k[0][r] = ((lo - U[r]) / 2.0) as i32;
-            k[1][r] = ((hi - U[r]) / 2.0) as i32;
+            let (a, b) = ((lo - U[r]) / 2.0, (hi - U[r]) / 2.0);
+            (k[0][r], k[1][r]) = if SMALL {
+                (int_small(a), int_small(b))
+            } else {
+                (a as i32, b as i32)
+            };
             g[0][r] = (v - lo) * (v - lo);
             g[1][r] = (v - hi) * (v - hi);
         }
@@ -342,7 +377,7 @@ impl Trellis8 {
     /// `tcq8_layout_is_the_unrolled_one` checks this against the model). Returns the final
     /// costs.
     #[inline(always)]
-    fn search_tcq8(
+    fn search_tcq8<const SMALL: bool>(
         x: &[f32],
         lambda: f32,
         rate: Option<&RateModel>,
@@ -353,7 +388,7 @@ impl Trellis8 {
         // Costs of states 0..4 and 4..8.
         let (mut lo, mut hi): (V4, V4) = ([0.0, inf, inf, inf], [inf; 4]);
         for ((&v, sel_t), ks_t) in x.iter().zip(sel.iter_mut()).zip(ks.iter_mut()) {
-            let [d0, d1, l0, l1] = Self::grid_points(v, lambda, rate, ks_t);
+            let [d0, d1, l0, l1] = Self::grid_points::<SMALL>(v, lambda, rate, ks_t);
             let (sd0, sd1, sl0, sl1) = (
                 swap_halves(d0),
                 swap_halves(d1),
@@ -381,7 +416,7 @@ impl Trellis8 {
 
     /// The search on any 8-state layout. Returns the final costs.
     #[inline(always)]
-    fn search_any(
+    fn search_any<const SMALL: bool>(
         &self,
         x: &[f32],
         lambda: f32,
@@ -392,7 +427,7 @@ impl Trellis8 {
         let mut cost = [f32::INFINITY; 8];
         cost[0] = 0.0;
         for ((&v, sel_t), ks_t) in x.iter().zip(sel.iter_mut()).zip(ks.iter_mut()) {
-            let g = Self::grid_points(v, lambda, rate, ks_t);
+            let g = Self::grid_points::<SMALL>(v, lambda, rate, ks_t);
             let mut next = [f32::INFINITY; 8];
             for s in 0..8 {
                 let mut best = f32::INFINITY;
@@ -429,9 +464,59 @@ pub fn reconstruct_chunk(model: &ContextModel, symbols: &[i32], out: &mut [f32])
     }
 }
 
+/// [`reconstruct_chunk`] with the trellis copied into two fixed tables indexed by state (no
+/// bounds checks on the walk's dependency chain) and the quantizer step applied on the way:
+/// `out[i] = (2·k + u) as f32 · step`, the same values as [`reconstruct_chunk`] followed by a
+/// multiplication by `step`.
+#[derive(Debug, Clone)]
+pub struct TrellisWalk {
+    unit: [u8; 256],
+    next: [[u8; 2]; 256],
+}
+
+impl TrellisWalk {
+    /// The walk of `model`.
+    pub fn new(model: &ContextModel) -> Self {
+        let mut w = Self {
+            unit: [0; 256],
+            next: [[0; 2]; 256],
+        };
+        for q in 0..model.n_states() {
+            let q8 = q as u8;
+            w.unit[q] = (model.context(q8) & 1) as u8;
+            w.next[q] = [model.next_by_parity(q8, 0), model.next_by_parity(q8, 1)];
+        }
+        w
+    }
+
+    /// One chunk's values from its union indices, times `step`.
+    #[inline]
+    pub fn reconstruct(&self, symbols: &[i32], step: f32, out: &mut [f32]) {
+        let mut q = 0u8;
+        for (&k, o) in symbols.iter().zip(out) {
+            let u = i64::from(self.unit[usize::from(q)]);
+            *o = (2 * i64::from(k) + u) as f32 * step;
+            q = self.next[usize::from(q)][(k & 1) as usize];
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_walk_is_reconstruct_chunk_times_the_step() {
+        let m = ContextModel::tcq8();
+        let w = TrellisWalk::new(&m);
+        let mut rng = crate::SplitMix64(3);
+        let k: Vec<i32> = (0..64).map(|_| (rng.next_u64() % 41) as i32 - 20).collect();
+        let (mut a, mut b) = (vec![0.0; 64], vec![0.0; 64]);
+        reconstruct_chunk(&m, &k, &mut a);
+        a.iter_mut().for_each(|v| *v *= 0.37);
+        w.reconstruct(&k, 0.37, &mut b);
+        assert_eq!(a, b);
+    }
 
     fn gaussian(n: usize, seed: u64) -> Vec<f32> {
         let mut rng = crate::SplitMix64(seed);

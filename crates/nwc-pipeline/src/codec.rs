@@ -169,7 +169,27 @@ pub trait WeightCodec: Send + Sync {
         chunk_levels: &[u8],
         params: &CodecParams,
     ) -> Result<Vec<f32>>;
+
+    /// The dequantization of one chunk (`chunk(out, symbols, level)`, exactly what
+    /// [`WeightCodec::dequantize`] does to each chunk), for codecs that work chunk by chunk:
+    /// the decoder then fuses it with reassembly and never holds the tensor's normalized values.
+    /// `None`, the default, means the codec needs the whole tensor (a network run in batches).
+    ///
+    /// # Errors
+    /// As [`WeightCodec::dequantize`]: `params` or a level in `chunk_levels` not valid for this
+    /// codec.
+    fn chunk_dequantizer<'a>(
+        &'a self,
+        _name: &str,
+        _chunk_levels: &[u8],
+        _params: &CodecParams,
+    ) -> Result<Option<ChunkDequantizer<'a>>> {
+        Ok(None)
+    }
 }
+
+/// One chunk's dequantization: `(out, symbols, level)` ([`WeightCodec::chunk_dequantizer`]).
+pub type ChunkDequantizer<'a> = Box<dyn Fn(&mut [f32], &[i32], u8) + Send + Sync + 'a>;
 
 /// Entropy-coded scalar quantization (ECSQ): `q = round(y / step[level])`, coded with tables
 /// fitted to each tensor's own symbol histogram (stored in the record).
@@ -334,6 +354,18 @@ impl WeightCodec for EcsqCodec {
         chunk_levels: &[u8],
         params: &CodecParams,
     ) -> Result<Vec<f32>> {
+        let chunk = self
+            .chunk_dequantizer(name, chunk_levels, params)?
+            .expect("ECSQ dequantizes chunk by chunk");
+        dequantize_chunks(name, symbols, chunk_len, chunk_levels, chunk)
+    }
+
+    fn chunk_dequantizer<'a>(
+        &'a self,
+        name: &str,
+        chunk_levels: &[u8],
+        params: &CodecParams,
+    ) -> Result<Option<ChunkDequantizer<'a>>> {
         let steps = params.steps(name)?;
         if let Some(&l) = chunk_levels
             .iter()
@@ -344,12 +376,12 @@ impl WeightCodec for EcsqCodec {
                 reason: format!("quality level {l}, the codec has {}", steps.len()),
             });
         }
-        dequantize_chunks(name, symbols, chunk_len, chunk_levels, |o, q, l| {
+        Ok(Some(Box::new(move |o: &mut [f32], q: &[i32], l: u8| {
             let step = steps[usize::from(l)];
             for (o, &q) in o.iter_mut().zip(q) {
                 *o = q as f32 * step;
             }
-        })
+        })))
     }
 }
 

@@ -38,7 +38,9 @@ mod report;
 mod streaming;
 mod tcq;
 
-pub use codec::{CodecParams, EcsqCodec, LEVEL_STEP_RATIOS, Quantized, WeightCodec};
+pub use codec::{
+    ChunkDequantizer, CodecParams, EcsqCodec, LEVEL_STEP_RATIOS, Quantized, WeightCodec,
+};
 pub use coded::CodedTensor;
 pub use decode::{Decompressor, decode_records};
 pub use encode::{

@@ -86,8 +86,27 @@ pub(crate) fn reconstruct(
         }
     };
     let per_col = blocks * l;
-    let slabs = row_slabs(rows, cols, l, slab_values, slab_values);
     let mut bytes = vec![0u8; rows * cols * size];
+    if let Some(deq) = codec.chunk_dequantizer(name, chunk_levels, params)? {
+        // Chunk by chunk: dequantized a tile at a time on the way to the output bytes.
+        let view = Fused {
+            symbols,
+            levels: chunk_levels,
+            chunk_len: l,
+            blocks,
+            cols,
+            scales: &scale_f32,
+            by_row: axis == ScaleAxis::Row,
+            deq: &*deq,
+        };
+        match dtype {
+            DType::F32 => view.write(&mut bytes, f32::to_le_bytes),
+            DType::F16 => view.write(&mut bytes, |v| f16::from_f32(v).to_le_bytes()),
+            _ => view.write(&mut bytes, |v| half::bf16::from_f32(v).to_le_bytes()),
+        }
+        return Ok(Tensor::from_bytes(name, dtype, shape, bytes)?);
+    }
+    let slabs = row_slabs(rows, cols, l, slab_values, slab_values);
     for slab in &slabs {
         let sb = slab.len().div_ceil(l);
         let (s, lv) = if slabs.len() == 1 {
@@ -175,6 +194,60 @@ impl Unchunk<'_> {
     }
 }
 
+/// A whole matrix's symbols on their way to row-major output bytes with a codec that
+/// dequantizes chunk by chunk ([`WeightCodec::chunk_dequantizer`]): for every band of rows (a
+/// whole number of chunks) and tile of columns, the tile's chunks are dequantized into a small
+/// buffer, then scaled, converted and written row by row, as [`Unchunk`] does from a whole
+/// tensor's values — the same arithmetic, so the same bytes, without that tensor in memory.
+struct Fused<'a> {
+    symbols: &'a [i32],
+    levels: &'a [u8],
+    chunk_len: usize,
+    /// Chunks per column.
+    blocks: usize,
+    cols: usize,
+    scales: &'a [f32],
+    by_row: bool,
+    deq: &'a (dyn Fn(&mut [f32], &[i32], u8) + Send + Sync),
+}
+
+impl Fused<'_> {
+    fn write<const N: usize>(&self, out: &mut [u8], conv: impl Fn(f32) -> [u8; N] + Sync) {
+        use rayon::prelude::*;
+        let (l, cols) = (self.chunk_len, self.cols);
+        let band = l * BAND.div_ceil(l);
+        out.par_chunks_mut(band * cols * N)
+            .enumerate()
+            .for_each(|(bi, o)| {
+                let r0 = bi * band;
+                let n_rows = o.len() / (cols * N);
+                let (k0, nk) = (r0 / l, n_rows.div_ceil(l));
+                let span = nk * l;
+                let mut buf = vec![0f32; TILE * span];
+                for c0 in (0..cols).step_by(TILE) {
+                    let c1 = (c0 + TILE).min(cols);
+                    for (c, col) in (c0..c1).zip(buf.chunks_exact_mut(span)) {
+                        let first = c * self.blocks + k0;
+                        for (k, dst) in col.chunks_exact_mut(l).enumerate() {
+                            let q = &self.symbols[(first + k) * l..][..l];
+                            (self.deq)(dst, q, self.levels[first + k]);
+                        }
+                    }
+                    for r in 0..n_rows {
+                        let line = &mut o[(r * cols + c0) * N..(r * cols + c1) * N];
+                        for ((c, dst), col) in (c0..c1)
+                            .zip(line.chunks_exact_mut(N))
+                            .zip(buf.chunks_exact(span))
+                        {
+                            let s = self.scales[if self.by_row { r0 + r } else { c }];
+                            dst.copy_from_slice(&conv(col[r] * s));
+                        }
+                    }
+                }
+            });
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -183,17 +256,66 @@ mod tests {
     use ndarray::ArrayView2;
     use nwc_tensor::ChunkConfig;
 
-    /// Decoding a matrix a slab of rows at a time gives the tensor decoding it whole gives, for
-    /// both scale axes, a trellis codec (state carried along each chunk) and a row count that
-    /// leaves a partial last chunk.
+    /// A codec without [`WeightCodec::chunk_dequantizer`]: the whole-tensor path.
+    struct Whole<'a>(&'a dyn WeightCodec);
+
+    impl WeightCodec for Whole<'_> {
+        fn kind(&self) -> nwc_format::CodecKind {
+            self.0.kind()
+        }
+        fn n_levels(&self) -> usize {
+            self.0.n_levels()
+        }
+        fn quantize(
+            &self,
+            name: &str,
+            chunks: &[f32],
+            chunk_len: usize,
+            chunk_levels: &[u8],
+        ) -> Result<crate::codec::Quantized> {
+            self.0.quantize(name, chunks, chunk_len, chunk_levels)
+        }
+        fn fit_tables(
+            &self,
+            symbols: &[i32],
+            chunk_len: usize,
+            chunk_levels: &[u8],
+        ) -> Result<(Vec<nwc_entropy::Table>, Vec<u16>)> {
+            self.0.fit_tables(symbols, chunk_len, chunk_levels)
+        }
+        fn dequantize(
+            &self,
+            name: &str,
+            symbols: &[i32],
+            chunk_len: usize,
+            chunk_levels: &[u8],
+            params: &CodecParams,
+        ) -> Result<Vec<f32>> {
+            self.0
+                .dequantize(name, symbols, chunk_len, chunk_levels, params)
+        }
+    }
+
+    /// Decoding a matrix a slab of rows at a time gives the tensor decoding it whole gives, and
+    /// the fused chunk-by-chunk path of ECSQ and TCQ gives exactly the bytes of the whole-tensor
+    /// path: both scale axes, chunk lengths that do and do not divide the band, a partial last
+    /// chunk, f32 and f16 output.
     #[test]
-    fn slab_decoding_is_whole_decoding() {
-        let (rows, cols, l) = (203, 5, 16);
+    fn slab_and_fused_decoding_are_whole_decoding() {
+        let (rows, cols) = (203, 37);
         let values: Vec<f32> = (0..rows * cols)
             .map(|i| ((i * 37 % 101) as f32 / 101.0 - 0.5) * (1.0 + (i % cols) as f32))
             .collect();
         let tcq = crate::tcq::TcqCodec::with_step(0.2).unwrap();
-        for axis in [ScaleAxis::Column, ScaleAxis::Row] {
+        let ecsq = crate::codec::EcsqCodec::with_step(0.1).unwrap();
+        let codecs: [&dyn WeightCodec; 2] = [&tcq, &ecsq];
+        for (codec, l, axis, dtype) in codecs.into_iter().flat_map(|c| {
+            [16, 48, 64].into_iter().flat_map(move |l| {
+                [ScaleAxis::Column, ScaleAxis::Row]
+                    .into_iter()
+                    .flat_map(move |a| [DType::F32, DType::F16].map(|d| (c, l, a, d)))
+            })
+        }) {
             let cfg = ChunkConfig {
                 chunk_len: l,
                 axis,
@@ -203,8 +325,8 @@ mod tests {
                 nwc_tensor::chunk(ArrayView2::from_shape((rows, cols), &values).unwrap(), &cfg)
                     .unwrap();
             let lv: Vec<u8> = (0..ch.n_chunks()).map(|k| (k % 3) as u8).collect();
-            let q = tcq.quantize("w", ch.data(), l, &lv).unwrap();
-            let decode = |slab_values| {
+            let q = codec.quantize("w", ch.data(), l, &lv).unwrap();
+            let decode = |c: &dyn WeightCodec, slab_values| {
                 let layout = Layout {
                     rows,
                     cols,
@@ -213,9 +335,9 @@ mod tests {
                     scales: ch.scales().to_vec(),
                 };
                 reconstruct(
-                    &tcq,
+                    c,
                     "w",
-                    DType::F32,
+                    dtype,
                     vec![rows, cols],
                     layout,
                     &q.symbols,
@@ -225,11 +347,13 @@ mod tests {
                 )
                 .unwrap()
             };
-            let whole = decode(usize::MAX);
-            // 32 rows per slab: 7 slabs, the last of 11 rows.
-            assert_eq!(row_slabs(rows, cols, l, 160, 160).len(), 7);
-            assert_eq!(decode(160), whole, "{axis:?}");
-            assert_eq!(decode(1), whole, "{axis:?}");
+            let what = format!("{:?} l={l} {axis:?} {dtype:?}", codec.kind());
+            let fused = decode(codec, usize::MAX);
+            let whole = Whole(codec);
+            assert_eq!(decode(&whole, usize::MAX), fused, "{what}");
+            assert_eq!(decode(&whole, 160 * cols / 5), fused, "{what}");
+            assert_eq!(decode(&whole, 1), fused, "{what}");
         }
+        assert_eq!(row_slabs(rows, 5, 16, 160, 160).len(), 7);
     }
 }

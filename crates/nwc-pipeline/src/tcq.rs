@@ -322,13 +322,24 @@ impl WeightCodec for TcqCodec {
         chunk_levels: &[u8],
         params: &CodecParams,
     ) -> Result<Vec<f32>> {
+        let chunk = self
+            .chunk_dequantizer(name, chunk_levels, params)?
+            .expect("TCQ dequantizes chunk by chunk");
+        crate::codec::dequantize_chunks(name, symbols, chunk_len, chunk_levels, chunk)
+    }
+
+    fn chunk_dequantizer<'a>(
+        &'a self,
+        name: &str,
+        chunk_levels: &[u8],
+        params: &CodecParams,
+    ) -> Result<Option<crate::codec::ChunkDequantizer<'a>>> {
         check_levels(name, chunk_levels)?;
         let steps = params.steps(name)?;
         // The trellis walk and the step in one pass.
-        crate::codec::dequantize_chunks(name, symbols, chunk_len, chunk_levels, |o, s, l| {
-            reconstruct_chunk(&self.model, s, o);
-            let step = steps[usize::from(l)];
-            o.iter_mut().for_each(|v| *v *= step);
-        })
+        let walk = nwc_entropy::TrellisWalk::new(&self.model);
+        Ok(Some(Box::new(move |o: &mut [f32], s: &[i32], l: u8| {
+            walk.reconstruct(s, steps[usize::from(l)], o);
+        })))
     }
 }
