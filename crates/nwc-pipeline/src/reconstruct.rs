@@ -97,7 +97,7 @@ pub(crate) fn reconstruct(
             cols,
             scales: &scale_f32,
             by_row: axis == ScaleAxis::Row,
-            deq: &*deq,
+            deq: &deq,
         };
         match dtype {
             DType::F32 => view.write(&mut bytes, f32::to_le_bytes),
@@ -208,7 +208,7 @@ struct Fused<'a> {
     cols: usize,
     scales: &'a [f32],
     by_row: bool,
-    deq: &'a (dyn Fn(&mut [f32], &[i32], u8) + Send + Sync),
+    deq: &'a crate::codec::ChunkDequantizer<'a>,
 }
 
 impl Fused<'_> {
