@@ -8,7 +8,7 @@
 //! up and the caller decodes each segment alone, which reports the exact error.
 
 use crate::context::ContextModel;
-use crate::segment::{Dec, L, SEGMENT_HEADER_BYTES, WAYS, decode_one, words_of};
+use crate::segment::{Dec, L, SEGMENT_HEADER_BYTES, WAYS, decode_one, decode_one2, words_of};
 
 /// How a chunk's symbols find their tables when decoded in lockstep.
 pub(crate) enum Tables<'a, 't> {
@@ -20,6 +20,37 @@ pub(crate) enum Tables<'a, 't> {
         per_class: &'a [Dec<'t>],
         model: &'a ContextModel,
     },
+    /// [`Tables::Contexts`] with two contexts whose tables share a precision (TCQ's):
+    /// `per_class[class] = [context 0, context 1]`, read with [`decode_one2`] so the trellis
+    /// state is off the coder state's path.
+    Contexts2 {
+        per_class: &'a [[Dec<'t>; 2]],
+        model: &'a ContextModel,
+    },
+}
+
+/// The trellis of `model` as one local table: the successor by parity, with its context in the
+/// high byte (`next | context(next) << 8`), so one load per symbol moves both along.
+fn walk_with_contexts(model: &ContextModel) -> [[u16; 2]; 256] {
+    let mut t = [[0u16; 2]; 256];
+    for q in 0..model.n_states() {
+        for p in 0..2 {
+            let n = model.next(q as u8, p as i32);
+            t[q][p] = u16::from(n) | (model.context(n) as u16) << 8;
+        }
+    }
+    t
+}
+
+/// The trellis of `model` as two small local tables: context and successor by parity.
+fn walk_tables(model: &ContextModel) -> ([u8; 256], [[u8; 2]; 256]) {
+    let mut ctx = [0u8; 256];
+    let mut next = [[0u8; 2]; 256];
+    for q in 0..model.n_states() {
+        ctx[q] = model.context(q as u8) as u8;
+        next[q] = [model.next(q as u8, 0), model.next(q as u8, 1)];
+    }
+    (ctx, next)
 }
 
 /// A segment being decoded: its four states, its words and the read position.
@@ -102,14 +133,7 @@ pub(crate) fn decode_pair(
             }
         }
         Tables::Contexts { per_class, model } => {
-            // The trellis as two small local tables: context and successor by parity.
-            let n = model.n_states();
-            let mut ctx = [0u8; 256];
-            let mut next = [[0u8; 2]; 256];
-            for q in 0..n {
-                ctx[q] = model.context(q as u8) as u8;
-                next[q] = [model.next(q as u8, 0), model.next(q as u8, 1)];
-            }
+            let (ctx, next) = walk_tables(model);
             for ((oa, ob), (&ka, &kb)) in chunks {
                 let (base_a, base_b) = (usize::from(ka) * n_contexts, usize::from(kb) * n_contexts);
                 if base_a + n_contexts > per_class.len() || base_b + n_contexts > per_class.len() {
@@ -124,6 +148,39 @@ pub(crate) fn decode_pair(
                     ($o:expr, $r:expr, $q:ident, $x:ident, $w:expr, $p:ident) => {{
                         let v = decode_one(&$r[usize::from(ctx[$q])], &mut $x, $w, &mut $p);
                         $q = usize::from(next[$q][(v & 1) as usize]);
+                        $o = v;
+                    }};
+                }
+                for (ga, gb) in oa.chunks_exact_mut(WAYS).zip(ob.chunks_exact_mut(WAYS)) {
+                    step!(ga[0], ra, qa, a0, wa, pa);
+                    step!(gb[0], rb, qb, b0, wb, pb);
+                    step!(ga[1], ra, qa, a1, wa, pa);
+                    step!(gb[1], rb, qb, b1, wb, pb);
+                    step!(ga[2], ra, qa, a2, wa, pa);
+                    step!(gb[2], rb, qb, b2, wb, pb);
+                    step!(ga[3], ra, qa, a3, wa, pa);
+                    step!(gb[3], rb, qb, b3, wb, pb);
+                }
+                if pa > wa.len() || pb > wb.len() {
+                    return false;
+                }
+            }
+        }
+        Tables::Contexts2 { per_class, model } => {
+            let walk = walk_with_contexts(model);
+            let start = (model.context(0) as u16) << 8;
+            for ((oa, ob), (&ka, &kb)) in chunks {
+                let (Some(ra), Some(rb)) = (
+                    per_class.get(usize::from(ka)),
+                    per_class.get(usize::from(kb)),
+                ) else {
+                    return false;
+                };
+                let (mut qa, mut qb) = (start, start);
+                macro_rules! step {
+                    ($o:expr, $r:expr, $q:ident, $x:ident, $w:expr, $p:ident) => {{
+                        let v = decode_one2($r, usize::from($q >> 8), &mut $x, $w, &mut $p);
+                        $q = walk[usize::from($q & 0xff)][(v & 1) as usize];
                         $o = v;
                     }};
                 }
@@ -186,13 +243,7 @@ pub(crate) fn decode_single(
             }
         }
         Tables::Contexts { per_class, model } => {
-            let n = model.n_states();
-            let mut ctx = [0u8; 256];
-            let mut next = [[0u8; 2]; 256];
-            for q in 0..n {
-                ctx[q] = model.context(q as u8) as u8;
-                next[q] = [model.next(q as u8, 0), model.next(q as u8, 1)];
-            }
+            let (ctx, next) = walk_tables(model);
             for (oa, &ka) in chunks {
                 let base_a = usize::from(ka) * n_contexts;
                 if base_a + n_contexts > per_class.len() {
@@ -204,6 +255,32 @@ pub(crate) fn decode_single(
                     ($o:expr, $x:ident) => {{
                         let v = decode_one(&ra[usize::from(ctx[qa])], &mut $x, wa, &mut pa);
                         qa = usize::from(next[qa][(v & 1) as usize]);
+                        $o = v;
+                    }};
+                }
+                for ga in oa.chunks_exact_mut(WAYS) {
+                    step!(ga[0], a0);
+                    step!(ga[1], a1);
+                    step!(ga[2], a2);
+                    step!(ga[3], a3);
+                }
+                if pa > wa.len() {
+                    return false;
+                }
+            }
+        }
+        Tables::Contexts2 { per_class, model } => {
+            let walk = walk_with_contexts(model);
+            let start = (model.context(0) as u16) << 8;
+            for (oa, &ka) in chunks {
+                let Some(ra) = per_class.get(usize::from(ka)) else {
+                    return false;
+                };
+                let mut qa = start;
+                macro_rules! step {
+                    ($o:expr, $x:ident) => {{
+                        let v = decode_one2(ra, usize::from(qa >> 8), &mut $x, wa, &mut pa);
+                        qa = walk[usize::from(qa & 0xff)][(v & 1) as usize];
                         $o = v;
                     }};
                 }

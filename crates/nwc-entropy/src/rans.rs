@@ -10,7 +10,7 @@ use rayon::prelude::*;
 use crate::context::ContextModel;
 use crate::error::{EntropyError, Result};
 use crate::lockstep;
-use crate::segment::{Dec, WAYS, check_segment_size, decode, encode_segment};
+use crate::segment::{Dec, WAYS, check_segment_size, decode, encode_segment, same_precision};
 use crate::table::Table;
 
 /// How symbols map to tables: the per-class table rows of a [`Coder`].
@@ -206,11 +206,26 @@ impl<'a> Coder<'a> {
                 .iter()
                 .all(|r| r.iter().all(|t| std::ptr::eq(*t, r[0]))))
         .then(|| rows.iter().map(|r| Dec::new(r[0])).collect());
-        let tables = uniform.as_deref().map(|per_class| match self.contexts {
-            None => lockstep::Tables::Uniform(per_class),
-            Some(model) => lockstep::Tables::Contexts { per_class, model },
-        });
         let n_contexts = self.contexts.map_or(1, ContextModel::n_contexts);
+        // Two contexts of one precision (TCQ's): both tables read before the context is known.
+        let pairs: Option<Vec<[Dec<'_>; 2]>> = uniform
+            .as_deref()
+            .filter(|d| {
+                n_contexts == 2
+                    && self.contexts.is_some()
+                    && d.iter().all(|t| same_precision(t, &d[0]))
+            })
+            .map(|d| d.chunks_exact(2).map(|p| [p[0], p[1]]).collect());
+        let tables = uniform
+            .as_deref()
+            .map(|per_class| match (self.contexts, &pairs) {
+                (None, _) => lockstep::Tables::Uniform(per_class),
+                (Some(model), Some(pairs)) => lockstep::Tables::Contexts2 {
+                    per_class: pairs,
+                    model,
+                },
+                (Some(model), None) => lockstep::Tables::Contexts { per_class, model },
+            });
         let one = |i: usize, o: &mut [i32], c: &[u8], bytes: &[u8]| {
             decode(&rows, self.contexts, bytes, c, self.chunk_len, o, i)
         };

@@ -165,6 +165,55 @@ pub(crate) fn decode_one(d: &Dec<'_>, s: &mut u64, words: &[u32], pos: &mut usiz
     }
 }
 
+/// Whether two tables can be read with [`decode_one2`] (the same precision).
+pub(crate) fn same_precision(a: &Dec<'_>, b: &Dec<'_>) -> bool {
+    a.precision == b.precision
+}
+
+/// Picks `b` when `mask` is all ones, `a` when it is zero, without a branch.
+#[inline(always)]
+fn pick(a: u64, b: u64, mask: u64) -> u64 {
+    (a & !mask) | (b & mask)
+}
+
+/// [`decode_one`] with one of two tables of the same precision, `d[c]`, chosen late: the slot
+/// is looked up in both before `c` is used, so a context that waits on the previous symbol (a
+/// trellis state) is not on the path from the coder state to the table. The same symbol and
+/// state as [`decode_one`] with `d[c]`.
+#[inline(always)]
+pub(crate) fn decode_one2(
+    d: &[Dec<'_>; 2],
+    c: usize,
+    s: &mut u64,
+    words: &[u32],
+    pos: &mut usize,
+) -> i32 {
+    let slot = *s & d[0].mask;
+    let (i0, i1) = (d[0].lut[slot as usize], d[1].lut[slot as usize]);
+    let (f0, f1) = (d[0].info[usize::from(i0)], d[1].info[usize::from(i1)]);
+    let m = 0u64.wrapping_sub((c & 1) as u64);
+    let index = pick(u64::from(i0), u64::from(i1), m) as usize;
+    let info = pick(u64::from(f0), u64::from(f1), m);
+    let x = (info >> 16) * (*s >> d[0].precision) + slot - (info & 0xffff);
+    let (x, p) = renorm(x, words, *pos);
+    let escape = pick(d[0].escape as u64, d[1].escape as u64, m) as usize;
+    if index == escape {
+        let (v, x, p) = decode_raw(x, words, p);
+        *s = x;
+        *pos = p;
+        v
+    } else {
+        *s = x;
+        *pos = p;
+        let min = pick(
+            u64::from(d[0].min_symbol as u32),
+            u64::from(d[1].min_symbol as u32),
+            m,
+        ) as u32 as i32;
+        min + index as i32
+    }
+}
+
 /// The 32 raw bits after an escape, in two 16-bit steps.
 #[cold]
 #[inline(never)]
