@@ -33,10 +33,10 @@ pub(crate) enum Tables<'a, 't> {
 /// high byte (`next | context(next) << 8`), so one load per symbol moves both along.
 fn walk_with_contexts(model: &ContextModel) -> [[u16; 2]; 256] {
     let mut t = [[0u16; 2]; 256];
-    for q in 0..model.n_states() {
-        for p in 0..2 {
+    for (q, row) in t.iter_mut().enumerate().take(model.n_states()) {
+        for (p, e) in row.iter_mut().enumerate() {
             let n = model.next(q as u8, p as i32);
-            t[q][p] = u16::from(n) | (model.context(n) as u16) << 8;
+            *e = u16::from(n) | (model.context(n) as u16) << 8;
         }
     }
     t
