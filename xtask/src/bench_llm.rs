@@ -99,6 +99,13 @@ fn ppl_of(
     )?)
 }
 
+/// Perplexity of `w` on the first `windows` windows of `ctx` tokens of `ids` (nwc's evaluation).
+pub fn ppl_of_windows(w: &LlamaWeights, ids: &[u32], ctx: usize, windows: usize) -> Result<f64> {
+    let device = Default::default();
+    let model = Llama::<NdArray>::from_weights(w, &device)?;
+    Ok(perplexity(&model, ids, ctx, windows, &device, |_, _| {})?.ppl)
+}
+
 /// `n` windows of `ctx` tokens from the start of the calibration texts, for fine-tuning.
 pub fn ft_windows(
     w: &LlamaWeights,

@@ -2,9 +2,11 @@
 
 mod bench_llm;
 mod bench_perf;
+mod bench_rival;
 mod bench_rd;
 mod fetch;
 mod house;
+mod llamacpp;
 mod plot;
 mod test;
 mod train;
@@ -44,6 +46,13 @@ enum Command {
     /// vs_rtn=<NWC/RTN> vs_ecsq=<NWC/ECSQ>` at 4.00 bits/param (log-ppl interpolated), each
     /// codec in its best mode.
     BenchLlm(bench_llm::LlmBenchArgs),
+    /// nwc against llama.cpp's own quantizers on the same model and texts, every file scored
+    /// by llama.cpp's `llama-perplexity` (tools built once from llama-cpp-python's source into
+    /// target/llama.cpp, or taken from `NWC_LLAMACPP_BIN`): llama.cpp's K- and I-quant types with
+    /// an importance matrix, and NWC, TCQ and ECSQ (levels + LDLQ) at exact measured rates.
+    /// Writes docs/llm-rival.md; one line per rate, `rival@<b>bit: ppl_ratio=… vs_tcq=…
+    /// vs_ecsq=… vs_llamacpp=…` (NWC over the best llama.cpp type of at most b + 1.5 bits).
+    BenchRival(bench_rival::RivalArgs),
     /// Throughput on the CPU, each figure beside a baseline from the same run: entropy decoding
     /// (vs `constriction`), whole-model decode and encode of MiniLM with ECSQ, TCQ and NWC, and
     /// SmolLM2 compression with and without LDLQ. Writes docs/perf.md; the last line is
@@ -82,6 +91,7 @@ fn main() -> anyhow::Result<()> {
         Command::BenchRd(args) => bench_rd::run(&args),
         Command::BenchPerf(args) => bench_perf::run(&args),
         Command::BenchLlm(args) => bench_llm::run(&args),
+        Command::BenchRival(args) => bench_rival::run(&args),
         Command::TrainLlama(args) => train_llama::run(&args),
         Command::Test { args } => test::run(&args),
         Command::House => house::run(&test::workspace_root()),

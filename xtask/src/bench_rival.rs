@@ -1,0 +1,293 @@
+//! `cargo xtask bench-rival` (and the llama.cpp part of `bench-llm`): nwc against what users
+//! pick today, llama.cpp's own quantizers, on the same model, the same calibration text and the
+//! same evaluation text, every file scored by the same `llama-perplexity`.
+//!
+//! llama.cpp rows: each type quantized from the source GGUF with `--allow-requantize` and an
+//! importance matrix of the calibration text. nwc rows: NWC, TCQ and ECSQ with levels + LDLQ,
+//! each searched to exactly the target measured rate (`LlamaCompression::tune_to_rate`), decoded
+//! from the `.nwc` file, exported as GGUF (f32 matrices) and scored by `llama-perplexity`, and by
+//! nwc's own evaluation beside it. Rates are file bytes × 8 / parameters (nwc's count) for both.
+
+use std::fmt::Write as _;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use anyhow::{Context, Result};
+use clap::Args;
+
+use crate::llamacpp::LlamaCpp;
+use crate::plot::ratio;
+use nwc::codec_net::burn::backend::NdArray;
+use nwc::llama::{Calibration, LlamaCompression, Mode, decode_llama};
+use nwc::llm::LlamaWeights;
+use nwc::pipeline::RateControl;
+use nwc::tensor::DType;
+use nwc::{Compressor, EcsqCodec, NwcCodec, NwcFile, TcqCodec, WeightCodec};
+
+#[derive(Args, Debug, Clone)]
+pub struct RivalArgs {
+    /// GGUF file (default: SmolLM2-135M from `cargo xtask fetch`).
+    #[arg(long)]
+    pub model: Option<PathBuf>,
+    /// Context length of calibration and evaluation windows (tokens).
+    #[arg(long, default_value_t = 512)]
+    pub ctx: usize,
+    /// Evaluation windows.
+    #[arg(long, default_value_t = 8)]
+    pub eval_windows: usize,
+    /// Calibration windows (nwc's Hessians and llama.cpp's importance matrix alike).
+    #[arg(long, default_value_t = 16)]
+    pub calib_windows: usize,
+    /// Evaluation text, relative to the data directory.
+    #[arg(long, default_value = "canterbury/alice29.txt")]
+    pub eval_text: String,
+    /// Calibration texts (comma-separated, relative to the data directory).
+    #[arg(
+        long,
+        default_value = "canterbury/lcet10.txt,canterbury/plrabn12.txt",
+        value_delimiter = ','
+    )]
+    pub calib_text: Vec<String>,
+    /// Exact measured rates at which NWC, TCQ and ECSQ run.
+    #[arg(long, default_value = "2,3,4", value_delimiter = ',')]
+    pub rates: Vec<f64>,
+    /// llama.cpp types.
+    #[arg(
+        long,
+        default_value = "Q2_K,IQ2_XS,IQ3_XXS,Q3_K_M,IQ4_XS,Q4_K_M,Q5_K_M",
+        value_delimiter = ','
+    )]
+    pub types: Vec<String>,
+    /// Where llm-rival.md goes.
+    #[arg(long, default_value = "docs")]
+    pub out: PathBuf,
+}
+
+/// One scored file.
+#[derive(Debug, Clone)]
+pub struct RivalRow {
+    pub method: String,
+    pub bits: f64,
+    /// `llama-perplexity` on the evaluation text.
+    pub llama_ppl: f64,
+    /// nwc's own evaluation (nwc rows only).
+    pub nwc_ppl: Option<f64>,
+    pub seconds: f64,
+}
+
+pub fn run(a: &RivalArgs) -> Result<()> {
+    let t0 = Instant::now();
+    let path = a
+        .model
+        .clone()
+        .unwrap_or_else(|| nwc::tensor::data_dir().join("smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"));
+    let w = LlamaWeights::open(&path)
+        .with_context(|| format!("{}: run `cargo xtask fetch smollm2`", path.display()))?;
+    let h = crate::bench_llm::hessians(&w, &a.calib_text, a.ctx, a.calib_windows)?;
+    let cal = Calibration::new(&h, &w.config)?;
+    let eval_ids = w
+        .tokenizer
+        .encode(&crate::bench_llm::load_text(&a.eval_text)?)?;
+    let fp_nwc = crate::bench_llm::ppl_of_windows(&w, &eval_ids, a.ctx, a.eval_windows)?;
+    let rows = rows(a, &path, &w, &cal, &eval_ids)?;
+    let fp = rows.first().context("no reference row")?.llama_ppl;
+    let mut md = String::new();
+    let _ = writeln!(md, "# nwc against llama.cpp's quantizers, scored by llama.cpp\n");
+    let _ = writeln!(
+        md,
+        "Made by `cargo xtask {}` in {:.0} min on this machine (2 CPU cores).\n",
+        std::env::args().skip(1).collect::<Vec<_>>().join(" "),
+        t0.elapsed().as_secs_f64() / 60.0
+    );
+    let _ = writeln!(
+        md,
+        "- Model: `{}`, {} parameters (nwc's count; every rate below is file bytes × 8 / that).\n\
+         - llama.cpp {} (from llama-cpp-python's source): `llama-quantize --allow-requantize` from the source GGUF, importance matrix by `llama-imatrix` on `{}` ({} × {} tokens); `llama-perplexity -c {} --chunks {}` on `{}` for every file.\n\
+         - nwc: levels + LDLQ with Hessians of the same text and windows, each codec searched to the exact rate, decoded from its `.nwc`, exported as GGUF (f32 matrices, f32 norms) and scored by the same `llama-perplexity`; nwc's own evaluation of the same model beside it (FP {:.3}).\n",
+        path.file_name().map(|f| f.to_string_lossy()).unwrap_or_default(),
+        w.n_params(),
+        crate::llamacpp::LLAMA_CPP_PYTHON,
+        a.calib_text.join(" + "),
+        a.calib_windows,
+        a.ctx,
+        a.ctx,
+        a.eval_windows,
+        a.eval_text,
+        fp_nwc
+    );
+    md.push_str(&table(&rows, fp));
+    let lines = summary(&rows, fp, &a.rates);
+    let _ = writeln!(md, "\n```\n{}\n```", lines.join("\n"));
+    std::fs::create_dir_all(&a.out)?;
+    std::fs::write(a.out.join("llm-rival.md"), &md)?;
+    for l in lines {
+        println!("{l}");
+    }
+    Ok(())
+}
+
+/// The markdown table of `rows`, perplexities also as a ratio to the reference `fp`.
+pub fn table(rows: &[RivalRow], fp: f64) -> String {
+    let mut md = String::from(
+        "| method | bits/param | llama-perplexity | / reference | nwc's evaluation | seconds |\n|---|---:|---:|---:|---:|---:|\n",
+    );
+    for r in rows {
+        let _ = writeln!(
+            md,
+            "| {} | {:.4} | {:.4} | {:.4} | {} | {:.0} |",
+            r.method,
+            r.bits,
+            r.llama_ppl,
+            r.llama_ppl / fp,
+            r.nwc_ppl.map_or("–".into(), |p| format!("{p:.4}")),
+            r.seconds
+        );
+    }
+    md
+}
+
+/// One line per rate: NWC's `llama-perplexity` over the reference's, over TCQ's and ECSQ's at
+/// the same rate, and over the best llama.cpp type of at most `rate + 1.5` bits/param.
+pub fn summary(rows: &[RivalRow], fp: f64, rates: &[f64]) -> Vec<String> {
+    let at = |prefix: &str, rate: f64| {
+        rows.iter()
+            .find(|r| r.method == format!("{prefix} @ {rate} bits"))
+            .map(|r| r.llama_ppl)
+    };
+    rates
+        .iter()
+        .map(|&rate| {
+            let nwc = at("NWC", rate);
+            let best = rows
+                .iter()
+                .filter(|r| r.method.starts_with("llama.cpp") && r.bits <= rate + 1.5)
+                .min_by(|x, y| x.llama_ppl.total_cmp(&y.llama_ppl));
+            format!(
+                "rival@{rate}bit: ppl_ratio={} vs_tcq={} vs_ecsq={} vs_llamacpp={} ({})",
+                ratio(nwc, Some(fp)),
+                ratio(nwc, at("TCQ", rate)),
+                ratio(nwc, at("ECSQ", rate)),
+                ratio(nwc, best.map(|b| b.llama_ppl)),
+                best.map_or("no llama.cpp type that small".into(), |b| format!(
+                    "{} at {:.2} bits",
+                    b.method, b.bits
+                ))
+            )
+        })
+        .collect()
+}
+
+/// Every row: the reference, each llama.cpp type, then NWC, TCQ and ECSQ at each rate.
+pub fn rows(
+    a: &RivalArgs,
+    path: &Path,
+    w: &LlamaWeights,
+    cal: &Calibration,
+    eval_ids: &[u32],
+) -> Result<Vec<RivalRow>> {
+    let tools = LlamaCpp::find_or_build(Path::new("target/llama.cpp"))?;
+    let dir = PathBuf::from("target/bench-rival");
+    std::fs::create_dir_all(&dir)?;
+    let mut calib = String::new();
+    for t in &a.calib_text {
+        calib.push_str(&crate::bench_llm::load_text(t)?);
+    }
+    let calib_file = dir.join("calib.txt");
+    std::fs::write(&calib_file, calib)?;
+    let eval_file = nwc::tensor::data_dir().join(&a.eval_text);
+    let n_params = w.n_params() as f64;
+    let bits_of = |p: &Path| -> Result<f64> { Ok(8.0 * std::fs::metadata(p)?.len() as f64 / n_params) };
+    let score = |p: &Path| tools.perplexity(p, &eval_file, a.ctx, a.eval_windows);
+    let mut rows = Vec::new();
+    let mut push = |r: RivalRow| {
+        println!(
+            "{:<28} {:>7.4} bits/param  llama-perplexity {:>9.4}{}  ({:.0} s)",
+            r.method,
+            r.bits,
+            r.llama_ppl,
+            r.nwc_ppl.map_or(String::new(), |p| format!("  nwc {p:.4}")),
+            r.seconds
+        );
+        rows.push(r);
+    };
+
+    let t = Instant::now();
+    push(RivalRow {
+        method: "reference (source GGUF)".into(),
+        bits: bits_of(path)?,
+        llama_ppl: score(path)?,
+        nwc_ppl: None,
+        seconds: t.elapsed().as_secs_f64(),
+    });
+    let imatrix = dir.join("imatrix.gguf");
+    tools.imatrix(path, &calib_file, a.ctx, a.calib_windows, &imatrix)?;
+    for ty in &a.types {
+        let t = Instant::now();
+        let out = dir.join(format!("{ty}.gguf"));
+        tools.quantize(path, Some(&imatrix), ty, &out)?;
+        push(RivalRow {
+            method: format!("llama.cpp {ty} + imatrix"),
+            bits: bits_of(&out)?,
+            llama_ppl: score(&out)?,
+            nwc_ppl: None,
+            seconds: t.elapsed().as_secs_f64(),
+        });
+        std::fs::remove_file(&out)?;
+    }
+
+    let device = Default::default();
+    for &rate in &a.rates {
+        let start_step = nwc::codec_net::tcq_step_for_bits(rate as f32);
+        let t = Instant::now();
+        let c = NwcCodec::<NdArray>::default_on(&device)?.with_step(start_step)?;
+        push(nwc_row("NWC", &c, rate, w, cal, eval_ids, a, &dir, &score, t)?);
+        let t = Instant::now();
+        push(nwc_row("TCQ", &TcqCodec::for_bits(rate as f32)?, rate, w, cal, eval_ids, a, &dir, &score, t)?);
+        let t = Instant::now();
+        push(nwc_row("ECSQ", &EcsqCodec::for_bits(rate as f32)?, rate, w, cal, eval_ids, a, &dir, &score, t)?);
+    }
+    Ok(rows)
+}
+
+/// One nwc codec at exactly `rate`: searched, written, decoded, exported and scored both ways.
+#[allow(clippy::too_many_arguments)]
+fn nwc_row<C: RateControl + WeightCodec>(
+    name: &str,
+    start: &C,
+    rate: f64,
+    w: &LlamaWeights,
+    cal: &Calibration,
+    eval_ids: &[u32],
+    a: &RivalArgs,
+    dir: &Path,
+    score: &dyn Fn(&Path) -> Result<f64>,
+    t: Instant,
+) -> Result<RivalRow> {
+    let job = |c| {
+        LlamaCompression::new(c)
+            .mode(Mode::LevelsLdlq)
+            .calibration(cal)
+            .embed_tokenizer(true)
+    };
+    let searching = Compressor::new(start);
+    let (codec, _) = job(&searching).tune_to_rate(start, w, rate)?;
+    let file = dir.join(format!("{name}-{rate}.nwc"));
+    let compressor = Compressor::new(&codec);
+    job(&compressor).run_to_file(w, &file)?;
+    let nwc_file = NwcFile::open(&file)?;
+    let bits = nwc_file.bits_per_param()?;
+    let decoded = decode_llama(&nwc_file, &codec, Some(w.tokenizer.clone()))?;
+    let nwc_ppl = crate::bench_llm::ppl_of_windows(&decoded, eval_ids, a.ctx, a.eval_windows)?;
+    let gguf = dir.join(format!("{name}-{rate}.gguf"));
+    decoded.save_gguf(&gguf, DType::F32)?;
+    let llama_ppl = score(&gguf)?;
+    std::fs::remove_file(&gguf)?;
+    std::fs::remove_file(&file)?;
+    Ok(RivalRow {
+        method: format!("{name} @ {rate} bits"),
+        bits,
+        llama_ppl,
+        nwc_ppl: Some(nwc_ppl),
+        seconds: t.elapsed().as_secs_f64(),
+    })
+}
