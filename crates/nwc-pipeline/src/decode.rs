@@ -19,9 +19,13 @@ pub fn decode_records(reader: &FileReader<'_>, codec: &dyn WeightCodec) -> Resul
     use rayon::prelude::*;
     let d = Decompressor::new(codec);
     d.check_header(reader.header())?;
+    // One symbol buffer per rayon task, reused from record to record (no fresh pages to fault
+    // in and zero for every tensor).
     (0..reader.index().len())
         .into_par_iter()
-        .map(|i| d.decompress_record(&reader.record(i)?))
+        .map_init(Vec::new, |symbols, i| {
+            d.decompress_record_into(&reader.record(i)?, symbols)
+        })
         .collect()
 }
 
@@ -75,6 +79,15 @@ impl<'c> Decompressor<'c> {
     /// [`NwcError::Entropy`] for a corrupt stream, [`NwcError::Corrupt`] for inconsistent
     /// parameters, [`NwcError::Tensor`] for invalid scales.
     pub fn decompress_record(&self, r: &Record) -> Result<Tensor> {
+        self.decompress_record_into(r, &mut Vec::new())
+    }
+
+    /// [`Decompressor::decompress_record`] with `symbols` as the buffer for the decoded
+    /// symbols (grown when too short; its contents on entry do not matter).
+    ///
+    /// # Errors
+    /// As [`Decompressor::decompress_record`].
+    pub fn decompress_record_into(&self, r: &Record, symbols: &mut Vec<i32>) -> Result<Tensor> {
         let shape: Vec<usize> = r.shape.iter().map(|&d| d as usize).collect();
         if let Payload::Raw(bytes) = &r.payload {
             return Ok(Tensor::from_bytes(&r.name, r.dtype, shape, bytes.clone())?);
@@ -115,9 +128,15 @@ impl<'c> Decompressor<'c> {
         let l = c.chunk_len;
         let coder = Coder::new(tables, &c.table_map, l)?.with_contexts(self.codec.contexts())?;
         let chunk_levels = chunk_levels(&c.levels, c.rows.div_ceil(l));
-        let mut symbols = vec![0i32; chunk_levels.len() * l];
+        let n = chunk_levels.len() * l;
+        if symbols.len() < n {
+            symbols.resize(n, 0);
+        }
+        // Every symbol is written by the decoder (or it fails), so old values never show.
+        symbols.truncate(n);
+        let symbols = &mut symbols[..];
         let parts: Vec<&[u8]> = segments.iter().map(Vec::as_slice).collect();
-        coder.decode_all(&parts, &chunk_levels, c.chunks_per_segment, &mut symbols)?;
+        coder.decode_all(&parts, &chunk_levels, c.chunks_per_segment, symbols)?;
         let layout = Layout {
             rows: c.rows,
             cols: c.cols,
@@ -132,7 +151,7 @@ impl<'c> Decompressor<'c> {
                 r.dtype,
                 shape,
                 layout,
-                &symbols,
+                symbols,
                 &chunk_levels,
                 &c.params,
                 DECODE_SLAB_VALUES,
@@ -145,7 +164,7 @@ impl<'c> Decompressor<'c> {
             nwc_tensor::DType::F32,
             shape.clone(),
             layout,
-            &symbols,
+            symbols,
             &chunk_levels,
             &c.params,
             DECODE_SLAB_VALUES,

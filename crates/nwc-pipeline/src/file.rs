@@ -121,8 +121,9 @@ impl NwcFile {
         let r = self.reader()?;
         let d = Decompressor::new(codec);
         d.check_header(r.header())?;
+        let mut symbols = Vec::new();
         for i in 0..r.index().len() {
-            f(d.decompress_record(&r.record(i)?)?)?;
+            f(d.decompress_record_into(&r.record(i)?, &mut symbols)?)?;
         }
         Ok(())
     }
