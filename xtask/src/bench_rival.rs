@@ -92,7 +92,10 @@ pub fn run(a: &RivalArgs) -> Result<()> {
     let rows = rows(a, &path, &w, &cal, &eval_ids)?;
     let fp = rows.first().context("no reference row")?.llama_ppl;
     let mut md = String::new();
-    let _ = writeln!(md, "# nwc against llama.cpp's quantizers, scored by llama.cpp\n");
+    let _ = writeln!(
+        md,
+        "# nwc against llama.cpp's quantizers, scored by llama.cpp\n"
+    );
     let _ = writeln!(
         md,
         "Made by `cargo xtask {}` in {:.0} min on this machine (2 CPU cores).\n",
@@ -104,7 +107,9 @@ pub fn run(a: &RivalArgs) -> Result<()> {
         "- Model: `{}`, {} parameters (nwc's count; every rate below is file bytes × 8 / that).\n\
          - llama.cpp {} (from llama-cpp-python's source): `llama-quantize --allow-requantize` from the source GGUF, importance matrix by `llama-imatrix` on `{}` ({} × {} tokens); `llama-perplexity -c {} --chunks {}` on `{}` for every file.\n\
          - nwc: levels + LDLQ with Hessians of the same text and windows, each codec searched to the exact rate, decoded from its `.nwc`, exported as GGUF (f32 matrices, f32 norms) and scored by the same `llama-perplexity`; nwc's own evaluation of the same model beside it (FP {:.3}).\n",
-        path.file_name().map(|f| f.to_string_lossy()).unwrap_or_default(),
+        path.file_name()
+            .map(|f| f.to_string_lossy())
+            .unwrap_or_default(),
         w.n_params(),
         crate::llamacpp::LLAMA_CPP_PYTHON,
         a.calib_text.join(" + "),
@@ -196,7 +201,8 @@ pub fn rows(
     std::fs::write(&calib_file, calib)?;
     let eval_file = nwc::tensor::data_dir().join(&a.eval_text);
     let n_params = w.n_params() as f64;
-    let bits_of = |p: &Path| -> Result<f64> { Ok(8.0 * std::fs::metadata(p)?.len() as f64 / n_params) };
+    let bits_of =
+        |p: &Path| -> Result<f64> { Ok(8.0 * std::fs::metadata(p)?.len() as f64 / n_params) };
     let score = |p: &Path| tools.perplexity(p, &eval_file, a.ctx, a.eval_windows);
     let mut rows = Vec::new();
     let mut push = |r: RivalRow| {
@@ -240,11 +246,35 @@ pub fn rows(
         let start_step = nwc::codec_net::tcq_step_for_bits(rate as f32);
         let t = Instant::now();
         let c = NwcCodec::<NdArray>::default_on(&device)?.with_step(start_step)?;
-        push(nwc_row("NWC", &c, rate, w, cal, eval_ids, a, &dir, &score, t)?);
+        push(nwc_row(
+            "NWC", &c, rate, w, cal, eval_ids, a, &dir, &score, t,
+        )?);
         let t = Instant::now();
-        push(nwc_row("TCQ", &TcqCodec::for_bits(rate as f32)?, rate, w, cal, eval_ids, a, &dir, &score, t)?);
+        push(nwc_row(
+            "TCQ",
+            &TcqCodec::for_bits(rate as f32)?,
+            rate,
+            w,
+            cal,
+            eval_ids,
+            a,
+            &dir,
+            &score,
+            t,
+        )?);
         let t = Instant::now();
-        push(nwc_row("ECSQ", &EcsqCodec::for_bits(rate as f32)?, rate, w, cal, eval_ids, a, &dir, &score, t)?);
+        push(nwc_row(
+            "ECSQ",
+            &EcsqCodec::for_bits(rate as f32)?,
+            rate,
+            w,
+            cal,
+            eval_ids,
+            a,
+            &dir,
+            &score,
+            t,
+        )?);
     }
     Ok(rows)
 }

@@ -60,14 +60,18 @@ impl LlamaCpp {
             }
             return Ok(Self { bin: dir, threads });
         }
-        let src = cache.join(format!("llama_cpp_python-{LLAMA_CPP_PYTHON}/vendor/llama.cpp"));
+        let src = cache.join(format!(
+            "llama_cpp_python-{LLAMA_CPP_PYTHON}/vendor/llama.cpp"
+        ));
         let bin = src.join("build/bin");
         if have(&bin) {
             return Ok(Self { bin, threads });
         }
         std::fs::create_dir_all(cache)?;
         if !src.join("CMakeLists.txt").is_file() {
-            println!("llama.cpp: downloading llama-cpp-python {LLAMA_CPP_PYTHON} (source) from PyPI");
+            println!(
+                "llama.cpp: downloading llama-cpp-python {LLAMA_CPP_PYTHON} (source) from PyPI"
+            );
             // The sdist's address from PyPI's JSON API (relative links resolved against it).
             let script = format!(
                 "import json, urllib.request, urllib.parse, sys\n\
@@ -82,7 +86,11 @@ impl LlamaCpp {
                 "downloading the llama-cpp-python sdist",
             )?;
             run(
-                Command::new("tar").arg("xzf").arg(&tarball).arg("-C").arg(cache),
+                Command::new("tar")
+                    .arg("xzf")
+                    .arg(&tarball)
+                    .arg("-C")
+                    .arg(cache),
                 "unpacking the llama-cpp-python sdist",
             )?;
         }
@@ -113,7 +121,10 @@ impl LlamaCpp {
             .args(TOOLS);
         run(&mut build, "building llama.cpp")?;
         if !have(&bin) {
-            bail!("llama.cpp built, but {TOOLS:?} are not all in {}", bin.display());
+            bail!(
+                "llama.cpp built, but {TOOLS:?} are not all in {}",
+                bin.display()
+            );
         }
         Ok(Self { bin, threads })
     }
@@ -153,16 +164,19 @@ impl LlamaCpp {
     ///
     /// # Errors
     /// When `llama-quantize` fails.
-    pub fn quantize(&self, model: &Path, imatrix: Option<&Path>, ty: &str, out: &Path) -> Result<()> {
+    pub fn quantize(
+        &self,
+        model: &Path,
+        imatrix: Option<&Path>,
+        ty: &str,
+        out: &Path,
+    ) -> Result<()> {
         let mut c = self.tool("llama-quantize");
         c.arg("--allow-requantize");
         if let Some(m) = imatrix {
             c.arg("--imatrix").arg(m);
         }
-        c.arg(model)
-            .arg(out)
-            .arg(ty)
-            .arg(self.threads.to_string());
+        c.arg(model).arg(out).arg(ty).arg(self.threads.to_string());
         run(&mut c, "llama-quantize").map(drop)
     }
 
@@ -181,14 +195,20 @@ impl LlamaCpp {
             .args(["-t", &self.threads.to_string()]);
         let log = run(&mut c, "llama-perplexity")?;
         parse_final_ppl(&log).with_context(|| {
-            format!("llama-perplexity on {} printed no final estimate", model.display())
+            format!(
+                "llama-perplexity on {} printed no final estimate",
+                model.display()
+            )
         })
     }
 }
 
 /// The value of `Final estimate: PPL = X +/- Y` in a `llama-perplexity` log.
 fn parse_final_ppl(log: &str) -> Option<f64> {
-    let line = log.lines().rev().find(|l| l.contains("Final estimate: PPL ="))?;
+    let line = log
+        .lines()
+        .rev()
+        .find(|l| l.contains("Final estimate: PPL ="))?;
     let rest = line.split("PPL =").nth(1)?;
     rest.split_whitespace().next()?.parse().ok()
 }

@@ -2,8 +2,8 @@
 
 mod bench_llm;
 mod bench_perf;
-mod bench_rival;
 mod bench_rd;
+mod bench_rival;
 mod fetch;
 mod house;
 mod llamacpp;

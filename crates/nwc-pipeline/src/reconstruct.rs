@@ -20,7 +20,7 @@ pub(crate) struct Layout {
 
 /// Values per row slab when a decoder reassembles a large matrix (dequantization is per chunk,
 /// so the slab size never changes the result, only the memory: the symbols, the output and one
-/// slab in between; test `slab_decoding_is_whole_decoding`).
+/// slab in between; test `slab_and_fused_decoding_are_whole_decoding`).
 pub(crate) const DECODE_SLAB_VALUES: usize = 1 << 23;
 
 /// Symbols to the tensor a decoder returns: the codec's dequantization, chunks reassembled with
