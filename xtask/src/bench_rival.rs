@@ -242,82 +242,79 @@ pub fn rows(
     }
 
     let device = Default::default();
+    let job = NwcJob {
+        w,
+        cal,
+        eval_ids,
+        a,
+        dir: &dir,
+        score: &score,
+    };
     for &rate in &a.rates {
-        let start_step = nwc::codec_net::tcq_step_for_bits(rate as f32);
-        let t = Instant::now();
-        let c = NwcCodec::<NdArray>::default_on(&device)?.with_step(start_step)?;
-        push(nwc_row(
-            "NWC", &c, rate, w, cal, eval_ids, a, &dir, &score, t,
-        )?);
-        let t = Instant::now();
-        push(nwc_row(
-            "TCQ",
-            &TcqCodec::for_bits(rate as f32)?,
-            rate,
-            w,
-            cal,
-            eval_ids,
-            a,
-            &dir,
-            &score,
-            t,
-        )?);
-        let t = Instant::now();
-        push(nwc_row(
-            "ECSQ",
-            &EcsqCodec::for_bits(rate as f32)?,
-            rate,
-            w,
-            cal,
-            eval_ids,
-            a,
-            &dir,
-            &score,
-            t,
-        )?);
+        let nwc = NwcCodec::<NdArray>::default_on(&device)?
+            .with_step(nwc::codec_net::tcq_step_for_bits(rate as f32))?;
+        push(job.row("NWC", &nwc, rate)?);
+        push(job.row("TCQ", &TcqCodec::for_bits(rate as f32)?, rate)?);
+        push(job.row("ECSQ", &EcsqCodec::for_bits(rate as f32)?, rate)?);
     }
     Ok(rows)
 }
 
-/// One nwc codec at exactly `rate`: searched, written, decoded, exported and scored both ways.
-#[allow(clippy::too_many_arguments)]
-fn nwc_row<C: RateControl + WeightCodec>(
-    name: &str,
-    start: &C,
-    rate: f64,
-    w: &LlamaWeights,
-    cal: &Calibration,
-    eval_ids: &[u32],
-    a: &RivalArgs,
-    dir: &Path,
-    score: &dyn Fn(&Path) -> Result<f64>,
-    t: Instant,
-) -> Result<RivalRow> {
-    let job = |c| {
-        LlamaCompression::new(c)
-            .mode(Mode::LevelsLdlq)
-            .calibration(cal)
-            .embed_tokenizer(true)
-    };
-    let searching = Compressor::new(start);
-    let (codec, _) = job(&searching).tune_to_rate(start, w, rate)?;
-    let file = dir.join(format!("{name}-{rate}.nwc"));
-    let compressor = Compressor::new(&codec);
-    job(&compressor).run_to_file(w, &file)?;
-    let nwc_file = NwcFile::open(&file)?;
-    let bits = nwc_file.bits_per_param()?;
-    let decoded = decode_llama(&nwc_file, &codec, Some(w.tokenizer.clone()))?;
-    let nwc_ppl = crate::bench_llm::ppl_of_windows(&decoded, eval_ids, a.ctx, a.eval_windows)?;
-    let gguf = dir.join(format!("{name}-{rate}.gguf"));
-    decoded.save_gguf(&gguf, DType::F32)?;
-    let llama_ppl = score(&gguf)?;
-    std::fs::remove_file(&gguf)?;
-    std::fs::remove_file(&file)?;
-    Ok(RivalRow {
-        method: format!("{name} @ {rate} bits"),
-        bits,
-        llama_ppl,
-        nwc_ppl: Some(nwc_ppl),
-        seconds: t.elapsed().as_secs_f64(),
-    })
+/// What every nwc row shares: the model, its calibration and texts, where files go and how
+/// a GGUF is scored.
+struct NwcJob<'a> {
+    w: &'a LlamaWeights,
+    cal: &'a Calibration,
+    eval_ids: &'a [u32],
+    a: &'a RivalArgs,
+    dir: &'a Path,
+    score: &'a dyn Fn(&Path) -> Result<f64>,
+}
+
+impl NwcJob<'_> {
+    /// One nwc codec at exactly `rate`: searched, written, decoded, exported and scored both
+    /// ways.
+    fn row<C: RateControl + WeightCodec>(
+        &self,
+        name: &str,
+        start: &C,
+        rate: f64,
+    ) -> Result<RivalRow> {
+        let t = Instant::now();
+        let NwcJob {
+            w,
+            cal,
+            eval_ids,
+            a,
+            dir,
+            score,
+        } = *self;
+        let job = |c| {
+            LlamaCompression::new(c)
+                .mode(Mode::LevelsLdlq)
+                .calibration(cal)
+                .embed_tokenizer(true)
+        };
+        let searching = Compressor::new(start);
+        let (codec, _) = job(&searching).tune_to_rate(start, w, rate)?;
+        let file = dir.join(format!("{name}-{rate}.nwc"));
+        let compressor = Compressor::new(&codec);
+        job(&compressor).run_to_file(w, &file)?;
+        let nwc_file = NwcFile::open(&file)?;
+        let bits = nwc_file.bits_per_param()?;
+        let decoded = decode_llama(&nwc_file, &codec, Some(w.tokenizer.clone()))?;
+        let nwc_ppl = crate::bench_llm::ppl_of_windows(&decoded, eval_ids, a.ctx, a.eval_windows)?;
+        let gguf = dir.join(format!("{name}-{rate}.gguf"));
+        decoded.save_gguf(&gguf, DType::F32)?;
+        let llama_ppl = score(&gguf)?;
+        std::fs::remove_file(&gguf)?;
+        std::fs::remove_file(&file)?;
+        Ok(RivalRow {
+            method: format!("{name} @ {rate} bits"),
+            bits,
+            llama_ppl,
+            nwc_ppl: Some(nwc_ppl),
+            seconds: t.elapsed().as_secs_f64(),
+        })
+    }
 }
