@@ -42,17 +42,6 @@ fn walk_with_contexts(model: &ContextModel) -> [[u16; 2]; 256] {
     t
 }
 
-/// The trellis of `model` as two small local tables: context and successor by parity.
-fn walk_tables(model: &ContextModel) -> ([u8; 256], [[u8; 2]; 256]) {
-    let mut ctx = [0u8; 256];
-    let mut next = [[0u8; 2]; 256];
-    for q in 0..model.n_states() {
-        ctx[q] = model.context(q as u8) as u8;
-        next[q] = [model.next(q as u8, 0), model.next(q as u8, 1)];
-    }
-    (ctx, next)
-}
-
 /// A segment being decoded: its four states, its words and the read position.
 struct Stream {
     x: [u64; WAYS],
@@ -133,7 +122,8 @@ pub(crate) fn decode_pair(
             }
         }
         Tables::Contexts { per_class, model } => {
-            let (ctx, next) = walk_tables(model);
+            let walk = walk_with_contexts(model);
+            let start = (model.context(0) as u16) << 8;
             for ((oa, ob), (&ka, &kb)) in chunks {
                 let (base_a, base_b) = (usize::from(ka) * n_contexts, usize::from(kb) * n_contexts);
                 if base_a + n_contexts > per_class.len() || base_b + n_contexts > per_class.len() {
@@ -143,11 +133,11 @@ pub(crate) fn decode_pair(
                     &per_class[base_a..base_a + n_contexts],
                     &per_class[base_b..base_b + n_contexts],
                 );
-                let (mut qa, mut qb) = (0usize, 0usize);
+                let (mut qa, mut qb) = (start, start);
                 macro_rules! step {
                     ($o:expr, $r:expr, $q:ident, $x:ident, $w:expr, $p:ident) => {{
-                        let v = decode_one(&$r[usize::from(ctx[$q])], &mut $x, $w, &mut $p);
-                        $q = usize::from(next[$q][(v & 1) as usize]);
+                        let v = decode_one(&$r[usize::from($q >> 8)], &mut $x, $w, &mut $p);
+                        $q = walk[usize::from($q & 0xff)][(v & 1) as usize];
                         $o = v;
                     }};
                 }
@@ -243,18 +233,19 @@ pub(crate) fn decode_single(
             }
         }
         Tables::Contexts { per_class, model } => {
-            let (ctx, next) = walk_tables(model);
+            let walk = walk_with_contexts(model);
+            let start = (model.context(0) as u16) << 8;
             for (oa, &ka) in chunks {
                 let base_a = usize::from(ka) * n_contexts;
                 if base_a + n_contexts > per_class.len() {
                     return false;
                 }
                 let ra = &per_class[base_a..base_a + n_contexts];
-                let mut qa = 0usize;
+                let mut qa = start;
                 macro_rules! step {
                     ($o:expr, $x:ident) => {{
-                        let v = decode_one(&ra[usize::from(ctx[qa])], &mut $x, wa, &mut pa);
-                        qa = usize::from(next[qa][(v & 1) as usize]);
+                        let v = decode_one(&ra[usize::from(qa >> 8)], &mut $x, wa, &mut pa);
+                        qa = walk[usize::from(qa & 0xff)][(v & 1) as usize];
                         $o = v;
                     }};
                 }
