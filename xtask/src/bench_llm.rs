@@ -19,8 +19,9 @@ use nwc::llm::{
 };
 use nwc::{CompressOptions, Compressor, EcsqCodec, NwcCodec, NwcFile, WeightCodec};
 
+/// The model, window size and texts every LLM benchmark shares (`bench-llm`, `bench-rival`).
 #[derive(Args, Debug, Clone)]
-pub struct LlmBenchArgs {
+pub struct LlmTexts {
     /// GGUF file or Hugging Face directory (default: SmolLM2-135M from `cargo xtask fetch`).
     #[arg(long)]
     pub model: Option<PathBuf>,
@@ -44,6 +45,12 @@ pub struct LlmBenchArgs {
         value_delimiter = ','
     )]
     pub calib_text: Vec<String>,
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct LlmBenchArgs {
+    #[command(flatten)]
+    pub texts: LlmTexts,
     /// Bit widths of RTN and GPTQ (groups of 128).
     #[arg(long, default_value = "3,4,5", value_delimiter = ',')]
     pub baseline_bits: Vec<u32>,
@@ -92,8 +99,8 @@ fn ppl_of(
     Ok(perplexity(
         &model,
         ids,
-        a.ctx,
-        a.eval_windows,
+        a.texts.ctx,
+        a.texts.eval_windows,
         device,
         |_, _| {},
     )?)
@@ -167,24 +174,24 @@ pub fn hessians(
 pub fn run(a: &LlmBenchArgs) -> Result<()> {
     let t0 = Instant::now();
     let device = Default::default();
-    let path = a
-        .model
-        .clone()
-        .unwrap_or_else(|| nwc::tensor::data_dir().join("smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"));
+    let path =
+        a.texts.model.clone().unwrap_or_else(|| {
+            nwc::tensor::data_dir().join("smollm2/SmolLM2-135M-Instruct.Q4_1.gguf")
+        });
     let w = LlamaWeights::open(&path)
         .with_context(|| format!("{}: run `cargo xtask fetch smollm2`", path.display()))?;
     let n_params = w.n_params();
-    let eval_ids = w.tokenizer.encode(&load_text(&a.eval_text)?)?;
+    let eval_ids = w.tokenizer.encode(&load_text(&a.texts.eval_text)?)?;
     println!(
         "model {} ({n_params} params, {} layers); eval {} ({} windows × {} tokens); calibration {} ({} windows × {})",
         path.display(),
         w.config.layers,
-        a.eval_text,
-        a.eval_windows,
-        a.ctx,
-        a.calib_text.join("+"),
-        a.calib_windows,
-        a.ctx
+        a.texts.eval_text,
+        a.texts.eval_windows,
+        a.texts.ctx,
+        a.texts.calib_text.join("+"),
+        a.texts.calib_windows,
+        a.texts.ctx
     );
     let mut rows: Vec<Row> = Vec::new();
     let push =
@@ -216,10 +223,10 @@ pub fn run(a: &LlmBenchArgs) -> Result<()> {
         t,
     );
 
-    let h = hessians(&w, &a.calib_text, a.ctx, a.calib_windows)?;
+    let h = hessians(&w, &a.texts.calib_text, a.texts.ctx, a.texts.calib_windows)?;
     let t = Instant::now();
     let cal = Calibration::new(&h, &w.config)?.with_finetune(
-        ft_windows(&w, &a.calib_text, a.ctx, a.ft_windows)?,
+        ft_windows(&w, &a.texts.calib_text, a.texts.ctx, a.ft_windows)?,
         FtConfig {
             max_steps: a.ft_steps,
             ..FtConfig::default()
@@ -373,13 +380,13 @@ fn write_report(
         path.file_name()
             .map(|f| f.to_string_lossy())
             .unwrap_or_default(),
-        a.eval_text,
+        a.texts.eval_text,
         fp.windows,
         fp.ctx,
         fp.tokens,
-        a.calib_text.join(" + "),
-        a.calib_windows,
-        a.ctx
+        a.texts.calib_text.join(" + "),
+        a.texts.calib_windows,
+        a.texts.ctx
     );
     let _ = writeln!(
         md,

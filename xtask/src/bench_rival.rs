@@ -26,28 +26,8 @@ use nwc::{Compressor, EcsqCodec, NwcCodec, NwcFile, TcqCodec, WeightCodec};
 
 #[derive(Args, Debug, Clone)]
 pub struct RivalArgs {
-    /// GGUF file (default: SmolLM2-135M from `cargo xtask fetch`).
-    #[arg(long)]
-    pub model: Option<PathBuf>,
-    /// Context length of calibration and evaluation windows (tokens).
-    #[arg(long, default_value_t = 512)]
-    pub ctx: usize,
-    /// Evaluation windows.
-    #[arg(long, default_value_t = 8)]
-    pub eval_windows: usize,
-    /// Calibration windows (nwc's Hessians and llama.cpp's importance matrix alike).
-    #[arg(long, default_value_t = 16)]
-    pub calib_windows: usize,
-    /// Evaluation text, relative to the data directory.
-    #[arg(long, default_value = "canterbury/alice29.txt")]
-    pub eval_text: String,
-    /// Calibration texts (comma-separated, relative to the data directory).
-    #[arg(
-        long,
-        default_value = "canterbury/lcet10.txt,canterbury/plrabn12.txt",
-        value_delimiter = ','
-    )]
-    pub calib_text: Vec<String>,
+    #[command(flatten)]
+    pub texts: crate::bench_llm::LlmTexts,
     /// Exact measured rates at which NWC, TCQ and ECSQ run.
     #[arg(long, default_value = "2,3,4", value_delimiter = ',')]
     pub rates: Vec<f64>,
@@ -77,18 +57,20 @@ pub struct RivalRow {
 
 pub fn run(a: &RivalArgs) -> Result<()> {
     let t0 = Instant::now();
-    let path = a
-        .model
-        .clone()
-        .unwrap_or_else(|| nwc::tensor::data_dir().join("smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"));
+    let path =
+        a.texts.model.clone().unwrap_or_else(|| {
+            nwc::tensor::data_dir().join("smollm2/SmolLM2-135M-Instruct.Q4_1.gguf")
+        });
     let w = LlamaWeights::open(&path)
         .with_context(|| format!("{}: run `cargo xtask fetch smollm2`", path.display()))?;
-    let h = crate::bench_llm::hessians(&w, &a.calib_text, a.ctx, a.calib_windows)?;
+    let h =
+        crate::bench_llm::hessians(&w, &a.texts.calib_text, a.texts.ctx, a.texts.calib_windows)?;
     let cal = Calibration::new(&h, &w.config)?;
     let eval_ids = w
         .tokenizer
-        .encode(&crate::bench_llm::load_text(&a.eval_text)?)?;
-    let fp_nwc = crate::bench_llm::ppl_of_windows(&w, &eval_ids, a.ctx, a.eval_windows)?;
+        .encode(&crate::bench_llm::load_text(&a.texts.eval_text)?)?;
+    let fp_nwc =
+        crate::bench_llm::ppl_of_windows(&w, &eval_ids, a.texts.ctx, a.texts.eval_windows)?;
     let rows = rows(a, &path, &w, &cal, &eval_ids)?;
     let fp = rows.first().context("no reference row")?.llama_ppl;
     let mut md = String::new();
@@ -112,12 +94,12 @@ pub fn run(a: &RivalArgs) -> Result<()> {
             .unwrap_or_default(),
         w.n_params(),
         crate::llamacpp::LLAMA_CPP_PYTHON,
-        a.calib_text.join(" + "),
-        a.calib_windows,
-        a.ctx,
-        a.ctx,
-        a.eval_windows,
-        a.eval_text,
+        a.texts.calib_text.join(" + "),
+        a.texts.calib_windows,
+        a.texts.ctx,
+        a.texts.ctx,
+        a.texts.eval_windows,
+        a.texts.eval_text,
         fp_nwc
     );
     md.push_str(&table(&rows, fp));
@@ -194,16 +176,16 @@ pub fn rows(
     let dir = PathBuf::from("target/bench-rival");
     std::fs::create_dir_all(&dir)?;
     let mut calib = String::new();
-    for t in &a.calib_text {
+    for t in &a.texts.calib_text {
         calib.push_str(&crate::bench_llm::load_text(t)?);
     }
     let calib_file = dir.join("calib.txt");
     std::fs::write(&calib_file, calib)?;
-    let eval_file = nwc::tensor::data_dir().join(&a.eval_text);
+    let eval_file = nwc::tensor::data_dir().join(&a.texts.eval_text);
     let n_params = w.n_params() as f64;
     let bits_of =
         |p: &Path| -> Result<f64> { Ok(8.0 * std::fs::metadata(p)?.len() as f64 / n_params) };
-    let score = |p: &Path| tools.perplexity(p, &eval_file, a.ctx, a.eval_windows);
+    let score = |p: &Path| tools.perplexity(p, &eval_file, a.texts.ctx, a.texts.eval_windows);
     let mut rows = Vec::new();
     let mut push = |r: RivalRow| {
         println!(
@@ -226,7 +208,13 @@ pub fn rows(
         seconds: t.elapsed().as_secs_f64(),
     });
     let imatrix = dir.join("imatrix.gguf");
-    tools.imatrix(path, &calib_file, a.ctx, a.calib_windows, &imatrix)?;
+    tools.imatrix(
+        path,
+        &calib_file,
+        a.texts.ctx,
+        a.texts.calib_windows,
+        &imatrix,
+    )?;
     for ty in &a.types {
         let t = Instant::now();
         let out = dir.join(format!("{ty}.gguf"));
@@ -303,7 +291,12 @@ impl NwcJob<'_> {
         let nwc_file = NwcFile::open(&file)?;
         let bits = nwc_file.bits_per_param()?;
         let decoded = decode_llama(&nwc_file, &codec, Some(w.tokenizer.clone()))?;
-        let nwc_ppl = crate::bench_llm::ppl_of_windows(&decoded, eval_ids, a.ctx, a.eval_windows)?;
+        let nwc_ppl = crate::bench_llm::ppl_of_windows(
+            &decoded,
+            eval_ids,
+            a.texts.ctx,
+            a.texts.eval_windows,
+        )?;
         let gguf = dir.join(format!("{name}-{rate}.gguf"));
         decoded.save_gguf(&gguf, DType::F32)?;
         let llama_ppl = score(&gguf)?;
