@@ -245,13 +245,18 @@ struct CodecRun {
     decode_n: f64,
 }
 
-fn codec_run(codec: &dyn WeightCodec, repeat: usize, dir: &std::path::Path) -> Result<CodecRun> {
+fn codec_run(
+    label: &str,
+    codec: &dyn WeightCodec,
+    repeat: usize,
+    dir: &std::path::Path,
+) -> Result<CodecRun> {
     let path = nwc::tensor::data_dir().join("minilm/model.safetensors");
     let src = open_weights(&path)?;
     let mut options = CompressOptions::for_codec(codec);
     options.report_error = false;
     let compressor = Compressor::new(codec).with_options(options)?;
-    let file = dir.join(format!("minilm-{:?}.nwc", codec.kind()));
+    let file = dir.join(format!("minilm-{}.nwc", label.replace(' ', "-")));
     let t = Instant::now();
     let report = compressor.compress_source_to_file(&*src, &file, &Uniform)?;
     let encode = t.elapsed().as_secs_f64();
@@ -342,10 +347,19 @@ pub fn run(a: &PerfArgs) -> Result<()> {
     );
     let mut decode_n = std::collections::BTreeMap::new();
     let mut encode = std::collections::BTreeMap::new();
-    let runs: [(&str, &dyn WeightCodec); 3] = [("ECSQ", &ecsq), ("TCQ", &tcq), ("NWC", &nwc)];
+    // The default codec refines only where it pays (`nwc::codec_net::REFINER_BITS`): at 4 bits
+    // no level, so its file decodes as TCQ. The refiner's own speed is the last row.
+    let refined = NwcCodec::<NdArray>::default_on(&Default::default())?
+        .with_refiner_bits(0.0..=f32::INFINITY);
+    let runs: [(&str, &dyn WeightCodec); 4] = [
+        ("ECSQ", &ecsq),
+        ("TCQ", &tcq),
+        ("NWC", &nwc),
+        ("NWC refining every level", &refined),
+    ];
     let mut ecsq_run = None;
     for (label, codec) in runs {
-        let r = codec_run(codec, a.repeat, dir.path())?;
+        let r = codec_run(label, codec, a.repeat, dir.path())?;
         let (base_1, base_n, base_e) = ecsq_run.unwrap_or((r.decode_1, r.decode_n, r.encode_mps));
         let is_base = ecsq_run.is_none();
         let b = |x: f64| (!is_base).then_some(x);

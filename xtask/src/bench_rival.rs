@@ -285,6 +285,14 @@ impl NwcJob<'_> {
         };
         let searching = Compressor::new(start);
         let (codec, _) = job(&searching).tune_to_rate(start, w, rate)?;
+        let step = codec.log2_step().exp2();
+        tracing::info!(
+            codec = name,
+            rate,
+            step,
+            trellis_nominal_bits = nwc::codec_net::tcq_bits_for_step(step),
+            "searched"
+        );
         let file = dir.join(format!("{name}-{rate}.nwc"));
         let compressor = Compressor::new(&codec);
         job(&compressor).run_to_file(w, &file)?;

@@ -35,7 +35,7 @@ pub use error::{CodecError, Result};
 pub use model::{EntropyBottleneck, NwcModel, Refiner, ResBlock, TrainOutput, Transform};
 /// The trellis fine step for a nominal rate (what the refiner trains at; re-exported from
 /// `nwc-entropy`).
-pub use nwc_entropy::tcq_step_for_bits;
+pub use nwc_entropy::{tcq_bits_for_step, tcq_step_for_bits};
 pub use refine::{EVAL_BITS, RefineConfig, RefineStats, evaluate_refiner, train_refiner};
 pub use train::{LEVEL_WEIGHTS, TrainConfig, TrainStats, evaluate, train};
-pub use weight_codec::{Codecs, NwcCodec};
+pub use weight_codec::{Codecs, NwcCodec, REFINER_BITS};

@@ -26,6 +26,18 @@ use crate::model::{NwcModel, Refiner};
 /// Fixed, not derived from the thread count, so output never depends on it.
 const BATCH: usize = 4096;
 
+/// The nominal rates (bits per value, [`nwc_entropy::tcq_bits_for_step`] of a level's step) at
+/// which the trellis refiner runs by default; levels outside decode as plain TCQ. Measured on
+/// SmolLM2 at exact file rates with levels + LDLQ, by `llama-perplexity` against plain TCQ
+/// (`docs/llm-rival.md`): refining every level loses at 2 bits (1.45×: level 0 sits near 1.8
+/// nominal bits) and at 4 bits (1.019×, level 0 near 3.8), and wins at 3 bits (0.977×, level 0
+/// near 2.8); refining only the levels between 2.5 and 3.75 nominal bits wins at 2 bits (0.900×:
+/// level 1 near 2.6) and 3 bits (0.976×) but still loses at 4 (1.025×). On held-out weights the
+/// refiner changes MSE by −1.2 % at 2 bits, −0.35 % at 2.5, −0.12 % at 3 and nothing from 3.5 up
+/// (`docs/rd.md`). Outside this band it buys nothing, the record says so, and decoding costs
+/// what TCQ's costs.
+pub const REFINER_BITS: std::ops::RangeInclusive<f32> = 2.25..=3.5;
+
 /// Copies of a network, one per concurrent caller: burn modules are `Send` but not `Sync`, so a
 /// thread takes a copy out, runs it and puts it back (copies share their weights' storage).
 struct Pool<M> {
@@ -80,6 +92,8 @@ pub struct NwcCodec<B: Backend> {
     /// The refiner as plain `f32` matrix products, on burn's CPU backend (`NdArray`), where it
     /// replaces the tensor-per-operation forward pass.
     cpu: Option<crate::cpu_refiner::CpuRefiner>,
+    /// Nominal rates at which the refiner runs ([`REFINER_BITS`] unless set).
+    refiner_bits: std::ops::RangeInclusive<f32>,
 }
 
 impl<B: Backend> std::fmt::Debug for NwcCodec<B> {
@@ -135,7 +149,30 @@ impl<B: Backend> NwcCodec<B> {
             step_index,
             tcq,
             cpu,
+            refiner_bits: REFINER_BITS,
         })
+    }
+
+    /// Runs the trellis refiner on the levels whose step's nominal rate
+    /// ([`nwc_entropy::tcq_bits_for_step`]) lies in `bits`; the other levels are coded and
+    /// decoded as plain TCQ, and each record says which levels are refined. The default is
+    /// [`REFINER_BITS`]; `0.0..=f32::INFINITY` refines every level (the files of earlier
+    /// versions), an empty range none.
+    pub fn with_refiner_bits(mut self, bits: std::ops::RangeInclusive<f32>) -> Self {
+        self.refiner_bits = bits;
+        self
+    }
+
+    /// Which levels the refiner runs on at level steps `steps` (bit `l` for level `l`).
+    pub fn refined_levels(&self, steps: &[f32; 4]) -> u8 {
+        steps
+            .iter()
+            .enumerate()
+            .filter(|(_, s)| {
+                self.refiner_bits
+                    .contains(&nwc_entropy::tcq_bits_for_step(**s))
+            })
+            .fold(0, |m, (l, _)| m | 1 << l)
     }
 
     /// Whether the checkpoint holds the trellis refiner (continuous rate control, TCQ-coded).
@@ -394,7 +431,13 @@ where
         if self.is_trellis() {
             // The analysis side of the trellis variant is the trellis search itself.
             self.check_trellis_chunks(chunk_len)?;
-            return self.tcq.quantize(name, chunks, chunk_len, chunk_levels);
+            let mut q = self.tcq.quantize(name, chunks, chunk_len, chunk_levels)?;
+            let steps = q.params.steps(name)?;
+            let refine = self.refined_levels(&steps);
+            if refine != 0b1111 {
+                q.params = CodecParams::TrellisSteps { steps, refine };
+            }
+            return Ok(q);
         }
         let c = self.checkpoint.config().latent;
         if chunk_len != self.checkpoint.config().chunk_len {
@@ -463,21 +506,47 @@ where
         if self.is_trellis() {
             self.check_trellis_chunks(chunk_len)
                 .map_err(|e| corrupt(e.to_string()))?;
-            // Grid positions in steps (the TCQ decode at unit steps), then the refiner.
+            let refine = params.refined_levels();
+            if refine == 0 {
+                return self
+                    .tcq
+                    .dequantize(name, symbols, chunk_len, chunk_levels, params);
+            }
+            // Grid positions in steps (the TCQ decode at unit steps), then the refiner on the
+            // refined levels' network chunks.
             nwc_pipeline::check_levels(name, chunk_levels)?;
             let steps = params.steps(name)?;
-            let grid = self.tcq.grid(symbols, chunk_len);
+            let mut grid = self.tcq.grid(symbols, chunk_len);
             let l = self.checkpoint.config().chunk_len;
             let per = chunk_len / l;
             let sub_levels: Vec<u8> = chunk_levels
                 .iter()
                 .flat_map(|&lv| std::iter::repeat_n(lv, per))
                 .collect();
-            let sub_steps: Vec<f32> = sub_levels
-                .iter()
-                .map(|&lv| steps[usize::from(lv)])
+            let step_of = |lv: u8| steps[usize::from(lv)];
+            let refined = |lv: u8| refine & (1 << lv) != 0;
+            if refine == 0b1111 {
+                let sub_steps: Vec<f32> = sub_levels.iter().map(|&lv| step_of(lv)).collect();
+                return Ok(self.refine(&grid, &sub_steps, &sub_levels));
+            }
+            let picked: Vec<usize> = (0..sub_levels.len())
+                .filter(|&i| refined(sub_levels[i]))
                 .collect();
-            return Ok(self.refine(&grid, &sub_steps, &sub_levels));
+            let j: Vec<f32> = picked
+                .iter()
+                .flat_map(|&i| grid[i * l..(i + 1) * l].iter().copied())
+                .collect();
+            let lv: Vec<u8> = picked.iter().map(|&i| sub_levels[i]).collect();
+            let st: Vec<f32> = lv.iter().map(|&v| step_of(v)).collect();
+            let out = self.refine(&j, &st, &lv);
+            grid.par_chunks_mut(l)
+                .zip(sub_levels.par_iter())
+                .filter(|(_, lv)| !refined(**lv))
+                .for_each(|(c, &lv)| c.iter_mut().for_each(|v| *v *= step_of(lv)));
+            for (k, &i) in picked.iter().enumerate() {
+                grid[i * l..(i + 1) * l].copy_from_slice(&out[k * l..(k + 1) * l]);
+            }
+            return Ok(grid);
         }
         let CodecParams::StepIndex(index) = *params else {
             return Err(corrupt(format!("expected a step index, found {params:?}")));
@@ -502,6 +571,19 @@ where
             .collect();
         Ok(self.run(&y_hat, chunk_len, chunk_levels, false))
     }
+
+    fn chunk_dequantizer<'a>(
+        &'a self,
+        name: &str,
+        chunk_levels: &[u8],
+        params: &CodecParams,
+    ) -> Result<Option<nwc_pipeline::ChunkDequantizer<'a>>> {
+        // Records without a refined level decode exactly as TCQ, chunk by chunk.
+        if self.is_trellis() && params.refined_levels() == 0 {
+            return self.tcq.chunk_dequantizer(name, chunk_levels, params);
+        }
+        Ok(None)
+    }
 }
 
 impl<B: Backend> NwcCodec<B> {
@@ -525,7 +607,9 @@ where
     }
 
     fn with_log2_step(&self, log2_step: f32) -> Result<Self> {
-        NwcCodec::new(self.checkpoint().clone(), self.device())?.with_step(log2_step.exp2())
+        Ok(NwcCodec::new(self.checkpoint().clone(), self.device())?
+            .with_step(log2_step.exp2())?
+            .with_refiner_bits(self.refiner_bits.clone()))
     }
 }
 

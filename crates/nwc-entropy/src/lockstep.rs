@@ -85,6 +85,79 @@ pub(crate) fn decode_pair(
     classes: [&[u8]; 2],
     outs: [&mut [i32]; 2],
 ) -> bool {
+    pulp::Arch::new().dispatch(Pair {
+        tables,
+        n_contexts,
+        chunk_len,
+        segments,
+        classes,
+        outs,
+    })
+}
+
+/// [`decode_pair`]'s arguments as one [`pulp::WithSimd`] operation, so that the loops are also
+/// compiled for AVX2 (BMI2 shifts, three-operand forms) and picked at run time; the same
+/// integer arithmetic either way.
+struct Pair<'x, 'a, 't> {
+    tables: &'x Tables<'a, 't>,
+    n_contexts: usize,
+    chunk_len: usize,
+    segments: [&'x [u8]; 2],
+    classes: [&'x [u8]; 2],
+    outs: [&'x mut [i32]; 2],
+}
+
+impl pulp::WithSimd for Pair<'_, '_, '_> {
+    type Output = bool;
+
+    #[inline(always)]
+    fn with_simd<S: pulp::Simd>(self, _: S) -> bool {
+        decode_pair_here(
+            self.tables,
+            self.n_contexts,
+            self.chunk_len,
+            self.segments,
+            self.classes,
+            self.outs,
+        )
+    }
+}
+
+/// One segment ([`decode_single`]) as a [`pulp::WithSimd`] operation, as [`Pair`].
+struct Single<'x, 'a, 't> {
+    tables: &'x Tables<'a, 't>,
+    n_contexts: usize,
+    chunk_len: usize,
+    segment: &'x [u8],
+    classes: &'x [u8],
+    out: &'x mut [i32],
+}
+
+impl pulp::WithSimd for Single<'_, '_, '_> {
+    type Output = bool;
+
+    #[inline(always)]
+    fn with_simd<S: pulp::Simd>(self, _: S) -> bool {
+        decode_single_here(
+            self.tables,
+            self.n_contexts,
+            self.chunk_len,
+            self.segment,
+            self.classes,
+            self.out,
+        )
+    }
+}
+
+#[inline(always)]
+fn decode_pair_here(
+    tables: &Tables<'_, '_>,
+    n_contexts: usize,
+    chunk_len: usize,
+    segments: [&[u8]; 2],
+    classes: [&[u8]; 2],
+    outs: [&mut [i32]; 2],
+) -> bool {
     let (Some(mut a), Some(mut b)) = (Stream::open(segments[0]), Stream::open(segments[1])) else {
         return false;
     };
@@ -201,6 +274,25 @@ pub(crate) fn decode_pair(
 /// count, or a tensor of one segment): the loops of the pair, one stream. Returns `false`, with
 /// the output unspecified, when the segment is damaged in any way.
 pub(crate) fn decode_single(
+    tables: &Tables<'_, '_>,
+    n_contexts: usize,
+    chunk_len: usize,
+    segment: &[u8],
+    classes: &[u8],
+    out: &mut [i32],
+) -> bool {
+    pulp::Arch::new().dispatch(Single {
+        tables,
+        n_contexts,
+        chunk_len,
+        segment,
+        classes,
+        out,
+    })
+}
+
+#[inline(always)]
+fn decode_single_here(
     tables: &Tables<'_, '_>,
     n_contexts: usize,
     chunk_len: usize,

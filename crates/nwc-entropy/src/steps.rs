@@ -22,3 +22,9 @@ pub fn scalar_step_for_bits(bits: f32) -> f32 {
 pub fn tcq_step_for_bits(bits: f32) -> f32 {
     scalar_step_for_bits(bits) / 2.0
 }
+
+/// The inverse of [`tcq_step_for_bits`]: the rate a trellis fine step gives unit-RMS weights by
+/// the same high-rate estimate (a nominal rate, to compare steps with; files measure rates).
+pub fn tcq_bits_for_step(step: f32) -> f32 {
+    GAUSSIAN_ENTROPY_BITS - (2.0 * step).log2()
+}

@@ -198,6 +198,26 @@ struct Trellis8 {
     tcq8: bool,
 }
 
+/// One chunk's search as a [`pulp::WithSimd`] operation, so that it is compiled (and inlined)
+/// once per instruction set.
+struct Viterbi<'a> {
+    trellis: &'a Trellis8,
+    x: &'a [f32],
+    lambda: f32,
+    rate: &'a RateModel,
+    out: &'a mut [i32],
+}
+
+impl pulp::WithSimd for Viterbi<'_> {
+    type Output = ();
+
+    #[inline(always)]
+    fn with_simd<S: pulp::Simd>(self, _: S) {
+        self.trellis
+            .viterbi_here(self.x, self.lambda, self.rate, self.out);
+    }
+}
+
 /// Four lanes of `f32` (the compiler keeps them in one vector register).
 type V4 = [f32; 4];
 
@@ -269,6 +289,19 @@ impl Trellis8 {
     }
 
     fn viterbi(&self, x: &[f32], lambda: f32, rate: &RateModel, out: &mut [i32]) {
+        // Compiled again for AVX2 and picked at run time where the CPU has it (three-operand
+        // forms, fewer register copies); the arithmetic is the same, so are the paths.
+        pulp::Arch::new().dispatch(Viterbi {
+            trellis: self,
+            x,
+            lambda,
+            rate,
+            out,
+        });
+    }
+
+    #[inline(always)]
+    fn viterbi_here(&self, x: &[f32], lambda: f32, rate: &RateModel, out: &mut [i32]) {
         let n = x.len().min(out.len());
         if n <= STACK_RUN {
             let mut sel = [[0u8; 8]; STACK_RUN];

@@ -35,6 +35,15 @@ pub enum CodecParams {
     Steps([f32; 4]),
     /// Index into the checkpoint's list of latent steps (NWC autoencoder): one `u32`.
     StepIndex(u32),
+    /// NWC trellis steps with the levels whose chunks go through the refiner (bit `l` of
+    /// `refine` for level `l`; the other levels decode as plain TCQ): four `f32` and one byte.
+    /// A record whose every level is refined stores [`CodecParams::Steps`] instead.
+    TrellisSteps {
+        /// The fine step of each level.
+        steps: [f32; 4],
+        /// Bit `l`: level `l`'s chunks are refined.
+        refine: u8,
+    },
 }
 
 impl CodecParams {
@@ -44,6 +53,11 @@ impl CodecParams {
             Self::None => Vec::new(),
             Self::Steps(s) => s.iter().flat_map(|x| x.to_le_bytes()).collect(),
             Self::StepIndex(i) => i.to_le_bytes().to_vec(),
+            Self::TrellisSteps { steps, refine } => steps
+                .iter()
+                .flat_map(|x| x.to_le_bytes())
+                .chain([*refine])
+                .collect(),
         }
     }
 
@@ -58,6 +72,15 @@ impl CodecParams {
             reason,
         };
         match kind {
+            CodecKind::NwcTrellis if bytes.len() == 17 => {
+                let Self::Steps(steps) = Self::parse(CodecKind::Tcq, name, &bytes[..16])? else {
+                    unreachable!("TCQ parameters are steps")
+                };
+                match bytes[16] {
+                    refine @ 0..=0b1110 => Ok(Self::TrellisSteps { steps, refine }),
+                    other => Err(corrupt(format!("refined levels {other:#010b}"))),
+                }
+            }
             CodecKind::Ecsq | CodecKind::Tcq | CodecKind::NwcTrellis => {
                 let steps: [f32; 4] = <[u8; 16]>::try_from(bytes)
                     .map_err(|_| corrupt(format!("{kind:?} parameters of {} bytes", bytes.len())))
@@ -79,6 +102,15 @@ impl CodecParams {
         }
     }
 
+    /// Which levels' chunks the NWC trellis refiner decodes (bit `l` for level `l`): all four
+    /// unless the record says otherwise.
+    pub fn refined_levels(&self) -> u8 {
+        match self {
+            Self::TrellisSteps { refine, .. } => *refine,
+            _ => 0b1111,
+        }
+    }
+
     /// The four level steps, or [`NwcError::Corrupt`] naming `name` when the parameters are of
     /// another form.
     ///
@@ -86,7 +118,7 @@ impl CodecParams {
     /// As said.
     pub fn steps(&self, name: &str) -> Result<[f32; 4]> {
         match self {
-            Self::Steps(s) => Ok(*s),
+            Self::Steps(s) | Self::TrellisSteps { steps: s, .. } => Ok(*s),
             other => Err(NwcError::Corrupt {
                 name: name.to_string(),
                 reason: format!("expected four level steps, found {other:?}"),

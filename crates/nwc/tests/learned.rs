@@ -155,3 +155,54 @@ fn builtin(h: &Header) -> nwc::Result<Box<dyn nwc::WeightCodec>> {
         None,
     )
 }
+
+#[test]
+fn the_refiner_runs_only_on_the_levels_its_band_picks() {
+    let t = weight(64, 128);
+    let importance: Vec<f32> = (0..128).map(|c| c as f32).collect();
+    // Level 0 at a nominal 3 bits; levels 1–3 at 3.75, 5.5 and 6.0.
+    let base = shipped()
+        .with_step(nwc::codec_net::tcq_step_for_bits(3.0))
+        .unwrap();
+    let step = base.step();
+    let code = |bits: std::ops::RangeInclusive<f32>| {
+        let codec = shipped().with_step(step).unwrap().with_refiner_bits(bits);
+        let (rec, _) = Compressor::new(&codec)
+            .compress_tensor(&t, Some(&importance))
+            .unwrap();
+        let back = Decompressor::new(&codec).decompress_record(&rec).unwrap();
+        let Payload::Coded(p) = rec.payload else {
+            panic!("coded")
+        };
+        (p, back.to_f32().unwrap())
+    };
+    let (all, refined) = code(0.0..=f32::INFINITY);
+    let (none, plain) = code(1.0..=0.0);
+    let (mixed, both) = code(2.9..=3.1);
+    // Every level refined: the steps alone, as before the refine byte existed.
+    assert_eq!(all.params.len(), 16);
+    assert_eq!((none.params.len(), none.params[16]), (17, 0));
+    assert_eq!((mixed.params.len(), mixed.params[16]), (17, 0b0001));
+    assert!(all.segments == none.segments && all.segments == mixed.segments);
+    assert!(all.levels.contains(&0) && all.levels.iter().any(|&l| l > 0));
+    // No level refined: exactly TCQ's decode of the same symbols.
+    let tcq = nwc::TcqCodec::with_step(step).unwrap();
+    let (trec, _) = Compressor::new(&tcq)
+        .compress_tensor(&t, Some(&importance))
+        .unwrap();
+    let tcq_back = Decompressor::new(&tcq).decompress_record(&trec).unwrap();
+    assert_eq!(plain, tcq_back.to_f32().unwrap());
+    assert_ne!(plain, refined);
+    // Mixed: level-0 columns as refined, the others as TCQ.
+    for (c, &lv) in mixed.levels.iter().enumerate() {
+        let col = |v: &[f32]| (0..64).map(|r| v[r * 128 + c]).collect::<Vec<_>>();
+        let want = if lv == 0 { &refined } else { &plain };
+        assert_eq!(col(&both), col(want), "column {c} at level {lv}");
+    }
+    // A refine byte that names every level, or a level past four, is refused.
+    for bad in [0b1111u8, 0b1_0000] {
+        let mut bytes = all.params.clone();
+        bytes.push(bad);
+        assert!(nwc::CodecParams::parse(CodecKind::NwcTrellis, "t", &bytes).is_err());
+    }
+}
