@@ -29,14 +29,15 @@ const BATCH: usize = 4096;
 /// The nominal rates (bits per value, [`nwc_entropy::tcq_bits_for_step`] of a level's step) at
 /// which the trellis refiner runs by default; levels outside decode as plain TCQ. Measured on
 /// SmolLM2 at exact file rates with levels + LDLQ, by `llama-perplexity` against plain TCQ
-/// (`docs/llm-rival.md`): refining every level loses at 2 bits (1.45×: level 0 sits near 1.8
-/// nominal bits) and at 4 bits (1.019×, level 0 near 3.8), and wins at 3 bits (0.977×, level 0
-/// near 2.8); refining only the levels between 2.5 and 3.75 nominal bits wins at 2 bits (0.900×:
-/// level 1 near 2.6) and 3 bits (0.976×) but still loses at 4 (1.025×). On held-out weights the
-/// refiner changes MSE by −1.2 % at 2 bits, −0.35 % at 2.5, −0.12 % at 3 and nothing from 3.5 up
-/// (`docs/rd.md`). Outside this band it buys nothing, the record says so, and decoding costs
-/// what TCQ's costs.
-pub const REFINER_BITS: std::ops::RangeInclusive<f32> = 2.25..=3.5;
+/// (`docs/llm-rival.md`; level 0 sits at 1.80, 2.82 and 3.80 nominal bits in 2-, 3- and 4-bit
+/// files, level 1 0.75 bits higher): refining every level loses at 2 bits (1.45×) and 4 bits
+/// (1.019×) and wins at 3 (0.977×); refining only this band wins at 2 bits (0.900×, level 1
+/// alone) and 3 bits (0.976×, levels 0 and 1); a band ending at 3.5 (level 1 of a 3-bit file
+/// plain) gave 0.995× at 3 bits. At 4 bits nothing is refined and the file is TCQ's. On held-out
+/// weights the refiner changes MSE by −1.2 % at 2 bits, −0.35 % at 2.5, −0.12 % at 3 and nothing
+/// from 3.5 up (`docs/rd.md`). Outside the band it buys nothing, the record says so, and
+/// decoding costs what TCQ's costs.
+pub const REFINER_BITS: std::ops::RangeInclusive<f32> = 2.5..=3.75;
 
 /// Copies of a network, one per concurrent caller: burn modules are `Send` but not `Sync`, so a
 /// thread takes a copy out, runs it and puts it back (copies share their weights' storage).
