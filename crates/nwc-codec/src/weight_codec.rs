@@ -79,7 +79,9 @@ enum Net<B: Backend> {
 /// - **Trellis refiner** (the shipped checkpoint): chunks are coded by entropy-constrained TCQ
 ///   ([`TcqCodec`]) at a continuous step, with tables fitted to each tensor, and decoded by the
 ///   learned synthesis, which corrects the trellis' grid positions given the step and the
-///   quality level. File kind [`CodecKind::NwcTrellis`].
+///   quality level — on the levels whose step lies in [`REFINER_BITS`] (where it was measured
+///   to pay; [`NwcCodec::with_refiner_bits`] sets another band); the other levels decode as
+///   plain TCQ, at TCQ's speed. File kind [`CodecKind::NwcTrellis`].
 /// - **Autoencoder** (the paper's): g_a maps each chunk to a latent, latents are rounded around
 ///   the prior's medians with a step chosen from the checkpoint's list (which sets the rate), and
 ///   g_s maps them back. Entropy tables come from the checkpoint, so records store none. File
