@@ -219,6 +219,22 @@ impl Fused<'_> {
         out.par_chunks_mut(band * cols * N)
             .enumerate()
             .for_each(|(bi, o)| {
+                pulp::Arch::new().dispatch(Band {
+                    fused: self,
+                    bi,
+                    out: o,
+                    conv: &conv,
+                });
+            });
+    }
+
+    /// Band `bi` of rows into `o` (see [`Fused`]).
+    #[inline(always)]
+    fn band<const N: usize>(&self, bi: usize, o: &mut [u8], conv: &impl Fn(f32) -> [u8; N]) {
+        let (l, cols) = (self.chunk_len, self.cols);
+        let band = l * BAND.div_ceil(l);
+        {
+            {
                 let r0 = bi * band;
                 let n_rows = o.len() / (cols * N);
                 let (k0, nk) = (r0 / l, n_rows.div_ceil(l));
@@ -244,7 +260,26 @@ impl Fused<'_> {
                         }
                     }
                 }
-            });
+            }
+        }
+    }
+}
+
+/// One band of [`Fused::write`] as a [`pulp::WithSimd`] operation: the scaling, transposition
+/// and conversion compiled once more for AVX2 and picked at run time (the same arithmetic).
+struct Band<'x, 'a, F> {
+    fused: &'x Fused<'a>,
+    bi: usize,
+    out: &'x mut [u8],
+    conv: &'x F,
+}
+
+impl<const N: usize, F: Fn(f32) -> [u8; N]> pulp::WithSimd for Band<'_, '_, F> {
+    type Output = ();
+
+    #[inline(always)]
+    fn with_simd<S: pulp::Simd>(self, _: S) {
+        self.fused.band(self.bi, self.out, self.conv);
     }
 }
 
