@@ -509,6 +509,13 @@ where
         if self.is_trellis() {
             self.check_trellis_chunks(chunk_len)
                 .map_err(|e| corrupt(e.to_string()))?;
+            if symbols.len() != chunk_levels.len() * chunk_len {
+                return Err(corrupt(format!(
+                    "{} symbols for {} chunks of {chunk_len}",
+                    symbols.len(),
+                    chunk_levels.len()
+                )));
+            }
             let refine = params.refined_levels();
             if refine == 0 {
                 return self
