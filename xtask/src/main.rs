@@ -76,6 +76,11 @@ enum Command {
     TrainLlama(train_llama::TrainLlamaArgs),
 }
 
+/// mimalloc keeps the large buffers of decoded tensors for the next one instead of giving
+/// them back to the OS and faulting them in again (`docs/perf.md`).
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn main() -> anyhow::Result<()> {
     // Progress and stage timings go through `tracing`; `RUST_LOG` overrides the default level.
     tracing_subscriber::fmt()

@@ -183,6 +183,11 @@ struct EvalArgs {
     json: bool,
 }
 
+/// mimalloc keeps the large buffers of decoded tensors for the next one instead of giving
+/// them back to the OS and faulting them in again (`docs/perf.md`).
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn main() -> ExitCode {
     tracing_subscriber::fmt()
         .with_env_filter(

@@ -187,6 +187,24 @@ impl<'a> Coder<'a> {
         chunks_per_segment: usize,
         out: &mut [i32],
     ) -> Result<()> {
+        self.decode_segments(segments, 0, classes, chunks_per_segment, out)
+    }
+
+    /// Decodes a run of consecutive segments of a tensor, the first of them segment `first`,
+    /// into `out` (which holds `classes.len()` chunks, the run's), in parallel: a tensor decoded
+    /// a few segments at a time, each run's symbols used while they are in cache. Errors name
+    /// segments by their index in the tensor.
+    ///
+    /// # Errors
+    /// As [`Coder::decode_all`].
+    pub fn decode_segments(
+        &self,
+        segments: &[&[u8]],
+        first: usize,
+        classes: &[u8],
+        chunks_per_segment: usize,
+        out: &mut [i32],
+    ) -> Result<()> {
         self.check_segment_shape(out.len(), classes)?;
         check_segment_size(chunks_per_segment)?;
         let expected = classes.len().div_ceil(chunks_per_segment);
@@ -227,7 +245,7 @@ impl<'a> Coder<'a> {
                 (Some(model), None) => lockstep::Tables::Contexts { per_class, model },
             });
         let one = |i: usize, o: &mut [i32], c: &[u8], bytes: &[u8]| {
-            decode(&rows, self.contexts, bytes, c, self.chunk_len, o, i)
+            decode(&rows, self.contexts, bytes, c, self.chunk_len, o, first + i)
         };
         out.par_chunks_mut(2 * sym_per_seg)
             .zip(classes.par_chunks(2 * chunks_per_segment))

@@ -14,6 +14,9 @@ pub struct TrellisWalk {
     /// The state four symbols on, by their parities (bit `i` the parity of symbol `i`): the
     /// walk's dependency chain takes one step per four symbols.
     next4: Box<[[u8; 16]; 256]>,
+    /// The units of four symbols from a state, by the parities of the first three (bit `i` the
+    /// parity of symbol `i`): a group's grid positions are `2·k | units` lane by lane.
+    units4: Box<[[[i32; 4]; 8]; 256]>,
 }
 
 impl TrellisWalk {
@@ -23,6 +26,7 @@ impl TrellisWalk {
             unit: [0; 256],
             next: [[0; 2]; 256],
             next4: Box::new([[0; 16]; 256]),
+            units4: Box::new([[[0; 4]; 8]; 256]),
         };
         for q in 0..model.n_states() {
             let q8 = q as u8;
@@ -37,6 +41,15 @@ impl TrellisWalk {
                 }
                 w.next4[q][bits] = r as u8;
             }
+            for bits in 0..8usize {
+                let mut r = q;
+                for i in 0..4 {
+                    w.units4[q][bits][i] = i32::from(w.unit[r]);
+                    if i < 3 {
+                        r = usize::from(w.next[r][(bits >> i) & 1]);
+                    }
+                }
+            }
         }
         w
     }
@@ -45,29 +58,38 @@ impl TrellisWalk {
     #[inline]
     pub fn reconstruct(&self, symbols: &[i32], step: f32, out: &mut [f32]) {
         let n = symbols.len().min(out.len());
-        let (head, tail) = (n / 4 * 4, n % 4);
-        let value =
-            |k: i32, q: u8| (2 * i64::from(k) + i64::from(self.unit[usize::from(q)])) as f32 * step;
+        let (symbols, out) = (&symbols[..n], &mut out[..n]);
+        // Grid positions `2·k + u` are exact in `i32` when every |k| < 2^30 (nwc writes at most
+        // 2^29); a damaged file may hold more, and takes the 64-bit walk.
+        let wide = symbols.iter().fold(0, |a, &k| a | ((k >> 30) ^ (k >> 31)));
+        if wide != 0 {
+            return self.reconstruct_wide(symbols, step, out);
+        }
+        let head = n / 4 * 4;
         let mut q = 0u8;
         for (k, o) in symbols[..head]
             .chunks_exact(4)
             .zip(out[..head].chunks_exact_mut(4))
         {
             // The states inside the group hang off the chain; the chain is `next4`.
-            let p = |i: usize| (k[i] & 1) as usize;
-            let q1 = self.next[usize::from(q)][p(0)];
-            let q2 = self.next[usize::from(q1)][p(1)];
-            let q3 = self.next[usize::from(q2)][p(2)];
-            o[0] = value(k[0], q);
-            o[1] = value(k[1], q1);
-            o[2] = value(k[2], q2);
-            o[3] = value(k[3], q3);
-            q = self.next4[usize::from(q)][p(0) | p(1) << 1 | p(2) << 2 | p(3) << 3];
+            let bits = (k[0] & 1) | (k[1] & 1) << 1 | (k[2] & 1) << 2 | (k[3] & 1) << 3;
+            let u = &self.units4[usize::from(q)][(bits & 7) as usize];
+            for i in 0..4 {
+                o[i] = ((k[i] << 1) | u[i]) as f32 * step;
+            }
+            q = self.next4[usize::from(q)][bits as usize];
         }
-        if tail == 0 {
-            return;
+        for (&k, o) in symbols[head..].iter().zip(&mut out[head..]) {
+            *o = ((k << 1) | i32::from(self.unit[usize::from(q)])) as f32 * step;
+            q = self.next[usize::from(q)][(k & 1) as usize];
         }
-        for (&k, o) in symbols[head..n].iter().zip(&mut out[head..n]) {
+    }
+
+    /// [`TrellisWalk::reconstruct`] in 64-bit arithmetic, for any index.
+    #[cold]
+    fn reconstruct_wide(&self, symbols: &[i32], step: f32, out: &mut [f32]) {
+        let mut q = 0u8;
+        for (&k, o) in symbols.iter().zip(out) {
             let u = i64::from(self.unit[usize::from(q)]);
             *o = (2 * i64::from(k) + u) as f32 * step;
             q = self.next[usize::from(q)][(k & 1) as usize];
@@ -85,8 +107,20 @@ mod tests {
         let m = ContextModel::tcq8();
         let w = TrellisWalk::new(&m);
         let mut rng = crate::SplitMix64(3);
-        for n in [64, 63, 16, 7, 1, 0] {
-            let k: Vec<i32> = (0..n).map(|_| (rng.next_u64() % 41) as i32 - 20).collect();
+        for (n, wide) in [64, 63, 16, 7, 1, 0, 16, 5]
+            .into_iter()
+            .zip((0..8).map(|i| i >= 6))
+        {
+            let mut k: Vec<i32> = (0..n).map(|_| (rng.next_u64() % 41) as i32 - 20).collect();
+            if wide {
+                // Indices whose grid positions overflow i32, as a damaged file may hold.
+                k[1] = i32::MAX - 2;
+                k[3] = i32::MIN + 1;
+            } else if n == 64 {
+                // The extremes the 32-bit walk takes.
+                k[5] = (1 << 30) - 1;
+                k[6] = -(1 << 30);
+            }
             let (mut a, mut b) = (vec![0.0; n], vec![0.0; n]);
             reconstruct_chunk(&m, &k, &mut a);
             a.iter_mut().for_each(|v| *v *= 0.37);

@@ -8,7 +8,7 @@ use crate::codec::WeightCodec;
 use crate::coded::CodedTensor;
 use crate::error::{NwcError, Result};
 use crate::plan::chunk_levels;
-use crate::reconstruct::{DECODE_SLAB_VALUES, Layout, reconstruct};
+use crate::reconstruct::{DECODE_SLAB_VALUES, Layout, Source, reconstruct};
 use nwc_tensor::Tensor;
 
 /// Every record of a parsed container, decoded in parallel on the rayon pool, in file order.
@@ -128,21 +128,19 @@ impl<'c> Decompressor<'c> {
         let l = c.chunk_len;
         let coder = Coder::new(tables, &c.table_map, l)?.with_contexts(self.codec.contexts())?;
         let chunk_levels = chunk_levels(&c.levels, c.rows.div_ceil(l));
-        let n = chunk_levels.len() * l;
-        if symbols.len() < n {
-            symbols.resize(n, 0);
-        }
-        // Every symbol is written by the decoder (or it fails), so old values never show.
-        symbols.truncate(n);
-        let symbols = &mut symbols[..];
         let parts: Vec<&[u8]> = segments.iter().map(Vec::as_slice).collect();
-        coder.decode_all(&parts, &chunk_levels, c.chunks_per_segment, symbols)?;
         let layout = Layout {
             rows: c.rows,
             cols: c.cols,
             chunk_len: l,
             axis: c.axis,
             scales: c.scales,
+        };
+        let source = Source::Coded {
+            coder: &coder,
+            segments: &parts,
+            chunks_per_segment: c.chunks_per_segment,
+            buf: symbols,
         };
         if !c.incoherent {
             return reconstruct(
@@ -151,7 +149,7 @@ impl<'c> Decompressor<'c> {
                 r.dtype,
                 shape,
                 layout,
-                symbols,
+                source,
                 &chunk_levels,
                 &c.params,
                 DECODE_SLAB_VALUES,
@@ -164,7 +162,7 @@ impl<'c> Decompressor<'c> {
             nwc_tensor::DType::F32,
             shape.clone(),
             layout,
-            symbols,
+            source,
             &chunk_levels,
             &c.params,
             DECODE_SLAB_VALUES,

@@ -12,7 +12,7 @@ use crate::decode::Decompressor;
 use crate::error::{NwcError, Result};
 use crate::options::CompressOptions;
 use crate::plan::{Plan, SlabSymbols, chunk_levels, sum_sq, sum_sq_diff, with_name};
-use crate::reconstruct::{Layout, reconstruct};
+use crate::reconstruct::{Layout, Source, reconstruct};
 use crate::report::TensorReport;
 
 /// Called after each tensor of a model: (report, tensors done, tensors in all).
@@ -160,7 +160,7 @@ impl<'c> Compressor<'c> {
                     t.dtype(),
                     vec![rows.len(), cols],
                     layout,
-                    &q.symbols,
+                    Source::Decoded(&q.symbols),
                     &lv,
                     &q.params,
                     usize::MAX,

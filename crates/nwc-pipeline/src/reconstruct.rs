@@ -8,6 +8,7 @@ use nwc_tensor::{DType, ScaleAxis, Tensor};
 use crate::codec::{CodecParams, WeightCodec};
 use crate::error::{NwcError, Result};
 use crate::plan::row_slabs;
+use nwc_entropy::Coder;
 
 /// Where a coded tensor's chunks sit: the matrix view, the chunk length and the scales.
 pub(crate) struct Layout {
@@ -23,6 +24,22 @@ pub(crate) struct Layout {
 /// slab in between; test `slab_and_fused_decoding_are_whole_decoding`).
 pub(crate) const DECODE_SLAB_VALUES: usize = 1 << 23;
 
+/// Where [`reconstruct`] finds a tensor's symbols.
+pub(crate) enum Source<'a> {
+    /// Decoded already, all of them.
+    Decoded(&'a [i32]),
+    /// Still entropy-coded: with a codec that dequantizes chunk by chunk, decoded a run of
+    /// segments at a time into `buf` and reassembled while they are in cache (the symbols of a
+    /// whole tensor never sit in memory); otherwise decoded whole into `buf` first.
+    Coded {
+        coder: &'a Coder<'a>,
+        segments: &'a [&'a [u8]],
+        chunks_per_segment: usize,
+        /// Reused between calls; its contents on entry do not matter.
+        buf: &'a mut Vec<i32>,
+    },
+}
+
 /// Symbols to the tensor a decoder returns: the codec's dequantization, chunks reassembled with
 /// their scales, rounding to `dtype`, a slab of rows at a time. The decoder and the
 /// compressor's error report share it, so the report measures exactly what decoding yields.
@@ -33,7 +50,7 @@ pub(crate) fn reconstruct(
     dtype: DType,
     shape: Vec<usize>,
     layout: Layout,
-    symbols: &[i32],
+    source: Source<'_>,
     chunk_levels: &[u8],
     params: &CodecParams,
     slab_values: usize,
@@ -57,11 +74,11 @@ pub(crate) fn reconstruct(
     if l == 0
         || scales.len() != n_scales
         || Some(chunk_levels.len()) != cols.checked_mul(blocks)
-        || Some(symbols.len()) != chunk_levels.len().checked_mul(l)
+        || chunk_levels.len() != cols * blocks
+        || matches!(source, Source::Decoded(s) if Some(s.len()) != chunk_levels.len().checked_mul(l))
     {
         return Err(corrupt(format!(
-            "{} symbols, {} chunk levels and {} scales for {rows}×{cols} in chunks of {l}",
-            symbols.len(),
+            "{} chunk levels and {} scales for {rows}×{cols} in chunks of {l}",
             chunk_levels.len(),
             scales.len()
         )));
@@ -89,23 +106,89 @@ pub(crate) fn reconstruct(
     let mut bytes = vec![0u8; rows * cols * size];
     if let Some(deq) = codec.chunk_dequantizer(name, chunk_levels, params)? {
         // Chunk by chunk: dequantized a tile at a time on the way to the output bytes.
-        let view = Fused {
-            symbols,
-            levels: chunk_levels,
-            chunk_len: l,
-            blocks,
-            cols,
-            scales: &scale_f32,
-            by_row: axis == ScaleAxis::Row,
-            deq: &deq,
+        let mut write = |symbols: &[i32], levels: &[u8], columns: std::ops::Range<usize>| {
+            let view = Fused {
+                symbols,
+                levels,
+                chunk_len: l,
+                blocks,
+                cols,
+                columns,
+                scales: &scale_f32,
+                by_row: axis == ScaleAxis::Row,
+                deq: &deq,
+            };
+            match dtype {
+                DType::F32 => view.write(&mut bytes, f32::to_le_bytes),
+                DType::F16 => view.write(&mut bytes, |v| f16::from_f32(v).to_le_bytes()),
+                _ => view.write(&mut bytes, |v| half::bf16::from_f32(v).to_le_bytes()),
+            }
         };
-        match dtype {
-            DType::F32 => view.write(&mut bytes, f32::to_le_bytes),
-            DType::F16 => view.write(&mut bytes, |v| f16::from_f32(v).to_le_bytes()),
-            _ => view.write(&mut bytes, |v| half::bf16::from_f32(v).to_le_bytes()),
+        match source {
+            Source::Decoded(symbols) => write(symbols, chunk_levels, 0..cols),
+            Source::Coded {
+                coder,
+                segments,
+                chunks_per_segment: cps,
+                buf,
+            } => {
+                if cps == 0 || segments.len() != chunk_levels.len().div_ceil(cps) {
+                    return Err(corrupt(format!(
+                        "{} segments of {cps} chunks for {} chunks",
+                        segments.len(),
+                        chunk_levels.len()
+                    )));
+                }
+                // Runs of segments that hold at least `STREAM_COLUMNS` columns and give every
+                // thread two pairs to decode; whole columns are written as soon as they are in.
+                let threads = rayon::current_num_threads();
+                let group = (4 * threads).max((STREAM_COLUMNS * blocks).div_ceil(cps));
+                let (mut base, mut have) = (0usize, 0usize);
+                for (g, run) in segments.chunks(group).enumerate() {
+                    let first = g * group;
+                    let c0 = first * cps;
+                    let c1 = ((first + run.len()) * cps).min(chunk_levels.len());
+                    let need = (have + c1 - c0) * l;
+                    if buf.len() < need {
+                        buf.resize(need, 0);
+                    }
+                    coder.decode_segments(
+                        run,
+                        first,
+                        &chunk_levels[c0..c1],
+                        cps,
+                        &mut buf[have * l..need],
+                    )?;
+                    have += c1 - c0;
+                    let (lo, hi) = (base / blocks, (base + have) / blocks);
+                    if hi > lo {
+                        let done = (hi - lo) * blocks;
+                        write(&buf[..done * l], &chunk_levels[base..base + done], lo..hi);
+                        buf.copy_within(done * l..have * l, 0);
+                        (base, have) = (base + done, have - done);
+                    }
+                }
+            }
         }
         return Ok(Tensor::from_bytes(name, dtype, shape, bytes)?);
     }
+    let symbols: &[i32] = match source {
+        Source::Decoded(s) => s,
+        Source::Coded {
+            coder,
+            segments,
+            chunks_per_segment,
+            buf,
+        } => {
+            let n = chunk_levels.len() * l;
+            if buf.len() < n {
+                buf.resize(n, 0);
+            }
+            let out = &mut buf[..n];
+            coder.decode_all(segments, chunk_levels, chunks_per_segment, out)?;
+            out
+        }
+    };
     let slabs = row_slabs(rows, cols, l, slab_values, slab_values);
     for slab in &slabs {
         let sb = slab.len().div_ceil(l);
@@ -169,6 +252,12 @@ struct Unchunk<'a> {
 /// `TILE` columns × `BAND` rows, stays in L1).
 const BAND: usize = 64;
 const TILE: usize = 32;
+/// [`Fused`]'s rows per parallel band, and rows × columns per tile inside it: a band is walked
+/// tile column by tile column, so each column's symbols are read in one forward run that the
+/// hardware prefetcher follows, and each output row of a tile is one cache line of `f32`.
+const FUSED_BAND: usize = 1024;
+const FUSED_SUB: usize = 256;
+const FUSED_TILE: usize = 16;
 
 impl Unchunk<'_> {
     fn write<const N: usize>(&self, out: &mut [u8], conv: impl Fn(f32) -> [u8; N] + Sync) {
@@ -194,18 +283,27 @@ impl Unchunk<'_> {
     }
 }
 
-/// A whole matrix's symbols on their way to row-major output bytes with a codec that
+/// Columns a streamed decode reassembles at a time, at least (so that every output row gets
+/// whole cache lines).
+const STREAM_COLUMNS: usize = 16;
+
+/// A run of whole columns' symbols on their way to row-major output bytes with a codec that
 /// dequantizes chunk by chunk ([`WeightCodec::chunk_dequantizer`]): for every band of rows (a
 /// whole number of chunks) and tile of columns, the tile's chunks are dequantized into a small
 /// buffer, then scaled, converted and written row by row, as [`Unchunk`] does from a whole
 /// tensor's values — the same arithmetic, so the same bytes, without that tensor in memory.
 struct Fused<'a> {
+    /// The symbols of `columns`, column after column.
     symbols: &'a [i32],
+    /// The chunk levels of `columns`.
     levels: &'a [u8],
     chunk_len: usize,
     /// Chunks per column.
     blocks: usize,
+    /// Columns of the whole matrix.
     cols: usize,
+    /// The columns written.
+    columns: std::ops::Range<usize>,
     scales: &'a [f32],
     by_row: bool,
     deq: &'a crate::codec::ChunkDequantizer<'a>,
@@ -215,7 +313,7 @@ impl Fused<'_> {
     fn write<const N: usize>(&self, out: &mut [u8], conv: impl Fn(f32) -> [u8; N] + Sync) {
         use rayon::prelude::*;
         let (l, cols) = (self.chunk_len, self.cols);
-        let band = l * BAND.div_ceil(l);
+        let band = l * FUSED_BAND.div_ceil(l);
         out.par_chunks_mut(band * cols * N)
             .enumerate()
             .for_each(|(bi, o)| {
@@ -232,32 +330,33 @@ impl Fused<'_> {
     #[inline(always)]
     fn band<const N: usize>(&self, bi: usize, o: &mut [u8], conv: &impl Fn(f32) -> [u8; N]) {
         let (l, cols) = (self.chunk_len, self.cols);
-        let band = l * BAND.div_ceil(l);
-        {
-            {
-                let r0 = bi * band;
-                let n_rows = o.len() / (cols * N);
+        let band = l * FUSED_BAND.div_ceil(l);
+        let sub = l * FUSED_SUB.div_ceil(l);
+        let n_band_rows = o.len() / (cols * N);
+        let mut buf = vec![0f32; FUSED_TILE * sub];
+        let (lo, hi) = (self.columns.start, self.columns.end);
+        for c0 in (lo..hi).step_by(FUSED_TILE) {
+            let c1 = (c0 + FUSED_TILE).min(hi);
+            for s0 in (0..n_band_rows).step_by(sub) {
+                let r0 = bi * band + s0;
+                let n_rows = (n_band_rows - s0).min(sub);
                 let (k0, nk) = (r0 / l, n_rows.div_ceil(l));
                 let span = nk * l;
-                let mut buf = vec![0f32; TILE * span];
-                for c0 in (0..cols).step_by(TILE) {
-                    let c1 = (c0 + TILE).min(cols);
-                    for (c, col) in (c0..c1).zip(buf.chunks_exact_mut(span)) {
-                        let first = c * self.blocks + k0;
-                        for (k, dst) in col.chunks_exact_mut(l).enumerate() {
-                            let q = &self.symbols[(first + k) * l..][..l];
-                            (self.deq)(dst, q, self.levels[first + k]);
-                        }
+                for (c, col) in (c0..c1).zip(buf.chunks_exact_mut(span)) {
+                    let first = (c - lo) * self.blocks + k0;
+                    for (k, dst) in col.chunks_exact_mut(l).enumerate() {
+                        let q = &self.symbols[(first + k) * l..][..l];
+                        (self.deq)(dst, q, self.levels[first + k]);
                     }
-                    for r in 0..n_rows {
-                        let line = &mut o[(r * cols + c0) * N..(r * cols + c1) * N];
-                        for ((c, dst), col) in (c0..c1)
-                            .zip(line.chunks_exact_mut(N))
-                            .zip(buf.chunks_exact(span))
-                        {
-                            let s = self.scales[if self.by_row { r0 + r } else { c }];
-                            dst.copy_from_slice(&conv(col[r] * s));
-                        }
+                }
+                for r in 0..n_rows {
+                    let line = &mut o[((s0 + r) * cols + c0) * N..((s0 + r) * cols + c1) * N];
+                    for ((c, dst), col) in (c0..c1)
+                        .zip(line.chunks_exact_mut(N))
+                        .zip(buf.chunks_exact(span))
+                    {
+                        let s = self.scales[if self.by_row { r0 + r } else { c }];
+                        dst.copy_from_slice(&conv(col[r] * s));
                     }
                 }
             }
@@ -375,7 +474,7 @@ mod tests {
                     dtype,
                     vec![rows, cols],
                     layout,
-                    &q.symbols,
+                    Source::Decoded(&q.symbols),
                     &lv,
                     &q.params,
                     slab_values,
@@ -388,6 +487,46 @@ mod tests {
             assert_eq!(decode(&whole, usize::MAX), fused, "{what}");
             assert_eq!(decode(&whole, 160 * cols / 5), fused, "{what}");
             assert_eq!(decode(&whole, 1), fused, "{what}");
+            // Streamed from the entropy-coded segments, a few at a time: segments that end
+            // inside a column, runs of segments that hold less than a column, and more.
+            let tables = if q.tables.is_empty() {
+                codec.tables()
+            } else {
+                &q.tables
+            };
+            let coder = nwc_entropy::Coder::new(tables, &q.table_map, l)
+                .unwrap()
+                .with_contexts(codec.contexts())
+                .unwrap();
+            for cps in [1, 3, 7, 1000] {
+                let segments = coder.encode_all(&q.symbols, &lv, cps).unwrap();
+                let parts: Vec<&[u8]> = segments.iter().map(Vec::as_slice).collect();
+                let mut buf = vec![7; 5];
+                let streamed = reconstruct(
+                    codec,
+                    "w",
+                    dtype,
+                    vec![rows, cols],
+                    Layout {
+                        rows,
+                        cols,
+                        chunk_len: l,
+                        axis,
+                        scales: ch.scales().to_vec(),
+                    },
+                    Source::Coded {
+                        coder: &coder,
+                        segments: &parts,
+                        chunks_per_segment: cps,
+                        buf: &mut buf,
+                    },
+                    &lv,
+                    &q.params,
+                    usize::MAX,
+                )
+                .unwrap();
+                assert_eq!(streamed, fused, "{what} streamed, {cps} chunks per segment");
+            }
         }
         assert_eq!(row_slabs(rows, 5, 16, 160, 160).len(), 7);
     }
