@@ -5,7 +5,10 @@
 //! 1. bits written vs the ideal −log₂ p under the unquantized empirical distribution, per rate
 //!    and table precision (goal ≤ 0.5 % overhead);
 //! 2. criterion's own encode/decode timings. Throughput against `constriction` in the same run
-//!    is `cargo xtask bench-perf` (`docs/perf.md`).
+//!    is `cargo xtask bench-perf` (`docs/perf.md`);
+//! 3. the trellis search on the same values at TCQ's 4-bit step, with rates from the search's own
+//!    first pass: chunk by chunk (`viterbi_chunk`, the baseline) beside eight chunks side by side
+//!    (`viterbi_chunks`), one thread.
 //!
 //! Run: `cargo xtask fetch minilm && cargo bench -p nwc-entropy --bench coder`.
 
@@ -13,7 +16,9 @@ use std::hint::black_box;
 
 use criterion::{Criterion, Throughput, criterion_group};
 use ndarray::ArrayView2;
-use nwc_entropy::{Coder, Table};
+use nwc_entropy::{
+    Coder, ContextModel, RateModel, Table, tcq_step_for_bits, viterbi_chunk, viterbi_chunks,
+};
 use nwc_tensor::{ChunkConfig, chunk, open_weights};
 
 const CHUNKS_PER_SEGMENT: usize = 4096;
@@ -145,6 +150,49 @@ fn benches(cr: &mut Criterion) {
     g.bench_function("decode", |b| b.iter(|| decode(&tables, &parts, &mut out)));
     g.bench_function("encode", |b| {
         b.iter(|| encode(&tables, black_box(&c.symbols)))
+    });
+    g.finish();
+
+    // The trellis search: 64-value runs, as TCQ codes them.
+    let n = latents.len().min(1 << 20) / 64 * 64;
+    let inv = 1.0 / tcq_step_for_bits(4.0);
+    let x: Vec<f32> = latents[..n].iter().map(|v| v * inv).collect();
+    let model = ContextModel::tcq8();
+    let mut k = vec![0i32; n];
+    viterbi_chunks(&model, &x, 64, 0.0, &RateModel::flat(), &mut k);
+    // Rates from the symbols of that pass, one table per union (as TCQ fits them).
+    let mut unions: [Vec<i32>; 2] = [Vec::new(), Vec::new()];
+    for c in k.chunks(64) {
+        let mut q = 0u8;
+        for &s in c {
+            unions[model.context(q) & 1].push(s.clamp(-2048, 2047));
+            q = model.next(q, s);
+        }
+    }
+    let fit = |s: &[i32]| {
+        let lo = *s.iter().min().unwrap();
+        let hi = *s.iter().max().unwrap();
+        let mut counts = vec![0u64; (hi - lo + 1) as usize];
+        for &v in s {
+            counts[(v - lo) as usize] += 1;
+        }
+        Table::from_counts(lo, &counts, 0, nwc_entropy::DEFAULT_PRECISION).unwrap()
+    };
+    let (t0, t1) = (fit(&unions[0]), fit(&unions[1]));
+    let rate = RateModel::from_tables([&t0, &t1]);
+    let lambda = 0.15;
+    let mut g = cr.benchmark_group("viterbi-4bit-minilm");
+    g.throughput(Throughput::Elements(n as u64));
+    g.sample_size(20);
+    g.bench_function("chunk by chunk", |b| {
+        b.iter(|| {
+            for (c, o) in x.chunks(64).zip(k.chunks_mut(64)) {
+                viterbi_chunk(&model, black_box(c), lambda, &rate, o);
+            }
+        })
+    });
+    g.bench_function("eight chunks side by side", |b| {
+        b.iter(|| viterbi_chunks(&model, black_box(&x), 64, lambda, &rate, &mut k))
     });
     g.finish();
 }

@@ -85,6 +85,31 @@ impl TrellisWalk {
         }
     }
 
+    /// The union (context `& 1`) of the state each symbol of one chunk is coded from: the
+    /// walk's units alone, four symbols per dependent step.
+    #[inline]
+    pub fn units(&self, symbols: &[i32], out: &mut [u8]) {
+        let n = symbols.len().min(out.len());
+        let (symbols, out) = (&symbols[..n], &mut out[..n]);
+        let head = n / 4 * 4;
+        let mut q = 0u8;
+        for (k, o) in symbols[..head]
+            .chunks_exact(4)
+            .zip(out[..head].chunks_exact_mut(4))
+        {
+            let bits = (k[0] & 1) | (k[1] & 1) << 1 | (k[2] & 1) << 2 | (k[3] & 1) << 3;
+            let u = &self.units4[usize::from(q)][(bits & 7) as usize];
+            for i in 0..4 {
+                o[i] = u[i] as u8;
+            }
+            q = self.next4[usize::from(q)][bits as usize];
+        }
+        for (&k, o) in symbols[head..].iter().zip(&mut out[head..]) {
+            *o = self.unit[usize::from(q)];
+            q = self.next[usize::from(q)][(k & 1) as usize];
+        }
+    }
+
     /// [`TrellisWalk::reconstruct`] in 64-bit arithmetic, for any index.
     #[cold]
     fn reconstruct_wide(&self, symbols: &[i32], step: f32, out: &mut [f32]) {
@@ -101,6 +126,32 @@ impl TrellisWalk {
 mod tests {
     use super::*;
     use crate::trellis::reconstruct_chunk;
+
+    #[test]
+    fn units_are_the_contexts_along_the_path() {
+        let mut rng = crate::SplitMix64(5);
+        for m in [
+            ContextModel::tcq8(),
+            ContextModel::shift_register(3, 0b010).unwrap(),
+        ] {
+            let w = TrellisWalk::new(&m);
+            for n in [0usize, 1, 3, 4, 7, 64, 65] {
+                let k: Vec<i32> = (0..n).map(|_| (rng.next_u64() % 41) as i32 - 20).collect();
+                let mut got = vec![9u8; n];
+                w.units(&k, &mut got);
+                let mut q = 0u8;
+                let want: Vec<u8> = k
+                    .iter()
+                    .map(|&k| {
+                        let u = (m.context(q) & 1) as u8;
+                        q = m.next(q, k);
+                        u
+                    })
+                    .collect();
+                assert_eq!(got, want, "n {n}");
+            }
+        }
+    }
 
     #[test]
     fn the_walk_is_reconstruct_chunk_times_the_step() {

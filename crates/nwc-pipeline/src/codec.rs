@@ -478,30 +478,33 @@ pub(crate) fn row_tables(
     // (`rows_of`: the level and the chunk's symbols to a row per symbol) and merges integer
     // counts, so the tables do not depend on the thread count.
     let per_task = (DEQUANT_TASK / chunk_len.max(1)).max(1);
-    let groups = || {
-        symbols
-            .par_chunks(per_task * chunk_len.max(1))
-            .zip(chunk_levels.par_chunks(per_task))
-    };
-    fn visit(
-        s: &[i32],
-        lv: &[u8],
-        chunk_len: usize,
-        rows_of: &impl Fn(u8, &[i32], &mut [u8]),
-        mut f: impl FnMut(usize, i32),
-    ) {
-        let mut rows = vec![0u8; chunk_len];
-        for (c, &l) in s.chunks_exact(chunk_len).zip(lv) {
-            rows_of(l, c, &mut rows);
-            for (&r, &v) in rows.iter().zip(c) {
-                f(usize::from(r), v);
+    let group = per_task * chunk_len.max(1);
+    // Every symbol's row, once: only whole chunks with a level count.
+    let covered = (symbols.len() / chunk_len.max(1)).min(chunk_levels.len()) * chunk_len;
+    let symbols = &symbols[..covered];
+    let mut rows = vec![0u8; covered];
+    rows.par_chunks_mut(group)
+        .zip(symbols.par_chunks(group))
+        .zip(chunk_levels.par_chunks(per_task))
+        .for_each(|((r, s), lv)| {
+            for ((r, c), &l) in r
+                .chunks_exact_mut(chunk_len)
+                .zip(s.chunks_exact(chunk_len))
+                .zip(lv)
+            {
+                rows_of(l, c, r);
             }
+        });
+    let groups = || symbols.par_chunks(group).zip(rows.par_chunks(group));
+    fn visit(s: &[i32], rows: &[u8], mut f: impl FnMut(usize, i32)) {
+        for (&r, &v) in rows.iter().zip(s) {
+            f(usize::from(r), v);
         }
     }
     let range = groups()
-        .map(|(s, lv)| {
+        .map(|(s, rows)| {
             let mut range = vec![(i32::MAX, i32::MIN); n_rows];
-            visit(s, lv, chunk_len, &rows_of, |row, v| {
+            visit(s, rows, |row, v| {
                 if let Some((lo, hi)) = range.get_mut(row) {
                     *lo = (*lo).min(v);
                     *hi = (*hi).max(v);
@@ -537,9 +540,9 @@ pub(crate) fn row_tables(
             .collect::<Vec<_>>()
     };
     let hist = groups()
-        .map(|(s, lv)| {
+        .map(|(s, rows)| {
             let mut hist = empty();
-            visit(s, lv, chunk_len, &rows_of, |row, v| {
+            visit(s, rows, |row, v| {
                 if let (Some(Some((counts, escapes))), Some(Some((lo, _)))) =
                     (hist.get_mut(row), spans.get(row))
                 {

@@ -11,7 +11,7 @@
 //! At high rate this is worth about 1 dB of MSE over a scalar quantizer at the same entropy
 //! (Marcellin & Fischer; JPEG 2000 Part 2 uses the same trellis).
 
-use nwc_entropy::{ContextModel, RateModel, Table, reconstruct_chunk, viterbi_chunk};
+use nwc_entropy::{ContextModel, RateModel, Table, TrellisWalk, reconstruct_chunk, viterbi_chunks};
 use nwc_format::CodecKind;
 use rayon::prelude::*;
 
@@ -32,6 +32,9 @@ struct Search<'a> {
     passes: usize,
     precision: u32,
 }
+
+/// Chunks per parallel task of the trellis search.
+const SEARCH_TASK: usize = 64;
 
 /// Runs ECTCQ on chunks: a first pass on distortion alone, then `passes` passes with the rate of
 /// tables fitted to the previous pass. Returns the symbols and the final tables / table map
@@ -72,12 +75,28 @@ fn quantize_chunks(
     let mut fitted = None;
     for pass in 0..=passes {
         let lam = if pass == 0 { 0.0 } else { lambda };
+        // Tasks of SEARCH_TASK chunks; within one, each run of chunks at one level is searched
+        // side by side (`viterbi_chunks`).
         symbols
-            .par_chunks_mut(chunk_len)
-            .zip(scaled.par_chunks(chunk_len))
-            .zip(chunk_levels.par_iter())
-            .for_each(|((out, c), &l)| {
-                viterbi_chunk(model, c, lam, &rates[usize::from(l)], out);
+            .par_chunks_mut(SEARCH_TASK * chunk_len)
+            .zip(scaled.par_chunks(SEARCH_TASK * chunk_len))
+            .zip(chunk_levels.par_chunks(SEARCH_TASK))
+            .for_each(|((out, c), levels)| {
+                let mut first = 0;
+                for run in levels.chunk_by(|a, b| a == b) {
+                    let (from, to) = (first * chunk_len, (first + run.len()) * chunk_len);
+                    let to = to.min(c.len());
+                    let rate = &rates[usize::from(run[0])];
+                    viterbi_chunks(
+                        model,
+                        &c[from..to],
+                        chunk_len,
+                        lam,
+                        rate,
+                        &mut out[from..to],
+                    );
+                    first += run.len();
+                }
             });
         let (tables, map) = fit_tables(
             model,
@@ -109,6 +128,25 @@ pub(crate) fn fit_tables(
     n_levels: usize,
     precision: u32,
 ) -> Result<(Vec<nwc_entropy::Table>, Vec<u16>)> {
+    // With two contexts (every shipped trellis) a context is the walk's unit, four symbols to a
+    // dependent step.
+    if model.n_contexts() <= 2 {
+        let walk = TrellisWalk::new(model);
+        return row_tables(
+            symbols,
+            chunk_len,
+            chunk_levels,
+            2 * n_levels,
+            precision,
+            |l, chunk, rows| {
+                walk.units(chunk, rows);
+                let base = (2 * usize::from(l)).min(255) as u8;
+                for r in rows.iter_mut() {
+                    *r = base.saturating_add(*r);
+                }
+            },
+        );
+    }
     row_tables(
         symbols,
         chunk_len,
