@@ -27,9 +27,11 @@
 
 mod context;
 mod error;
+mod lanes;
 mod lockstep;
 mod prior;
 mod rans;
+mod rate;
 mod segment;
 mod steps;
 mod table;
@@ -38,12 +40,14 @@ mod walk;
 
 pub use context::ContextModel;
 pub use error::{EntropyError, Result};
+pub use lanes::viterbi_chunks;
 pub use prior::{
     DEFAULT_FILTERS, DEFAULT_TAIL_MASS, FactorizedPrior, LIKELIHOOD_BOUND, PriorParams, SplitMix64,
 };
 pub use rans::Coder;
+pub use rate::RateModel;
 pub use segment::{MAX_CHUNKS_PER_SEGMENT, SEGMENT_HEADER_BYTES};
 pub use steps::{LEVEL_STEP_RATIOS, scalar_step_for_bits, tcq_bits_for_step, tcq_step_for_bits};
 pub use table::{DEFAULT_PRECISION, MAX_PRECISION, MAX_SYMBOLS, MIN_PRECISION, Table};
-pub use trellis::{RateModel, reconstruct_chunk, viterbi_chunk, viterbi_chunks, viterbi_reference};
+pub use trellis::{reconstruct_chunk, viterbi_chunk, viterbi_reference};
 pub use walk::TrellisWalk;

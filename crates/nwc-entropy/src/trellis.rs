@@ -9,92 +9,9 @@
 //! follows the same state machine the coder's contexts do.
 
 use crate::context::ContextModel;
+use crate::rate::RateModel;
+#[cfg(test)]
 use crate::table::Table;
-
-/// Bit costs of union indices, per union codebook: what the Viterbi search charges for a
-/// symbol.
-#[derive(Debug, Clone)]
-pub struct RateModel {
-    /// Per union: `(min_k, cost of k = min_k + i, cost of any other k)`.
-    unions: [(i32, Vec<f32>, f32); 2],
-    /// Per union, for lookups without branches: `(min_k − 1, [escape, costs…, escape])`, the
-    /// cost of `k` at index `k − (min_k − 1)` clamped to the ends.
-    padded: [(i32, Vec<f32>); 2],
-}
-
-impl RateModel {
-    /// Flat costs: the search minimizes distortion alone.
-    pub fn flat() -> Self {
-        Self::with_unions([(0, Vec::new(), 0.0), (0, Vec::new(), 0.0)])
-    }
-
-    fn with_unions(unions: [(i32, Vec<f32>, f32); 2]) -> Self {
-        let pad = |(lo, costs, escape): &(i32, Vec<f32>, f32)| {
-            let mut p = Vec::with_capacity(costs.len() + 2);
-            p.push(*escape);
-            p.extend_from_slice(costs);
-            p.push(*escape);
-            (lo.saturating_sub(1), p)
-        };
-        let padded = [pad(&unions[0]), pad(&unions[1])];
-        Self { unions, padded }
-    }
-
-    /// Whether [`RateModel::cost_padded`] prices every `k` inside ±2^22 as [`RateModel::cost`].
-    #[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
-    fn padded_in_range(&self) -> bool {
-        self.padded
-            .iter()
-            .all(|(base, p)| base.unsigned_abs() < 1 << 24 && p.len() < 1 << 24)
-    }
-
-    /// [`RateModel::cost`] for `|k| < 2^22` when [`RateModel::padded_in_range`]: the index is
-    /// clamped, not compared, so that eight lanes of it vectorize.
-    #[inline(always)]
-    #[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
-    fn cost_padded(&self, u: usize, k: [i32; LANES]) -> [f32; LANES] {
-        let (base, p) = &self.padded[u];
-        let last = p.len() as i32 - 1;
-        let mut i = [0i32; LANES];
-        for lane in 0..LANES {
-            i[lane] = (k[lane] - base).clamp(0, last);
-        }
-        i.map(|i| p[i as usize])
-    }
-
-    /// Costs from fitted tables (`tables[u]` for union `u`).
-    pub fn from_tables(tables: [&Table; 2]) -> Self {
-        let one = |t: &Table| {
-            let lo = t.min_symbol();
-            let costs = (0..t.n_symbols())
-                .map(|i| t.cost_bits(lo + i as i32) as f32)
-                .collect();
-            let escape = t.cost_bits(lo.saturating_sub(1)) as f32;
-            (lo, costs, escape)
-        };
-        Self::with_unions([one(tables[0]), one(tables[1])])
-    }
-
-    #[inline(always)]
-    fn cost(&self, u: usize, k: i32) -> f32 {
-        let (lo, costs, escape) = &self.unions[u];
-        // A negative difference wraps far past the end: one comparison for both bounds.
-        let i = (i64::from(k) - i64::from(*lo)) as u64;
-        if i < costs.len() as u64 {
-            costs[i as usize]
-        } else {
-            *escape
-        }
-    }
-
-    /// Whether every symbol costs nothing (costs are empty and the escape is free).
-    #[inline(always)]
-    fn is_flat(&self) -> bool {
-        self.unions
-            .iter()
-            .all(|(_, c, e)| c.is_empty() && *e == 0.0)
-    }
-}
 
 /// The Viterbi search of one chunk: `x` in units of the fine step δ, `lambda` in squared steps
 /// per bit. Writes the union index of each value to `out` (which must be as long as `x`).
@@ -115,7 +32,7 @@ pub fn viterbi_chunk(
 }
 
 /// The search as first written, for any trellis: every state tries both parities and both
-/// grid points around the value. [`viterbi_chunk`] runs [`Trellis8`] instead on 8-state
+/// grid points around the value. [`viterbi_chunk`] runs the unrolled 8-state search instead on 8-state
 /// trellises; both return the same path (the test `fast_search_is_the_reference_search`).
 pub fn viterbi_reference(
     model: &ContextModel,
@@ -200,9 +117,9 @@ fn floor_fast(x: f32) -> f32 {
 }
 
 /// Values (in fine steps) below which the search uses [`floor_small`] and [`int_small`].
-const SMALL_LIMIT: f32 = (1u32 << 20) as f32;
+pub(crate) const SMALL_LIMIT: f32 = (1u32 << 20) as f32;
 /// `1.5 · 2^23`: adding it to a float of magnitude below 2^22 rounds it to an integer.
-const ROUNDER: f32 = 12_582_912.0;
+pub(crate) const ROUNDER: f32 = 12_582_912.0;
 
 /// `floor(x)` for `|x| < 2^22`, branch-free (so four lanes vectorize): the same value as
 /// [`floor_fast`] there.
@@ -223,12 +140,12 @@ fn int_small(x: f32) -> i32 {
 /// the reference search tries them (ascending source state, then parity), so ties break the
 /// same way and the path is the same to the bit.
 #[derive(Debug, Clone, Copy)]
-struct Trellis8 {
+pub(crate) struct Trellis8 {
     /// Into state `s`: `(source state, subset r = 2·parity + context of the source)`.
     pred: [[(u8, u8); 2]; 8],
     /// Whether the branches are laid out as [`ContextModel::tcq8`]'s, which
     /// [`Trellis8::search_tcq8`] unrolls.
-    tcq8: bool,
+    pub(crate) tcq8: bool,
 }
 
 /// One chunk's search as a [`pulp::WithSimd`] operation, so that it is compiled (and inlined)
@@ -290,11 +207,11 @@ fn least_of_four(c: [V4; 4]) -> (V4, [u8; 4]) {
 }
 
 /// Values per search kept on the stack (the trellis run of every shipped codec fits).
-const STACK_RUN: usize = 64;
+pub(crate) const STACK_RUN: usize = 64;
 
 impl Trellis8 {
     /// The layout of `model`, when it has 8 states, each entered by exactly two branches.
-    fn of(model: &ContextModel) -> Option<Self> {
+    pub(crate) fn of(model: &ContextModel) -> Option<Self> {
         if model.n_states() != 8 {
             return None;
         }
@@ -519,294 +436,6 @@ impl Trellis8 {
     }
 }
 
-/// Chunks searched side by side by [`viterbi_chunks`], one per vector lane.
-const LANES: usize = 8;
-
-/// The Viterbi search of consecutive chunks of `chunk_len` values (the last may be shorter)
-/// that share one rate model: the same union indices as [`viterbi_chunk`] on each chunk.
-///
-/// On [`ContextModel::tcq8`], with AVX2, it searches eight chunks at a time, one per vector
-/// lane: the eight searches are independent, so every instruction does eight chunks' work,
-/// where one chunk's search alone is a chain of dependent steps four states wide.
-pub fn viterbi_chunks(
-    model: &ContextModel,
-    x: &[f32],
-    chunk_len: usize,
-    lambda: f32,
-    rate: &RateModel,
-    out: &mut [i32],
-) {
-    let n = x.len().min(out.len());
-    let (x, out) = (&x[..n], &mut out[..n]);
-    if chunk_len == 0 {
-        return;
-    }
-    let done = lanes::search(model, x, chunk_len, lambda, rate, out);
-    for (c, o) in x[done..]
-        .chunks(chunk_len)
-        .zip(out[done..].chunks_mut(chunk_len))
-    {
-        viterbi_chunk(model, c, lambda, rate, o);
-    }
-}
-
-#[cfg(not(target_arch = "x86_64"))]
-mod lanes {
-    use super::{ContextModel, RateModel};
-
-    /// No lane search on this architecture: every chunk is searched alone.
-    pub(super) fn search(
-        _: &ContextModel,
-        _: &[f32],
-        _: usize,
-        _: f32,
-        _: &RateModel,
-        _: &mut [i32],
-    ) -> usize {
-        0
-    }
-}
-
-#[cfg(target_arch = "x86_64")]
-mod lanes {
-    use super::{
-        ContextModel, LANES, ROUNDER, RateModel, SMALL_LIMIT, STACK_RUN, Trellis8, viterbi_chunk,
-    };
-    use pulp::x86::V3;
-    use pulp::{cast, f32x8, i32x8, u32x8};
-
-    /// Searches whole blocks of [`LANES`] chunks side by side where it can (`tcq8`, AVX2,
-    /// runs of at most [`STACK_RUN`]); returns how many leading values it has searched.
-    pub(super) fn search(
-        model: &ContextModel,
-        x: &[f32],
-        chunk_len: usize,
-        lambda: f32,
-        rate: &RateModel,
-        out: &mut [i32],
-    ) -> usize {
-        let Some(simd) = V3::try_new() else {
-            return 0;
-        };
-        if chunk_len > STACK_RUN
-            || !Trellis8::of(model).is_some_and(|t| t.tcq8)
-            || !rate.padded_in_range()
-        {
-            return 0;
-        }
-        // As in the one-chunk search: with flat costs the λ·bits terms are +0 and skipped.
-        let rate_on = (!(rate.is_flat() && lambda.is_finite())).then_some(rate);
-        let block = LANES * chunk_len;
-        let mut done = 0;
-        for (xb, ob) in x.chunks_exact(block).zip(out.chunks_exact_mut(block)) {
-            // Like the one-chunk search, values far out (or NaN) take its exact conversions.
-            if xb.iter().all(|v| v.abs() < SMALL_LIMIT) {
-                pulp::Simd::vectorize(
-                    simd,
-                    Block {
-                        simd,
-                        x: xb,
-                        n: chunk_len,
-                        lambda,
-                        rate: rate_on,
-                        out: ob,
-                    },
-                );
-            } else {
-                for (c, o) in xb.chunks(chunk_len).zip(ob.chunks_mut(chunk_len)) {
-                    viterbi_chunk(model, c, lambda, rate, o);
-                }
-            }
-            done += block;
-        }
-        done
-    }
-
-    /// One block's search, run with AVX2 enabled.
-    struct Block<'a> {
-        simd: V3,
-        x: &'a [f32],
-        n: usize,
-        lambda: f32,
-        rate: Option<&'a RateModel>,
-        out: &'a mut [i32],
-    }
-
-    impl pulp::WithSimd for Block<'_> {
-        type Output = ();
-
-        #[inline(always)]
-        fn with_simd<S: pulp::Simd>(self, _: S) {
-            match self.rate {
-                Some(_) => block::<true>(self),
-                None => block::<false>(self),
-            }
-        }
-    }
-
-    /// The search of [`LANES`] chunks of [`ContextModel::tcq8`], one per lane, every value
-    /// inside ±[`SMALL_LIMIT`]: per lane the same arithmetic, in the same order, as
-    /// [`Trellis8::search_tcq8`] with `SMALL` (`x / 4` and `x / 2` as the exact `x · 0.25` and
-    /// `x · 0.5`), so the same paths.
-    #[inline(always)]
-    fn block<const RATE: bool>(b: Block<'_>) {
-        let Block {
-            simd,
-            x,
-            n,
-            lambda,
-            rate,
-            out,
-        } = b;
-        let splat = |v: f32| simd.splat_f32x8(v);
-        // Values by step, then lane.
-        let mut xt = [[0f32; LANES]; STACK_RUN];
-        for (lane, c) in x.chunks_exact(n).enumerate() {
-            for (t, &v) in c.iter().enumerate() {
-                xt[t][lane] = v;
-            }
-        }
-        // sel[t]: per lane, the branch into state `s` (as in `Trellis8::search`) in bits
-        // 2s..2s+2; ks[t][w][r]: the union index of grid point `w` of subset `r`.
-        let mut sel = [[0u32; LANES]; STACK_RUN];
-        let mut ks = [[[simd.splat_i32x8(0); 4]; 2]; STACK_RUN];
-        let inf = splat(f32::INFINITY);
-        let mut cost = [inf; 8];
-        cost[0] = splat(0.0);
-        let (rounder, rounder_bits) = (splat(ROUNDER), simd.splat_i32x8(ROUNDER.to_bits() as i32));
-        let (quarter, half, one, four) = (splat(0.25), splat(0.5), splat(1.0), splat(4.0));
-        let lam = splat(lambda);
-        let floor_small = |y: f32x8| {
-            let t = simd.sub_f32x8(simd.add_f32x8(y, rounder), rounder);
-            simd.select_f32x8(simd.cmp_gt_f32x8(t, y), simd.sub_f32x8(t, one), t)
-        };
-        let int_small =
-            |y: f32x8| simd.wrapping_sub_i32x8(cast(simd.add_f32x8(y, rounder)), rounder_bits);
-        let sq = |a: f32x8| simd.mul_f32x8(a, a);
-        let add3 = |c: f32x8, d: f32x8, l: f32x8| {
-            let s = simd.add_f32x8(c, d);
-            if RATE { simd.add_f32x8(s, l) } else { s }
-        };
-        let least_of_four = |c: [f32x8; 4]| {
-            let mut best = c[0];
-            let mut which = simd.splat_u32x8(0);
-            for (i, &ci) in c.iter().enumerate().skip(1) {
-                let m = simd.cmp_lt_f32x8(ci, best);
-                best = simd.select_f32x8(m, ci, best);
-                which = simd.select_u32x8(m, simd.splat_u32x8(i as u32), which);
-            }
-            (best, which)
-        };
-        for ((v, sel_t), ks_t) in xt.iter().zip(sel.iter_mut()).zip(ks.iter_mut()).take(n) {
-            let v: f32x8 = cast(*v);
-            let mut d = [[inf; 4]; 2];
-            let mut l = [[inf; 4]; 2];
-            for r in 0..4 {
-                let (rr, u) = (splat(r as f32), splat((r & 1) as f32));
-                let lo = simd.add_f32x8(
-                    rr,
-                    simd.mul_f32x8(
-                        four,
-                        floor_small(simd.mul_f32x8(simd.sub_f32x8(v, rr), quarter)),
-                    ),
-                );
-                let hi = simd.add_f32x8(lo, four);
-                d[0][r] = sq(simd.sub_f32x8(v, lo));
-                d[1][r] = sq(simd.sub_f32x8(v, hi));
-                ks_t[0][r] = int_small(simd.mul_f32x8(simd.sub_f32x8(lo, u), half));
-                ks_t[1][r] = int_small(simd.mul_f32x8(simd.sub_f32x8(hi, u), half));
-            }
-            if RATE && let Some(rate) = rate {
-                for w in 0..2 {
-                    for r in 0..4 {
-                        let c = rate.cost_padded(r & 1, cast(ks_t[w][r]));
-                        l[w][r] = simd.mul_f32x8(lam, cast(c));
-                    }
-                }
-            }
-            let mut next = [inf; 8];
-            let mut word = simd.splat_u32x8(0);
-            for m in 0..4 {
-                let s = (m + 2) % 4;
-                let (a, b) = (cost[m], cost[m + 4]);
-                let (even, we) = least_of_four([
-                    add3(a, d[0][m], l[0][m]),
-                    add3(a, d[1][m], l[1][m]),
-                    add3(b, d[0][s], l[0][s]),
-                    add3(b, d[1][s], l[1][s]),
-                ]);
-                let (odd, wo) = least_of_four([
-                    add3(a, d[0][s], l[0][s]),
-                    add3(a, d[1][s], l[1][s]),
-                    add3(b, d[0][m], l[0][m]),
-                    add3(b, d[1][m], l[1][m]),
-                ]);
-                next[2 * m] = even;
-                next[2 * m + 1] = odd;
-                let pair: u32x8 = simd.or_u32x8(we, simd.shl_const_u32x8::<2>(wo));
-                word = simd.or_u32x8(word, shl_pair(simd, pair, m));
-            }
-            *sel_t = cast(word);
-            cost = next;
-        }
-        // Per lane: the cheapest end state (ties: the lowest state)...
-        let mut best = cost[0];
-        let mut q = simd.splat_i32x8(0);
-        for (s, &c) in cost.iter().enumerate().skip(1) {
-            let m = simd.cmp_lt_f32x8(c, best);
-            best = simd.select_f32x8(m, c, best);
-            q = simd.select_i32x8(m, simd.splat_i32x8(s as i32), q);
-        }
-        // ...then back along the paths, all lanes at once.
-        let (one, three) = (simd.splat_i32x8(1), simd.splat_i32x8(3));
-        let mut kt = [[0i32; LANES]; STACK_RUN];
-        for t in (0..n).rev() {
-            let qu: u32x8 = cast(q);
-            let b: i32x8 = cast(simd.and_u32x8(
-                simd.shr_dyn_u32x8(cast(sel[t]), simd.shl_const_u32x8::<1>(qu)),
-                cast(three),
-            ));
-            // Into state 2m + e: from m (b < 2) on subset m (e = 0) or m ± 2, from m + 4
-            // the other way round.
-            let m = simd.shr_const_i32x8::<1>(q);
-            let e = simd.and_i32x8(q, one);
-            let from_hi = simd.shr_const_i32x8::<1>(b);
-            let r = simd.select_i32x8(
-                simd.cmp_eq_i32x8(from_hi, e),
-                m,
-                simd.and_i32x8(simd.wrapping_add_i32x8(m, simd.splat_i32x8(2)), three),
-            );
-            // Per lane, ks[t][w][r] with w = b & 1.
-            let j = simd.wrapping_add_i32x8(simd.shl_const_i32x8::<2>(simd.and_i32x8(b, one)), r);
-            let mut k = simd.splat_i32x8(0);
-            for (w, row) in ks[t].iter().enumerate() {
-                for (r, &kw) in row.iter().enumerate() {
-                    let hit = simd.cmp_eq_i32x8(j, simd.splat_i32x8((4 * w + r) as i32));
-                    k = simd.select_i32x8(hit, kw, k);
-                }
-            }
-            kt[t] = cast(k);
-            q = simd.wrapping_add_i32x8(m, simd.shl_const_i32x8::<2>(from_hi));
-        }
-        for (lane, o) in out.chunks_exact_mut(n).enumerate() {
-            for (o, k) in o.iter_mut().zip(&kt) {
-                *o = k[lane];
-            }
-        }
-    }
-
-    /// `pair << 4m` (the branches into states 2m and 2m + 1 at bits 4m..4m+4).
-    #[inline(always)]
-    fn shl_pair(simd: V3, pair: u32x8, m: usize) -> u32x8 {
-        match m {
-            0 => pair,
-            1 => simd.shl_const_u32x8::<4>(pair),
-            2 => simd.shl_const_u32x8::<8>(pair),
-            _ => simd.shl_const_u32x8::<12>(pair),
-        }
-    }
-}
-
 /// Union indices back to grid positions `j` (in steps), following the trellis through a chunk.
 #[inline]
 pub fn reconstruct_chunk(model: &ContextModel, symbols: &[i32], out: &mut [f32]) {
@@ -893,43 +522,6 @@ mod tests {
                 viterbi_chunk(&m, c, 0.15, &rates[1], &mut a);
                 viterbi_reference(&m, c, 0.15, &rates[1], &mut b);
                 assert_eq!(a, b, "mask {mask:#b}");
-            }
-        }
-    }
-
-    #[test]
-    fn chunks_side_by_side_are_chunks_one_by_one() {
-        // Eight chunks per vector lane: the same path as chunk by chunk, with and without
-        // rates, for every chunk length around the lane block (remainders, a short last chunk),
-        // blocks with a value out of the fast range, and the other 8-state trellises.
-        let counts: Vec<u64> = (0..9).map(|i| 1 + (i * 37 % 11) as u64).collect();
-        let t0 = Table::from_counts(-4, &counts, 0, 12).unwrap();
-        let t1 = Table::from_counts(-3, &counts[..7], 0, 12).unwrap();
-        let rates = [RateModel::flat(), RateModel::from_tables([&t0, &t1])];
-        let mut x: Vec<f32> = gaussian(64 * 37 + 5, 4).iter().map(|v| v * 7.0).collect();
-        for (i, v) in x.iter_mut().enumerate().step_by(5) {
-            *v = (*v * 2.0).round() / 2.0;
-            if i % 55 == 0 {
-                *v = -0.0;
-            }
-        }
-        x[64 * 9 + 3] = 3.0e6;
-        let models = [
-            ContextModel::tcq8(),
-            ContextModel::shift_register(3, 0b010).unwrap(),
-        ];
-        for m in &models {
-            for len in [1usize, 3, 16, 63, 64, 65] {
-                for lambda in [0.0f32, 0.15, 3.0] {
-                    for rate in &rates {
-                        let (mut a, mut b) = (vec![0; x.len()], vec![0; x.len()]);
-                        viterbi_chunks(m, &x, len, lambda, rate, &mut a);
-                        for (c, o) in x.chunks(len).zip(b.chunks_mut(len)) {
-                            viterbi_chunk(m, c, lambda, rate, o);
-                        }
-                        assert_eq!(a, b, "len {len}, λ {lambda}");
-                    }
-                }
             }
         }
     }
