@@ -11,6 +11,7 @@
 //!
 //! The last line is `perf: entropy_decode_msym_s=… ecsq_decode_mparams_s=… tcq_decode_mparams_s=…
 //! nwc_decode_mparams_s=… tcq_encode_mparams_s=… tcq_ldlq_mparams_s=…` (all threads) for scripts.
+//! It rewrites the generated tables of `perf.md` and keeps what follows them (each round's notes).
 
 use std::fmt::Write as _;
 use std::hint::black_box;
@@ -432,7 +433,41 @@ pub fn run(a: &PerfArgs) -> Result<()> {
         decode_n["ECSQ"], decode_n["TCQ"], decode_n["NWC"], encode["TCQ"]
     );
     let _ = writeln!(md, "\nThe run's last line: `{line}`.");
-    std::fs::write(a.out.join("perf.md"), &md)?;
+    // What the file says after its generated part (each round's notes, by hand) is kept.
+    let path = a.out.join("perf.md");
+    if let Ok(old) = std::fs::read_to_string(&path) {
+        let history = kept_history(&old);
+        if !history.is_empty() {
+            let _ = write!(md, "\n{history}");
+        }
+    }
+    std::fs::write(&path, &md)?;
     println!("{line}");
     Ok(())
+}
+
+/// The part of an earlier `perf.md` after its generated tables (everything after the line
+/// "The run's last line: …"), which a new run keeps.
+fn kept_history(old: &str) -> &str {
+    const MARK: &str = "\nThe run's last line: `";
+    match old.find(MARK) {
+        Some(i) => {
+            let rest = &old[i + MARK.len()..];
+            rest.find('\n').map_or("", |j| rest[j + 1..].trim_start())
+        }
+        None => "",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::kept_history;
+
+    #[test]
+    fn a_new_run_keeps_the_notes_after_the_generated_part() {
+        let old = "# Throughput\n\n| a | 1 |\n\nThe run's last line: `perf: x=1`.\n\n## This round\n\nnotes\n";
+        assert_eq!(kept_history(old), "## This round\n\nnotes\n");
+        assert_eq!(kept_history("# Throughput\n\nno marker\n"), "");
+        assert_eq!(kept_history("x\nThe run's last line: `perf: x=1`."), "");
+    }
 }
