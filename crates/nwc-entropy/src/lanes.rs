@@ -81,8 +81,7 @@ mod simd {
         {
             return 0;
         }
-        // As in the one-chunk search: with flat costs the λ·bits terms are +0 and skipped.
-        let rate_on = (!(rate.is_flat() && lambda.is_finite())).then_some(rate);
+        let rate_on = rate.priced(lambda);
         let block = LANES * chunk_len;
         let mut done = 0;
         for (xb, ob) in x.chunks_exact(block).zip(out.chunks_exact_mut(block)) {
@@ -298,16 +297,7 @@ mod simd {
 mod tests {
     use super::*;
     use crate::table::Table;
-
-    fn gaussian(n: usize, seed: u64) -> Vec<f32> {
-        let mut rng = crate::SplitMix64(seed);
-        (0..n)
-            .map(|_| {
-                let (a, b) = (rng.next_f64().max(1e-300), rng.next_f64());
-                ((-2.0 * a.ln()).sqrt() * (std::f64::consts::TAU * b).cos()) as f32
-            })
-            .collect()
-    }
+    use crate::trellis::tests::gaussian;
 
     #[test]
     fn chunks_side_by_side_are_chunks_one_by_one() {

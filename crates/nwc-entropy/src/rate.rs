@@ -78,9 +78,16 @@ impl RateModel {
         }
     }
 
+    /// The model the search prices symbols with at `lambda`: none when every λ·bits term would
+    /// be +0 (flat costs, finite λ), which changes no sum of non-negative terms.
+    #[inline(always)]
+    pub(crate) fn priced(&self, lambda: f32) -> Option<&Self> {
+        (!(self.is_flat() && lambda.is_finite())).then_some(self)
+    }
+
     /// Whether every symbol costs nothing (costs are empty and the escape is free).
     #[inline(always)]
-    pub(crate) fn is_flat(&self) -> bool {
+    fn is_flat(&self) -> bool {
         self.unions
             .iter()
             .all(|(_, c, e)| c.is_empty() && *e == 0.0)

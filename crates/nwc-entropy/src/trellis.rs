@@ -284,9 +284,7 @@ impl Trellis8 {
         ks: &mut [[i32; 8]],
         out: &mut [i32],
     ) {
-        // With flat costs every λ·bits term is +0 (adding it changes no sum of non-negative
-        // terms), so the lookups are skipped.
-        let rate = (!(rate.is_flat() && lambda.is_finite())).then_some(rate);
+        let rate = rate.priced(lambda);
         // Values well inside ±2^20 steps (every chunk a codec makes in practice) convert between
         // floats and integers with exact, branch-free arithmetic; the rest as before.
         let small = x.iter().all(|v| v.abs() < SMALL_LIMIT);
@@ -448,10 +446,10 @@ pub fn reconstruct_chunk(model: &ContextModel, symbols: &[i32], out: &mut [f32])
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
-    fn gaussian(n: usize, seed: u64) -> Vec<f32> {
+    pub(crate) fn gaussian(n: usize, seed: u64) -> Vec<f32> {
         let mut rng = crate::SplitMix64(seed);
         (0..n)
             .map(|_| {

@@ -129,24 +129,8 @@ pub(crate) fn fit_tables(
     precision: u32,
 ) -> Result<(Vec<nwc_entropy::Table>, Vec<u16>)> {
     // With two contexts (every shipped trellis) a context is the walk's unit, four symbols to a
-    // dependent step.
-    if model.n_contexts() <= 2 {
-        let walk = TrellisWalk::new(model);
-        return row_tables(
-            symbols,
-            chunk_len,
-            chunk_levels,
-            2 * n_levels,
-            precision,
-            |l, chunk, rows| {
-                walk.units(chunk, rows);
-                let base = (2 * usize::from(l)).min(255) as u8;
-                for r in rows.iter_mut() {
-                    *r = base.saturating_add(*r);
-                }
-            },
-        );
-    }
+    // dependent step; otherwise the model is walked symbol by symbol.
+    let walk = (model.n_contexts() <= 2).then(|| TrellisWalk::new(model));
     row_tables(
         symbols,
         chunk_len,
@@ -154,9 +138,17 @@ pub(crate) fn fit_tables(
         2 * n_levels,
         precision,
         |l, chunk, rows| {
+            // Rows past `2·n_levels` (a level out of range) are ignored by `row_tables`.
+            let base = (2 * usize::from(l)).min(255) as u8;
+            if let Some(walk) = &walk {
+                walk.units(chunk, rows);
+                for r in rows.iter_mut() {
+                    *r = base.saturating_add(*r);
+                }
+                return;
+            }
             let mut q = 0u8;
             for (&k, row) in chunk.iter().zip(rows) {
-                // Rows past `2·n_levels` (a level out of range) are ignored by `row_tables`.
                 *row = (2 * usize::from(l) + model.context(q)).min(255) as u8;
                 q = model.next(q, k);
             }
