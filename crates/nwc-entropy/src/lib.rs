@@ -50,4 +50,4 @@ pub use segment::{MAX_CHUNKS_PER_SEGMENT, SEGMENT_HEADER_BYTES};
 pub use steps::{LEVEL_STEP_RATIOS, scalar_step_for_bits, tcq_bits_for_step, tcq_step_for_bits};
 pub use table::{DEFAULT_PRECISION, MAX_PRECISION, MAX_SYMBOLS, MIN_PRECISION, Table};
 pub use trellis::{reconstruct_chunk, viterbi_chunk, viterbi_reference};
-pub use walk::TrellisWalk;
+pub use walk::{TrellisWalk, Walk8};

@@ -43,14 +43,14 @@ fn walk_with_contexts(model: &ContextModel) -> [[u16; 2]; 256] {
 }
 
 /// A segment being decoded: its four states, its words and the read position.
-struct Stream {
+struct Stream<'b> {
     x: [u64; WAYS],
-    words: Vec<u32>,
+    words: &'b [[u8; 4]],
     pos: usize,
 }
 
-impl Stream {
-    fn open(bytes: &[u8]) -> Option<Self> {
+impl<'b> Stream<'b> {
+    fn open(bytes: &'b [u8]) -> Option<Self> {
         if bytes.len() < SEGMENT_HEADER_BYTES || !bytes.len().is_multiple_of(4) {
             return None;
         }
@@ -162,7 +162,7 @@ fn decode_pair_here(
         return false;
     };
     let [out_a, out_b] = outs;
-    let ([ca, cb], [wa, wb]) = (classes, [a.words.as_slice(), b.words.as_slice()]);
+    let ([ca, cb], [wa, wb]) = (classes, [a.words, b.words]);
     let (mut pa, mut pb) = (0usize, 0usize);
     let [mut a0, mut a1, mut a2, mut a3] = a.x;
     let [mut b0, mut b1, mut b2, mut b3] = b.x;
@@ -303,7 +303,7 @@ fn decode_single_here(
     let Some(mut a) = Stream::open(segment) else {
         return false;
     };
-    let wa = a.words.as_slice();
+    let wa = a.words;
     let mut pa = 0usize;
     let [mut a0, mut a1, mut a2, mut a3] = a.x;
     let chunks = out.chunks_exact_mut(chunk_len).zip(classes);

@@ -123,20 +123,17 @@ impl<'t> Dec<'t> {
     }
 }
 
-/// The 32-bit words of a segment after its header, read forwards. The decoder keeps its read
-/// position in a local; reading past the end yields 0 (`renorm`) and is noticed afterwards as a
-/// position beyond `words.len()`, so the hot loop has no exit for it.
-pub(crate) fn words_of(bytes: &[u8]) -> Vec<u32> {
-    bytes
-        .chunks_exact(4)
-        .map(|b| u32::from_le_bytes([b[0], b[1], b[2], b[3]]))
-        .collect()
+/// The 32-bit words of a segment after its header, read forwards where they lie (little-endian
+/// groups of four bytes, no copy). The decoder keeps its read position beyond `words.len()`, so
+/// the hot loop has no exit for it.
+pub(crate) fn words_of(bytes: &[u8]) -> &[[u8; 4]] {
+    bytes.as_chunks::<4>().0
 }
 
 /// Brings a state below `L` back into `[L, 2^63)` with the next word, without a branch.
 #[inline(always)]
-fn renorm(s: u64, words: &[u32], pos: usize) -> (u64, usize) {
-    let w = u64::from(words.get(pos).copied().unwrap_or(0));
+fn renorm(s: u64, words: &[[u8; 4]], pos: usize) -> (u64, usize) {
+    let w = u64::from(words.get(pos).map_or(0, |w| u32::from_le_bytes(*w)));
     let need = s < L;
     (
         if need { (s << 32) | w } else { s },
@@ -147,7 +144,7 @@ fn renorm(s: u64, words: &[u32], pos: usize) -> (u64, usize) {
 /// Decodes one symbol of stream state `s` (all by value, so states and the position stay in
 /// registers).
 #[inline(always)]
-pub(crate) fn decode_one(d: &Dec<'_>, s: &mut u64, words: &[u32], pos: &mut usize) -> i32 {
+pub(crate) fn decode_one(d: &Dec<'_>, s: &mut u64, words: &[[u8; 4]], pos: &mut usize) -> i32 {
     let slot = *s & d.mask;
     let index = usize::from(d.lut[slot as usize]);
     let info = u64::from(d.info[index]);
@@ -185,7 +182,7 @@ pub(crate) fn decode_one2(
     d: &[Dec<'_>; 2],
     c: usize,
     s: &mut u64,
-    words: &[u32],
+    words: &[[u8; 4]],
     pos: &mut usize,
 ) -> i32 {
     let slot = *s & d[0].mask;
@@ -217,7 +214,7 @@ pub(crate) fn decode_one2(
 /// The 32 raw bits after an escape, in two 16-bit steps.
 #[cold]
 #[inline(never)]
-fn decode_raw(mut s: u64, words: &[u32], mut pos: usize) -> (i32, u64, usize) {
+fn decode_raw(mut s: u64, words: &[[u8; 4]], mut pos: usize) -> (i32, u64, usize) {
     let mut raw = 0u32;
     for _ in 0..2 {
         let v = (s & 0xffff) as u32;
@@ -330,7 +327,7 @@ fn decode_segment<const CTX: bool>(
             let row = &rows[pick.row()];
             if uniform[pick.row()] {
                 let d = row[0];
-                let w = &words;
+                let w = words;
                 for o in chunk_out.chunks_exact_mut(WAYS) {
                     o[0] = decode_one(&d, &mut x0, w, &mut pos);
                     o[1] = decode_one(&d, &mut x1, w, &mut pos);
@@ -352,7 +349,7 @@ fn decode_segment<const CTX: bool>(
                         } else {
                             &row[i + $n]
                         };
-                        let v = decode_one(d, &mut $s, &words, &mut pos);
+                        let v = decode_one(d, &mut $s, words, &mut pos);
                         if CTX {
                             pick.advance(v);
                         }
@@ -378,7 +375,7 @@ fn decode_segment<const CTX: bool>(
         {
             let mut pick = Picker::new(contexts, class);
             for (i, o) in chunk_out.iter_mut().enumerate() {
-                *o = decode_one(&rows[pick.row()][i], &mut x[j % WAYS], &words, &mut pos);
+                *o = decode_one(&rows[pick.row()][i], &mut x[j % WAYS], words, &mut pos);
                 if CTX {
                     pick.advance(*o);
                 }

@@ -17,6 +17,19 @@ pub struct TrellisWalk {
     /// The units of four symbols from a state, by the parities of the first three (bit `i` the
     /// parity of symbol `i`): a group's grid positions are `2·k | units` lane by lane.
     units4: Box<[[[i32; 4]; 8]; 256]>,
+    /// States of the trellis.
+    states: usize,
+}
+
+/// The walk of a trellis of at most eight states as two lane tables ([`TrellisWalk::eight`]):
+/// a decoder that walks eight chunks side by side, one per vector lane, looks a state's union
+/// and successor up with one permutation of eight lanes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Walk8 {
+    /// The union (0 or 1) of the state each symbol is coded from: grid position `2·k + unit`.
+    pub unit: [i32; 8],
+    /// The state after a symbol of parity `p` from state `q`: `next[p][q]`.
+    pub next: [[i32; 8]; 2],
 }
 
 impl TrellisWalk {
@@ -27,6 +40,7 @@ impl TrellisWalk {
             next: [[0; 2]; 256],
             next4: Box::new([[0; 16]; 256]),
             units4: Box::new([[[0; 4]; 8]; 256]),
+            states: model.n_states(),
         };
         for q in 0..model.n_states() {
             let q8 = q as u8;
@@ -52,6 +66,25 @@ impl TrellisWalk {
             }
         }
         w
+    }
+
+    /// The walk as lane tables, when the trellis has at most eight states (states past the
+    /// last are never reached and walk to state 0).
+    pub fn eight(&self) -> Option<Walk8> {
+        if self.states > 8 {
+            return None;
+        }
+        let mut w = Walk8 {
+            unit: [0; 8],
+            next: [[0; 8]; 2],
+        };
+        for q in 0..self.states {
+            w.unit[q] = i32::from(self.unit[q]);
+            for p in 0..2 {
+                w.next[p][q] = i32::from(self.next[q][p]);
+            }
+        }
+        Some(w)
     }
 
     /// One chunk's values from its union indices, times `step`.
@@ -151,6 +184,31 @@ mod tests {
                 assert_eq!(got, want, "n {n}");
             }
         }
+    }
+
+    #[test]
+    fn the_eight_state_tables_walk_the_trellis() {
+        let mut rng = crate::SplitMix64(7);
+        let m = ContextModel::tcq8();
+        let w = TrellisWalk::new(&m).eight().expect("tcq8 has eight states");
+        let k: Vec<i32> = (0..200)
+            .map(|_| (rng.next_u64() % 41) as i32 - 20)
+            .collect();
+        let mut want = vec![0f32; k.len()];
+        reconstruct_chunk(&m, &k, &mut want);
+        let mut q = 0usize;
+        let got: Vec<f32> = k
+            .iter()
+            .map(|&k| {
+                let g = 2 * k + w.unit[q];
+                q = w.next[(k & 1) as usize][q] as usize;
+                g as f32
+            })
+            .collect();
+        assert_eq!(got, want);
+        let big = ContextModel::shift_register(4, 0b0110).unwrap();
+        assert!(big.n_states() > 8);
+        assert!(TrellisWalk::new(&big).eight().is_none());
     }
 
     #[test]

@@ -364,16 +364,31 @@ impl<'a> FileReader<'a> {
             .get(i)
             .ok_or_else(|| FormatError::Corrupt(format!("no record {i}")))?;
         let bytes = &self.data[e.offset as usize..(e.offset + e.length) as usize];
-        let mut s = StreamReader {
-            inner: bytes,
-            header: self.header,
-            opts: self.opts,
-            done: false,
-            offset: e.offset,
+        // Parsed where it lies (no copy of the body): the stream reader's framing and checks.
+        let rec = match bytes {
+            [m0, m1, m2, m3, rest @ ..] if [*m0, *m1, *m2, *m3] == RECORD_MAGIC => {
+                let (len, rest) = rest
+                    .split_at_checked(8)
+                    .ok_or_else(|| FormatError::Truncated("record length cut short".into()))?;
+                let body_len = u64::from_le_bytes(len.try_into().expect("eight bytes"));
+                match usize::try_from(body_len)
+                    .ok()
+                    .and_then(|n| rest.split_at_checked(n))
+                    .and_then(|(body, crc)| Some((body, crc.first_chunk::<4>()?)))
+                {
+                    Some((body, crc)) => finish_record(body, *crc, self.header.codec, &self.opts),
+                    None => Err(FormatError::Truncated(format!(
+                        "record of {body_len} bytes cut short"
+                    ))),
+                }
+                .map_err(|err| at_offset(err, e.offset))?
+            }
+            _ => {
+                return Err(FormatError::Corrupt(format!(
+                    "index entry {i} is not a record"
+                )));
+            }
         };
-        let rec = s
-            .next_record()?
-            .ok_or_else(|| FormatError::Corrupt(format!("index entry {i} is not a record")))?;
         if rec.name != e.name || rec.numel() != e.n_params {
             return Err(FormatError::Corrupt(format!(
                 "record {} does not match its index entry {}",
@@ -526,15 +541,8 @@ impl<R: Read> StreamReader<R> {
                 "record of {body_len} bytes cut short"
             )));
         }
-        if self.opts.verify_checksums && u32::from_le_bytes(crc) != crc32fast::hash(&body) {
-            self.done = true;
-            let name = Bytes::new(&body).name().unwrap_or_else(|_| "?".into());
-            return Err(FormatError::ChecksumMismatch {
-                what: format!("record {name}"),
-            });
-        }
         self.offset += 16 + body_len;
-        match decode_body(&body, self.header.codec, self.opts.max_elements) {
+        match finish_record(&body, crc, self.header.codec, &self.opts) {
             Ok(r) => Ok(Some(r)),
             Err(e) => {
                 self.done = true;
@@ -542,6 +550,22 @@ impl<R: Read> StreamReader<R> {
             }
         }
     }
+}
+
+/// A record's body, once framed: its checksum checked (when asked) and its fields parsed.
+fn finish_record(
+    body: &[u8],
+    crc: [u8; 4],
+    codec: CodecKind,
+    opts: &ReadOptions,
+) -> Result<Record> {
+    if opts.verify_checksums && u32::from_le_bytes(crc) != crc32fast::hash(body) {
+        let name = Bytes::new(body).name().unwrap_or_else(|_| "?".into());
+        return Err(FormatError::ChecksumMismatch {
+            what: format!("record {name}"),
+        });
+    }
+    decode_body(body, codec, opts.max_elements)
 }
 
 impl<R: Read> Iterator for StreamReader<R> {

@@ -5,6 +5,7 @@ use nwc_entropy::{ContextModel, DEFAULT_PRECISION, MAX_SYMBOLS, Table};
 use nwc_format::CodecKind;
 use rayon::prelude::*;
 
+pub use crate::dequant::{ChunkDequantizer, ChunkGrid};
 use crate::error::{NwcError, Result};
 
 /// What a codec produced for one tensor: one integer symbol per coded value, plus how to
@@ -220,9 +221,6 @@ pub trait WeightCodec: Send + Sync {
     }
 }
 
-/// One chunk's dequantization: `(out, symbols, level)` ([`WeightCodec::chunk_dequantizer`]).
-pub type ChunkDequantizer<'a> = Box<dyn Fn(&mut [f32], &[i32], u8) + Send + Sync + 'a>;
-
 /// Entropy-coded scalar quantization (ECSQ): `q = round(y / step[level])`, coded with tables
 /// fitted to each tensor's own symbol histogram (stored in the record).
 ///
@@ -389,7 +387,9 @@ impl WeightCodec for EcsqCodec {
         let chunk = self
             .chunk_dequantizer(name, chunk_levels, params)?
             .expect("ECSQ dequantizes chunk by chunk");
-        dequantize_chunks(name, symbols, chunk_len, chunk_levels, chunk)
+        dequantize_chunks(name, symbols, chunk_len, chunk_levels, |o, q, l| {
+            chunk.chunk(o, q, l)
+        })
     }
 
     fn chunk_dequantizer<'a>(
@@ -408,12 +408,19 @@ impl WeightCodec for EcsqCodec {
                 reason: format!("quality level {l}, the codec has {}", steps.len()),
             });
         }
-        Ok(Some(Box::new(move |o: &mut [f32], q: &[i32], l: u8| {
-            let step = steps[usize::from(l)];
-            for (o, &q) in o.iter_mut().zip(q) {
-                *o = q as f32 * step;
-            }
-        })))
+        let grid = ChunkGrid {
+            steps: steps.to_vec(),
+            walk: None,
+        };
+        Ok(Some(
+            ChunkDequantizer::new(move |o: &mut [f32], q: &[i32], l: u8| {
+                let step = steps[usize::from(l)];
+                for (o, &q) in o.iter_mut().zip(q) {
+                    *o = q as f32 * step;
+                }
+            })
+            .with_grid(grid),
+        ))
     }
 }
 

@@ -19,14 +19,24 @@ pub fn decode_records(reader: &FileReader<'_>, codec: &dyn WeightCodec) -> Resul
     use rayon::prelude::*;
     let d = Decompressor::new(codec);
     d.check_header(reader.header())?;
-    // One symbol buffer per rayon task, reused from record to record (no fresh pages to fault
-    // in and zero for every tensor).
     (0..reader.index().len())
         .into_par_iter()
-        .map_init(Vec::new, |symbols, i| {
-            d.decompress_record_into(&reader.record(i)?, symbols)
+        .map(|i| {
+            let record = reader.record(i)?;
+            // One symbol buffer per thread, reused from record to record and from file to file
+            // (no fresh pages to fault in and zero for every tensor). A thread that picks up
+            // another record while it waits inside this one's decoding takes a fresh buffer.
+            SYMBOLS.with(|cell| match cell.try_borrow_mut() {
+                Ok(mut symbols) => d.decompress_record_into(&record, &mut symbols),
+                Err(_) => d.decompress_record_into(&record, &mut Vec::new()),
+            })
         })
         .collect()
+}
+
+thread_local! {
+    /// [`decode_records`]'s symbol buffer on this thread.
+    static SYMBOLS: std::cell::RefCell<Vec<i32>> = const { std::cell::RefCell::new(Vec::new()) };
 }
 
 /// Decodes `.nwc` records with one codec.

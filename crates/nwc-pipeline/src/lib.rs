@@ -25,6 +25,7 @@
 mod codec;
 mod coded;
 mod decode;
+mod dequant;
 mod encode;
 mod error;
 mod file;
@@ -39,7 +40,7 @@ mod streaming;
 mod tcq;
 
 pub use codec::{
-    ChunkDequantizer, CodecParams, EcsqCodec, LEVEL_STEP_RATIOS, Quantized, WeightCodec,
+    ChunkDequantizer, ChunkGrid, CodecParams, EcsqCodec, LEVEL_STEP_RATIOS, Quantized, WeightCodec,
 };
 pub use coded::CodedTensor;
 pub use decode::{Decompressor, decode_records};

@@ -6,6 +6,7 @@ use half::f16;
 use nwc_tensor::{DType, ScaleAxis, Tensor};
 
 use crate::codec::{CodecParams, WeightCodec};
+use crate::dequant::{Group, LANES, write_group};
 use crate::error::{NwcError, Result};
 use crate::plan::row_slabs;
 use nwc_entropy::Coder;
@@ -160,7 +161,11 @@ pub(crate) fn reconstruct(
                         &mut buf[have * l..need],
                     )?;
                     have += c1 - c0;
-                    let (lo, hi) = (base / blocks, (base + have) / blocks);
+                    let (lo, mut hi) = (base / blocks, (base + have) / blocks);
+                    // Whole groups of eight columns for the lanes until the last run.
+                    if hi < cols {
+                        hi = lo + (hi - lo) / LANES * LANES;
+                    }
                     if hi > lo {
                         let done = (hi - lo) * blocks;
                         write(&buf[..done * l], &chunk_levels[base..base + done], lo..hi);
@@ -306,7 +311,7 @@ struct Fused<'a> {
     columns: std::ops::Range<usize>,
     scales: &'a [f32],
     by_row: bool,
-    deq: &'a crate::codec::ChunkDequantizer<'a>,
+    deq: &'a crate::dequant::ChunkDequantizer<'a>,
 }
 
 impl Fused<'_> {
@@ -335,30 +340,79 @@ impl Fused<'_> {
         let n_band_rows = o.len() / (cols * N);
         let mut buf = vec![0f32; FUSED_TILE * sub];
         let (lo, hi) = (self.columns.start, self.columns.end);
-        for c0 in (lo..hi).step_by(FUSED_TILE) {
-            let c1 = (c0 + FUSED_TILE).min(hi);
+        if let Some(grid) = self.deq.grid() {
+            // Eight columns at a time, one row of chunks across every column before the next,
+            // so the stores run along sixteen output rows; what the lanes cannot take (a
+            // group they refuse, the last columns) goes chunk by chunk.
+            let group = Group {
+                symbols: self.symbols,
+                levels: self.levels,
+                chunk_len: l,
+                blocks: self.blocks,
+                cols,
+                lo,
+                scales: self.scales,
+                by_row: self.by_row,
+            };
+            for s0 in (0..n_band_rows).step_by(l) {
+                let (r0, n_rows) = (bi * band + s0, (n_band_rows - s0).min(l));
+                let mut c0 = lo;
+                while c0 + LANES <= hi {
+                    if !write_group(&group, grid, c0, r0, s0, n_rows, o, conv) {
+                        self.chunks_into(c0..c0 + LANES, r0, s0, n_rows, o, &mut buf, conv);
+                    }
+                    c0 += LANES;
+                }
+                if c0 < hi {
+                    self.chunks_into(c0..hi, r0, s0, n_rows, o, &mut buf, conv);
+                }
+            }
+            return;
+        }
+        for tile in (lo..hi).step_by(FUSED_TILE) {
+            let c1 = (tile + FUSED_TILE).min(hi);
             for s0 in (0..n_band_rows).step_by(sub) {
-                let r0 = bi * band + s0;
-                let n_rows = (n_band_rows - s0).min(sub);
-                let (k0, nk) = (r0 / l, n_rows.div_ceil(l));
-                let span = nk * l;
-                for (c, col) in (c0..c1).zip(buf.chunks_exact_mut(span)) {
-                    let first = (c - lo) * self.blocks + k0;
-                    for (k, dst) in col.chunks_exact_mut(l).enumerate() {
-                        let q = &self.symbols[(first + k) * l..][..l];
-                        (self.deq)(dst, q, self.levels[first + k]);
-                    }
-                }
-                for r in 0..n_rows {
-                    let line = &mut o[((s0 + r) * cols + c0) * N..((s0 + r) * cols + c1) * N];
-                    for ((c, dst), col) in (c0..c1)
-                        .zip(line.chunks_exact_mut(N))
-                        .zip(buf.chunks_exact(span))
-                    {
-                        let s = self.scales[if self.by_row { r0 + r } else { c }];
-                        dst.copy_from_slice(&conv(col[r] * s));
-                    }
-                }
+                let (r0, n_rows) = (bi * band + s0, (n_band_rows - s0).min(sub));
+                self.chunks_into(tile..c1, r0, s0, n_rows, o, &mut buf, conv);
+            }
+        }
+    }
+
+    /// Columns `c0..c1` (at most [`FUSED_TILE`]) of rows `s0 .. s0 + n_rows` (at most
+    /// [`FUSED_SUB`] rounded up to whole chunks) of band `o`, where row `s0` is matrix row `r0`:
+    /// the chunks dequantized one by one into `buf`, then scaled, converted and written row by
+    /// row.
+    #[inline(always)]
+    #[allow(clippy::too_many_arguments)]
+    fn chunks_into<const N: usize>(
+        &self,
+        columns: std::ops::Range<usize>,
+        r0: usize,
+        s0: usize,
+        n_rows: usize,
+        o: &mut [u8],
+        buf: &mut [f32],
+        conv: &impl Fn(f32) -> [u8; N],
+    ) {
+        let (l, cols) = (self.chunk_len, self.cols);
+        let (c0, c1) = (columns.start, columns.end);
+        let (k0, nk) = (r0 / l, n_rows.div_ceil(l));
+        let span = nk * l;
+        for (c, col) in (c0..c1).zip(buf.chunks_exact_mut(span)) {
+            let first = (c - self.columns.start) * self.blocks + k0;
+            for (k, dst) in col.chunks_exact_mut(l).enumerate() {
+                let q = &self.symbols[(first + k) * l..][..l];
+                self.deq.chunk(dst, q, self.levels[first + k]);
+            }
+        }
+        for r in 0..n_rows {
+            let line = &mut o[((s0 + r) * cols + c0) * N..((s0 + r) * cols + c1) * N];
+            for ((c, dst), col) in (c0..c1)
+                .zip(line.chunks_exact_mut(N))
+                .zip(buf.chunks_exact(span))
+            {
+                let s = self.scales[if self.by_row { r0 + r } else { c }];
+                dst.copy_from_slice(&conv(col[r] * s));
             }
         }
     }
@@ -485,6 +539,32 @@ mod tests {
             let fused = decode(codec, usize::MAX);
             let whole = Whole(codec);
             assert_eq!(decode(&whole, usize::MAX), fused, "{what}");
+            // Symbols a damaged file may hold, past the trellis's i32 grid: the groups that
+            // hold them go chunk by chunk, the others eight columns at a time.
+            let mut bad = q.symbols.clone();
+            let n = bad.len();
+            (bad[3 * l + 5], bad[n - 2]) = (1 << 30, -(1 << 30) - 1);
+            let damaged = |c: &dyn WeightCodec| {
+                reconstruct(
+                    c,
+                    "w",
+                    dtype,
+                    vec![rows, cols],
+                    Layout {
+                        rows,
+                        cols,
+                        chunk_len: l,
+                        axis,
+                        scales: ch.scales().to_vec(),
+                    },
+                    Source::Decoded(&bad),
+                    &lv,
+                    &q.params,
+                    usize::MAX,
+                )
+                .unwrap()
+            };
+            assert_eq!(damaged(&whole), damaged(codec), "{what} damaged");
             assert_eq!(decode(&whole, 160 * cols / 5), fused, "{what}");
             assert_eq!(decode(&whole, 1), fused, "{what}");
             // Streamed from the entropy-coded segments, a few at a time: segments that end

@@ -355,7 +355,9 @@ impl WeightCodec for TcqCodec {
         let chunk = self
             .chunk_dequantizer(name, chunk_levels, params)?
             .expect("TCQ dequantizes chunk by chunk");
-        crate::codec::dequantize_chunks(name, symbols, chunk_len, chunk_levels, chunk)
+        crate::codec::dequantize_chunks(name, symbols, chunk_len, chunk_levels, |o, q, l| {
+            chunk.chunk(o, q, l)
+        })
     }
 
     fn chunk_dequantizer<'a>(
@@ -368,8 +370,16 @@ impl WeightCodec for TcqCodec {
         let steps = params.steps(name)?;
         // The trellis walk and the step in one pass.
         let walk = nwc_entropy::TrellisWalk::new(&self.model);
-        Ok(Some(Box::new(move |o: &mut [f32], s: &[i32], l: u8| {
+        let grid = walk.eight().map(|w| crate::codec::ChunkGrid {
+            steps: steps.to_vec(),
+            walk: Some(w),
+        });
+        let chunk = crate::codec::ChunkDequantizer::new(move |o: &mut [f32], s: &[i32], l: u8| {
             walk.reconstruct(s, steps[usize::from(l)], o);
-        })))
+        });
+        Ok(Some(match grid {
+            Some(g) => chunk.with_grid(g),
+            None => chunk,
+        }))
     }
 }
