@@ -87,34 +87,16 @@ pub(crate) struct Group<'a> {
 /// Columns written side by side by [`write_group`].
 pub(crate) const LANES: usize = 8;
 
-/// Columns `c .. c + LANES` of rows `s0 .. s0 + n_rows` of a band of output `o` (row `s0` of
-/// the band is matrix row `r0`, at chunk `r0 / chunk_len`), computed one column per lane.
-/// Returns `false` where it cannot (no AVX2, a chunk length that is not a multiple of 8,
-/// symbols too large for the trellis's `i32` grid positions), perhaps having written some of
-/// the group: the caller then writes the whole group chunk by chunk. Same arithmetic as that
-/// path, so the same bytes.
-#[inline(always)]
-#[allow(clippy::too_many_arguments)]
-pub(crate) fn write_group<const N: usize>(
-    g: &Group<'_>,
-    grid: &ChunkGrid,
-    c: usize,
-    r0: usize,
-    s0: usize,
-    n_rows: usize,
-    o: &mut [u8],
-    conv: &impl Fn(f32) -> [u8; N],
-) -> bool {
-    simd::write_group(g, grid, c, r0, s0, n_rows, o, conv)
-}
+/// Columns `c .. c + LANES` of a band of rows, one column per lane ([`simd::write_group`]).
+pub(crate) use simd::write_group;
 
 #[cfg(not(target_arch = "x86_64"))]
 mod simd {
     use crate::dequant::{ChunkGrid, Group};
 
-    /// No lanes on this architecture.
+    /// No lanes on this architecture: every group goes chunk by chunk.
     #[allow(clippy::too_many_arguments)]
-    pub(super) fn write_group<const N: usize>(
+    pub(crate) fn write_group<const N: usize>(
         _: &Group<'_>,
         _: &ChunkGrid,
         _: usize,
@@ -173,9 +155,15 @@ mod simd {
         ]
     }
 
+    /// Columns `c .. c + LANES` of rows `s0 .. s0 + n_rows` of a band of output `o` (row `s0` of
+    /// the band is matrix row `r0`, at chunk `r0 / chunk_len`), computed one column per lane.
+    /// Returns `false` where it cannot (no AVX2, a chunk length that is not a multiple of 8,
+    /// symbols too large for the trellis's `i32` grid positions), perhaps having written some of
+    /// the group: the caller then writes the whole group chunk by chunk. Same arithmetic as that
+    /// path, so the same bytes.
     #[inline(always)]
     #[allow(clippy::too_many_arguments)]
-    pub(super) fn write_group<const N: usize>(
+    pub(crate) fn write_group<const N: usize>(
         g: &Group<'_>,
         grid: &ChunkGrid,
         c: usize,

@@ -514,27 +514,30 @@ mod tests {
                     .unwrap();
             let lv: Vec<u8> = (0..ch.n_chunks()).map(|k| (k % 3) as u8).collect();
             let q = codec.quantize("w", ch.data(), l, &lv).unwrap();
-            let decode = |c: &dyn WeightCodec, slab_values| {
-                let layout = Layout {
-                    rows,
-                    cols,
-                    chunk_len: l,
-                    axis,
-                    scales: ch.scales().to_vec(),
-                };
+            let layout = || Layout {
+                rows,
+                cols,
+                chunk_len: l,
+                axis,
+                scales: ch.scales().to_vec(),
+            };
+            let decode_symbols = |c: &dyn WeightCodec, symbols: &[i32], slab_values| {
+                let source = Source::Decoded(symbols);
                 reconstruct(
                     c,
                     "w",
                     dtype,
                     vec![rows, cols],
-                    layout,
-                    Source::Decoded(&q.symbols),
+                    layout(),
+                    source,
                     &lv,
                     &q.params,
                     slab_values,
                 )
                 .unwrap()
             };
+            let decode =
+                |c: &dyn WeightCodec, slab_values| decode_symbols(c, &q.symbols, slab_values);
             let what = format!("{:?} l={l} {axis:?} {dtype:?}", codec.kind());
             let fused = decode(codec, usize::MAX);
             let whole = Whole(codec);
@@ -544,27 +547,11 @@ mod tests {
             let mut bad = q.symbols.clone();
             let n = bad.len();
             (bad[3 * l + 5], bad[n - 2]) = (1 << 30, -(1 << 30) - 1);
-            let damaged = |c: &dyn WeightCodec| {
-                reconstruct(
-                    c,
-                    "w",
-                    dtype,
-                    vec![rows, cols],
-                    Layout {
-                        rows,
-                        cols,
-                        chunk_len: l,
-                        axis,
-                        scales: ch.scales().to_vec(),
-                    },
-                    Source::Decoded(&bad),
-                    &lv,
-                    &q.params,
-                    usize::MAX,
-                )
-                .unwrap()
-            };
-            assert_eq!(damaged(&whole), damaged(codec), "{what} damaged");
+            assert_eq!(
+                decode_symbols(&whole, &bad, usize::MAX),
+                decode_symbols(codec, &bad, usize::MAX),
+                "{what} damaged"
+            );
             assert_eq!(decode(&whole, 160 * cols / 5), fused, "{what}");
             assert_eq!(decode(&whole, 1), fused, "{what}");
             // Streamed from the entropy-coded segments, a few at a time: segments that end
@@ -587,13 +574,7 @@ mod tests {
                     "w",
                     dtype,
                     vec![rows, cols],
-                    Layout {
-                        rows,
-                        cols,
-                        chunk_len: l,
-                        axis,
-                        scales: ch.scales().to_vec(),
-                    },
+                    layout(),
                     Source::Coded {
                         coder: &coder,
                         segments: &parts,
