@@ -40,7 +40,7 @@ impl TensorPolicy {
     }
 }
 
-/// Options of a [`Compressor`].
+/// Options of a `Compressor`.
 #[derive(Debug, Clone, PartialEq)]
 pub struct CompressOptions {
     /// Chunking and normalization.
@@ -51,7 +51,7 @@ pub struct CompressOptions {
     pub policy: TensorPolicy,
     /// Importance bands that map per-column importance to quality levels.
     pub bands: LevelBands,
-    /// Whether [`Compressor::compress_tensor`] decodes what it coded to report the error (the
+    /// Whether `Compressor::compress_tensor` decodes what it coded to report the error (the
     /// report's `sq_error` is NaN without). Rate searches turn it off.
     pub report_error: bool,
     /// Matrices with more values than this are coded in row slabs of a quarter of it, so that
