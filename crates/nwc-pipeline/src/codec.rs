@@ -387,9 +387,7 @@ impl WeightCodec for EcsqCodec {
         let chunk = self
             .chunk_dequantizer(name, chunk_levels, params)?
             .expect("ECSQ dequantizes chunk by chunk");
-        dequantize_chunks(name, symbols, chunk_len, chunk_levels, |o, q, l| {
-            chunk.chunk(o, q, l)
-        })
+        dequantize_chunks(name, symbols, chunk_len, chunk_levels, &chunk)
     }
 
     fn chunk_dequantizer<'a>(
@@ -438,7 +436,7 @@ pub(crate) fn dequantize_chunks(
     symbols: &[i32],
     chunk_len: usize,
     chunk_levels: &[u8],
-    chunk: impl Fn(&mut [f32], &[i32], u8) + Sync,
+    chunk: &ChunkDequantizer<'_>,
 ) -> Result<Vec<f32>> {
     if chunk_len == 0 || symbols.len() != chunk_levels.len() * chunk_len {
         return Err(NwcError::Corrupt {
@@ -461,7 +459,7 @@ pub(crate) fn dequantize_chunks(
                 .zip(q.chunks_exact(chunk_len))
                 .zip(lv)
             {
-                chunk(o, q, l);
+                chunk.chunk(o, q, l);
             }
         });
     Ok(out)

@@ -149,8 +149,8 @@ impl NwcFile {
         d.decompress_record(&r.record_by_name(name)?)
     }
 
-    /// The codec that decodes this file, found from its header by `registry`: [`Builtin`](crate::registry::Builtin)
-    /// knows lossless, ECSQ and TCQ files; `nwc_codec::Codecs` adds the learned codec (the
+    /// The codec that decodes this file, found from its header by `registry`:
+    /// [`Builtin`](crate::registry::Builtin) knows lossless, ECSQ and TCQ files; `nwc_codec::Codecs` adds the learned codec (the
     /// checkpoint this build embeds, matched by hash, or the checkpoint file `checkpoint`). The
     /// `nwc` facade's `nwc::decoder` picks the widest registry its features allow.
     ///

@@ -355,9 +355,7 @@ impl WeightCodec for TcqCodec {
         let chunk = self
             .chunk_dequantizer(name, chunk_levels, params)?
             .expect("TCQ dequantizes chunk by chunk");
-        crate::codec::dequantize_chunks(name, symbols, chunk_len, chunk_levels, |o, q, l| {
-            chunk.chunk(o, q, l)
-        })
+        crate::codec::dequantize_chunks(name, symbols, chunk_len, chunk_levels, &chunk)
     }
 
     fn chunk_dequantizer<'a>(
