@@ -72,12 +72,14 @@ impl LlamaCpp {
             println!(
                 "llama.cpp: downloading llama-cpp-python {LLAMA_CPP_PYTHON} (source) from PyPI"
             );
-            // The sdist's address from PyPI's JSON API (relative links resolved against it).
+            // The sdist's address from PyPI's JSON API (relative links resolved against it). The
+            // project's document, not the version's: the per-version one answers 404 behind
+            // some mirrors.
             let script = format!(
                 "import json, urllib.request, urllib.parse, sys\n\
-                 base = 'https://pypi.org/pypi/llama-cpp-python/{LLAMA_CPP_PYTHON}/json'\n\
+                 base = 'https://pypi.org/pypi/llama-cpp-python/json'\n\
                  d = json.load(urllib.request.urlopen(base))\n\
-                 u = [u for u in d['urls'] if u['packagetype'] == 'sdist'][0]\n\
+                 u = [u for u in d['releases']['{LLAMA_CPP_PYTHON}'] if u['packagetype'] == 'sdist'][0]\n\
                  urllib.request.urlretrieve(urllib.parse.urljoin(base, u['url']), sys.argv[1])\n"
             );
             let tarball = cache.join("llama-cpp-python.tar.gz");
@@ -111,6 +113,11 @@ impl LlamaCpp {
                 "-DLLAMA_BUILD_TESTS=OFF",
                 "-DLLAMA_BUILD_SERVER=OFF",
                 "-DBUILD_SHARED_LIBS=OFF",
+                // `-march=native` turns on AMX on Sapphire Rapids, and ggml's AMX matrix
+                // product dies with SIGSEGV where the kernel has not granted the tile state
+                // (seen in containers here); everything else native stays.
+                "-DCMAKE_C_FLAGS=-mno-amx-tile -mno-amx-int8 -mno-amx-bf16",
+                "-DCMAKE_CXX_FLAGS=-mno-amx-tile -mno-amx-int8 -mno-amx-bf16",
             ]),
             "configuring llama.cpp",
         )?;
