@@ -18,9 +18,11 @@ use clap::Args;
 use crate::llamacpp::LlamaCpp;
 use crate::plot::ratio;
 use nwc::codec_net::burn::backend::NdArray;
-use nwc::llama::{Calibration, LlamaCompression, Mode, decode_llama};
+use nwc::llama::{
+    AllocationOptions, Calibration, ColumnWeight, LlamaCompression, Mode, decode_llama,
+};
 use nwc::llm::LlamaWeights;
-use nwc::pipeline::RateControl;
+use nwc::pipeline::{RateControl, StepAllocation};
 use nwc::tensor::DType;
 use nwc::{Compressor, EcsqCodec, NwcCodec, NwcFile, TcqCodec, WeightCodec};
 
@@ -38,6 +40,27 @@ pub struct RivalArgs {
         value_delimiter = ','
     )]
     pub types: Vec<String>,
+    /// nwc codecs to run (of NWC, TCQ, ECSQ).
+    #[arg(long, default_value = "NWC,TCQ,ECSQ", value_delimiter = ',')]
+    pub codecs: Vec<String>,
+    /// Rate allocation by column across the model (`Calibration::with_allocation`) instead of
+    /// importance bands.
+    #[arg(long)]
+    pub allocate: bool,
+    /// With `--allocate`: each matrix's loss sensitivity from the Fisher information of this
+    /// many calibration windows (0: every matrix alike).
+    #[arg(long, default_value_t = 0)]
+    pub fisher: usize,
+    /// With `--allocate`: the clamp on each column's step multiplier, `MIN,MAX`.
+    #[arg(long, default_value = "0.015625,64", value_delimiter = ',')]
+    pub allocate_range: Vec<f32>,
+    /// With `--allocate`: weight each column's error by diag(H) instead of the LDL pivot.
+    #[arg(long)]
+    pub allocate_diagonal: bool,
+    /// With `--allocate`: normalize each matrix on its own (bits move only between its
+    /// columns) instead of across the model.
+    #[arg(long)]
+    pub allocate_within: bool,
     /// Where llm-rival.md goes.
     #[arg(long, default_value = "docs")]
     pub out: PathBuf,
@@ -65,7 +88,45 @@ pub fn run(a: &RivalArgs) -> Result<()> {
         .with_context(|| format!("{}: run `cargo xtask fetch smollm2`", path.display()))?;
     let h =
         crate::bench_llm::hessians(&w, &a.texts.calib_text, a.texts.ctx, a.texts.calib_windows)?;
-    let cal = Calibration::new(&h, &w.config)?;
+    let mut cal = Calibration::new(&h, &w.config)?;
+    if a.allocate {
+        let sens = if a.fisher > 0 {
+            let t = Instant::now();
+            let ids = w
+                .tokenizer
+                .encode(&crate::bench_llm::load_text(&a.texts.calib_text[0])?)?;
+            let windows: Vec<Vec<u32>> = nwc::llm::windows(&ids, a.texts.ctx, a.fisher)?
+                .into_iter()
+                .map(<[u32]>::to_vec)
+                .collect();
+            let f = nwc::llm::Fisher::measure::<nwc::codec_net::burn::backend::Autodiff<NdArray>>(
+                &w,
+                &windows,
+                &Default::default(),
+                |d, n| println!("fisher {d}/{n} ({:.0} s)", t.elapsed().as_secs_f64()),
+            )?;
+            let s = cal.sensitivities(&w, &f)?;
+            for (n, c) in &s {
+                tracing::info!(tensor = %n, sensitivity = c, "fisher");
+            }
+            s
+        } else {
+            Default::default()
+        };
+        let [min, max] = a.allocate_range[..] else {
+            anyhow::bail!("--allocate-range takes MIN,MAX");
+        };
+        let options = AllocationOptions {
+            range: StepAllocation { min, max },
+            weight: if a.allocate_diagonal {
+                ColumnWeight::Diagonal
+            } else {
+                ColumnWeight::Pivot
+            },
+            across_matrices: !a.allocate_within,
+        };
+        cal = cal.with_allocation(&w, sens, options)?;
+    }
     let eval_ids = w
         .tokenizer
         .encode(&crate::bench_llm::load_text(&a.texts.eval_text)?)?;
@@ -102,6 +163,29 @@ pub fn run(a: &RivalArgs) -> Result<()> {
         a.texts.eval_text,
         fp_nwc
     );
+    if a.allocate {
+        let _ = writeln!(
+            md,
+            "- **Rate allocation by column** instead of importance bands (`docs/allocation.md`): \
+             steps clamped to {:?}, errors weighted by {}, normalized {}, matrix sensitivities {}.\n",
+            a.allocate_range,
+            if a.allocate_diagonal {
+                "diag(H)"
+            } else {
+                "the LDL pivots"
+            },
+            if a.allocate_within {
+                "per matrix"
+            } else {
+                "across the model"
+            },
+            if a.fisher > 0 {
+                format!("from the Fisher information of {} windows", a.fisher)
+            } else {
+                "all 1".into()
+            }
+        );
+    }
     md.push_str(&table(&rows, fp));
     let lines = summary(&rows, fp, &a.rates);
     let _ = writeln!(md, "\n```\n{}\n```", lines.join("\n"));
@@ -241,9 +325,16 @@ pub fn rows(
     for &rate in &a.rates {
         let nwc = NwcCodec::<NdArray>::default_on(&device)?
             .with_step(nwc::codec_net::tcq_step_for_bits(rate as f32))?;
-        push(job.row("NWC", &nwc, rate)?);
-        push(job.row("TCQ", &TcqCodec::for_bits(rate as f32)?, rate)?);
-        push(job.row("ECSQ", &EcsqCodec::for_bits(rate as f32)?, rate)?);
+        let on = |c: &str| a.codecs.iter().any(|x| x.eq_ignore_ascii_case(c));
+        if on("NWC") {
+            push(job.row("NWC", &nwc, rate)?);
+        }
+        if on("TCQ") {
+            push(job.row("TCQ", &TcqCodec::for_bits(rate as f32)?, rate)?);
+        }
+        if on("ECSQ") {
+            push(job.row("ECSQ", &EcsqCodec::for_bits(rate as f32)?, rate)?);
+        }
     }
     Ok(rows)
 }

@@ -459,6 +459,28 @@ impl<B: Backend> Llama<B> {
         head_logits(x, &self.norm.val(), &head, self.config.rms_eps, cap)
     }
 
+    /// Every weight matrix under its Hugging Face name (the embedding, each layer's seven
+    /// projections, and an untied output projection).
+    pub(crate) fn matrices(&self) -> Vec<(String, &Param<Tensor<B, 2>>)> {
+        let mut m = vec![(EMBED.to_string(), &self.embed)];
+        for (l, layer) in self.layers.iter().enumerate() {
+            let p = [
+                &layer.q,
+                &layer.k,
+                &layer.v,
+                &layer.o,
+                &layer.gate,
+                &layer.up,
+                &layer.down,
+            ];
+            m.extend(Proj::ALL.iter().zip(p).map(|(proj, t)| (proj.name(l), t)));
+        }
+        if let Some(h) = &self.lm_head {
+            m.push((LM_HEAD.to_string(), h));
+        }
+        m
+    }
+
     /// The tensors of decoder block `l` (shared storage, not copies).
     ///
     /// # Panics

@@ -211,7 +211,9 @@ impl<'c> Compressor<'c> {
         )?))
     }
 
-    /// The scales (from the whole matrix) and quality levels of a matrix the policy codes.
+    /// The scales (from the whole matrix) and quality levels of a matrix the policy codes; with
+    /// [`CompressOptions::allocation`], scales with each column's step multiplier folded in and
+    /// every level 0.
     pub(crate) fn plan(&self, t: &Tensor, importance: Option<&[f32]>) -> Result<Plan> {
         let (rows, cols) = t.matrix_dims().expect("policy only codes matrices");
         let cfg = &self.options.chunk;
@@ -223,6 +225,7 @@ impl<'c> Compressor<'c> {
                     imp.len()
                 )));
             }
+            Some(_) if self.options.allocation.is_some() => vec![0u8; cols],
             Some(imp) => self.options.bands.assign(imp)?,
             None => vec![0u8; cols],
         };
@@ -242,6 +245,9 @@ impl<'c> Compressor<'c> {
             sums.add(r.start, w).map_err(|e| with_name(e, t.name()))?;
         }
         plan.scales = sums.finish();
+        if let (Some(a), Some(imp)) = (self.options.allocation, importance) {
+            a.fold(t.name(), &mut plan.scales, imp, cfg)?;
+        }
         Ok(plan)
     }
 

@@ -49,7 +49,7 @@ pub use encode::{
 };
 pub use error::{NwcError, Result};
 pub use file::NwcFile;
-pub use options::{CompressOptions, Importance, TensorPolicy, Uniform};
+pub use options::{CompressOptions, Importance, StepAllocation, TensorPolicy, Uniform};
 pub use rate::{
     Count, RATE_TOLERANCE, RateControl, compress_file_to_rate, search_rate, tune_to_rate,
 };

@@ -5,13 +5,13 @@ use std::collections::BTreeMap;
 
 use nwc_format::Record;
 use nwc_ldl::BlockLdl;
-use nwc_pipeline::{Compressor, NwcError, Result};
+use nwc_pipeline::{CompressOptions, Compressor, NwcError, Result, StepAllocation};
 use nwc_tensor::Tensor;
 
 use crate::calib::Hessians;
 use crate::config::LlamaConfig;
 use crate::finetune::FtConfig;
-use crate::weights::{Site, site_of};
+use crate::weights::{LlamaWeights, Site, site_of};
 
 /// How much calibration information the compressor uses.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -47,25 +47,57 @@ impl Mode {
     }
 }
 
-/// One site's calibration: importance per column and the LDL factor of the damped Hessian.
+/// One site's calibration: importance per column, the LDL factor of the damped Hessian, and
+/// the LDL pivots in the Hessian's own units.
 #[derive(Debug, Clone)]
 struct SiteCalibration {
     importance: Vec<f32>,
     ldl: BlockLdl,
+    /// The diagonal of the block-diagonal `D` of `H = L D Lᵀ`, undamped back to `H`'s scale:
+    /// what a squared error in each column costs once LDLQ has fed the errors of the columns
+    /// coded before it forward.
+    pivots: Vec<f32>,
 }
 
 impl SiteCalibration {
+    fn lambda(&self, w: ColumnWeight) -> &[f32] {
+        match w {
+            ColumnWeight::Pivot => &self.pivots,
+            ColumnWeight::Diagonal => &self.importance,
+        }
+    }
+
     fn new(site: Site, mut h: nalgebra::DMatrix<f64>, rotate: bool) -> Result<Self> {
         if rotate {
             rotate_hessian(&mut h);
         }
         let importance: Vec<f32> = h.diagonal().iter().map(|&v| v as f32).collect();
+        // `damp_owned` divides by the mean diagonal of the live columns.
+        let live: Vec<f64> = h.diagonal().iter().copied().filter(|&v| v > 0.0).collect();
+        let unit = live.iter().sum::<f64>() / live.len().max(1) as f64;
         let d = nwc_ldl::damp_owned(h, nwc_ldl::DAMPING)?;
         if !d.dead.is_empty() {
             tracing::debug!(site = %site.key(), dead = d.dead.len(), "dead input columns");
         }
         let ldl = BlockLdl::from_owned(d.h, nwc_ldl::LDL_BLOCK)?;
-        Ok(Self { importance, ldl })
+        let mut pivots: Vec<f32> = ldl
+            .d()
+            .iter()
+            .flat_map(|b| {
+                b.diagonal()
+                    .iter()
+                    .map(|&v| (v * unit) as f32)
+                    .collect::<Vec<_>>()
+            })
+            .collect();
+        for &i in &d.dead {
+            pivots[i] = 0.0;
+        }
+        Ok(Self {
+            importance,
+            ldl,
+            pivots,
+        })
     }
 }
 
@@ -92,6 +124,44 @@ pub struct Calibration {
     /// Whether the Hessians were rotated for incoherence processing.
     rotated: bool,
     pub(crate) finetune: Option<(Vec<Vec<u32>>, FtConfig)>,
+    allocation: Option<Allocation>,
+}
+
+/// Rate allocation across a model's matrices ([`Calibration::with_allocation`]).
+#[derive(Debug, Clone)]
+struct Allocation {
+    /// Per matrix, the weight at which a column keeps the codec's step: the geometric mean of
+    /// `c_t · λ_j · s_j²` over every calibrated column of the model (weighted by rows), or over
+    /// the matrix's own columns when [`AllocationOptions::across_matrices`] is off.
+    reference: BTreeMap<String, f64>,
+    /// Each matrix's loss sensitivity `c_t` (loss per unit of Hessian-weighted error); 1 for
+    /// every matrix without an estimate.
+    sensitivity: BTreeMap<String, f64>,
+    options: AllocationOptions,
+}
+
+/// What a column's squared error is weighted by in [`Calibration::with_allocation`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum ColumnWeight {
+    /// The LDL pivot: what the error costs once LDLQ has fed the errors of the columns before
+    /// it forward.
+    #[default]
+    Pivot,
+    /// The Hessian's diagonal: what the error costs without feedback.
+    Diagonal,
+}
+
+/// How [`Calibration::with_allocation`] spreads the rate.
+#[derive(Debug, Clone, Copy, PartialEq, Default)]
+pub struct AllocationOptions {
+    /// The clamp on each column's step multiplier.
+    pub range: StepAllocation,
+    /// Each column's loss weight.
+    pub weight: ColumnWeight,
+    /// One normalization for the whole model, so that bits move between matrices too (on), or
+    /// one per matrix, so that each matrix keeps its mean step and only its columns trade bits
+    /// (off).
+    pub across_matrices: bool,
 }
 
 impl Calibration {
@@ -126,6 +196,7 @@ impl Calibration {
             sites,
             rotated,
             finetune: None,
+            allocation: None,
         })
     }
 
@@ -146,6 +217,7 @@ impl Calibration {
             sites,
             rotated,
             finetune: None,
+            allocation: None,
         })
     }
 
@@ -154,6 +226,135 @@ impl Calibration {
     pub fn with_finetune(mut self, windows: Vec<Vec<u32>>, config: FtConfig) -> Self {
         self.finetune = Some((windows, config));
         self
+    }
+
+    /// Turns on rate allocation by column ([`StepAllocation`]) for every matrix with a site:
+    /// each column's step goes as `1/√(c_t · λ_j)`, with `λ_j` its loss weight
+    /// ([`ColumnWeight`]) and `c_t` the matrix's loss sensitivity from `sensitivity` (1 when
+    /// absent), normalized per [`AllocationOptions::across_matrices`]. `weights` give the column
+    /// scales the normalization needs.
+    ///
+    /// # Errors
+    /// [`NwcError::Config`] when a matrix with a site cannot be read as f32, a sensitivity is
+    /// not finite and positive, or no matrix has a calibrated column.
+    pub fn with_allocation(
+        mut self,
+        weights: &LlamaWeights,
+        sensitivity: BTreeMap<String, f64>,
+        options: AllocationOptions,
+    ) -> Result<Self> {
+        if let Some((n, c)) = sensitivity
+            .iter()
+            .find(|(_, c)| !(c.is_finite() && **c > 0.0))
+        {
+            return Err(NwcError::Config(format!(
+                "{n}: loss sensitivity {c} is not finite and positive"
+            )));
+        }
+        // Σ rows · ln(w) and Σ rows, per matrix.
+        let mut logs: BTreeMap<String, (f64, f64)> = BTreeMap::new();
+        for (name, t) in &weights.tensors {
+            let (Some(site), Some((rows, cols))) =
+                (site_of(&weights.config, name), t.matrix_dims())
+            else {
+                continue;
+            };
+            let Some(cal) = self.sites.get(&site) else {
+                continue;
+            };
+            let c_t = sensitivity.get(name).copied().unwrap_or(1.0);
+            let sq = column_sq(&t.to_f32()?, cols);
+            let (mut sum_log, mut count) = (0.0f64, 0.0f64);
+            for (s, &l) in sq.iter().zip(cal.lambda(options.weight)) {
+                let w = c_t * f64::from(l) * s;
+                if w > 0.0 {
+                    sum_log += rows as f64 * w.ln();
+                    count += rows as f64;
+                }
+            }
+            if count > 0.0 {
+                logs.insert(name.clone(), (sum_log, count));
+            }
+        }
+        if logs.is_empty() {
+            return Err(NwcError::Config(
+                "rate allocation: no calibrated matrix in the model".into(),
+            ));
+        }
+        let reference = if options.across_matrices {
+            let (l, c) = logs
+                .values()
+                .fold((0.0, 0.0), |(l, c), (dl, dc)| (l + dl, c + dc));
+            logs.keys().map(|n| (n.clone(), (l / c).exp())).collect()
+        } else {
+            logs.into_iter()
+                .map(|(n, (l, c))| (n, (l / c).exp()))
+                .collect()
+        };
+        self.allocation = Some(Allocation {
+            reference,
+            sensitivity,
+            options,
+        });
+        Ok(self)
+    }
+
+    /// Each matrix's loss sensitivity `c_t` from the Fisher information: the loss a
+    /// perturbation of uniform normalized size costs, over the Hessian-weighted error it causes,
+    /// `Σ_j F_j s_j² / (rows · Σ_j H_jj s_j²)` (`F_j` the column's Fisher information summed
+    /// over rows, `s_j` its scale), for [`Calibration::with_allocation`]. Matrices without a site
+    /// or without Fisher information are left out (sensitivity 1).
+    ///
+    /// # Errors
+    /// [`NwcError::Config`] when a matrix cannot be read as f32.
+    pub fn sensitivities(
+        &self,
+        weights: &LlamaWeights,
+        fisher: &crate::sensitivity::Fisher,
+    ) -> Result<BTreeMap<String, f64>> {
+        let mut out = BTreeMap::new();
+        for (name, t) in &weights.tensors {
+            let (Some(site), Some((rows, cols)), Some(f)) = (
+                site_of(&weights.config, name),
+                t.matrix_dims(),
+                fisher.columns.get(name),
+            ) else {
+                continue;
+            };
+            let Some(cal) = self.sites.get(&site).filter(|_| f.len() == cols) else {
+                continue;
+            };
+            let sq = column_sq(&t.to_f32()?, cols);
+            let (mut num, mut den) = (0.0f64, 0.0f64);
+            for ((s, &fj), &h) in sq.iter().zip(f).zip(&cal.importance) {
+                num += fj * s;
+                den += rows as f64 * f64::from(h) * s;
+            }
+            if num > 0.0 && den > 0.0 && (num / den).is_finite() {
+                out.insert(name.clone(), num / den);
+            }
+        }
+        Ok(out)
+    }
+
+    /// Whether [`Calibration::with_allocation`] is on.
+    pub fn allocates(&self) -> bool {
+        self.allocation.is_some()
+    }
+
+    /// The column weights [`StepAllocation`] codes `name` (at `site`) with, normalized by its
+    /// reference; `None` without allocation or for a matrix without calibrated columns.
+    fn column_weights(&self, name: &str, site: Site) -> Option<Vec<f32>> {
+        let a = self.allocation.as_ref()?;
+        let cal = self.sites.get(&site)?;
+        let reference = *a.reference.get(name)?;
+        let c_t = a.sensitivity.get(name).copied().unwrap_or(1.0);
+        Some(
+            cal.lambda(a.options.weight)
+                .iter()
+                .map(|&v| (f64::from(v) * c_t / reference) as f32)
+                .collect(),
+        )
     }
 
     /// diag(H) of a site: the importance of each input column.
@@ -165,6 +366,19 @@ impl Calibration {
     pub fn ldl(&self, site: Site) -> Option<&BlockLdl> {
         self.sites.get(&site).map(|s| &s.ldl)
     }
+}
+
+/// The mean square of each column of a row-major matrix of `cols` columns.
+fn column_sq(v: &[f32], cols: usize) -> Vec<f64> {
+    let mut sq = vec![0.0f64; cols];
+    for row in v.chunks_exact(cols) {
+        for (s, &x) in sq.iter_mut().zip(row) {
+            *s += f64::from(x) * f64::from(x);
+        }
+    }
+    let rows = (v.len() / cols.max(1)).max(1) as f64;
+    sq.iter_mut().for_each(|s| *s /= rows);
+    sq
 }
 
 /// Codes one tensor of a Llama per `mode`: a matrix whose input site `calibration` holds gets
@@ -189,6 +403,20 @@ pub(crate) fn compress_llama_tensor(
                 "off"
             }
         )));
+    }
+    let ldlq = matches!(mode, Mode::LevelsLdlq | Mode::LevelsLdlqFt);
+    if let Some((c, s)) = calibration.zip(site).filter(|_| mode != Mode::DataFree)
+        && let Some(weights) = c.column_weights(t.name(), s)
+    {
+        let options = CompressOptions {
+            allocation: c.allocation.as_ref().map(|a| a.options.range),
+            ..compressor.options().clone()
+        };
+        let allocating = Compressor::new(compressor.codec()).with_options(options)?;
+        return match c.ldl(s).filter(|_| ldlq) {
+            Some(ldl) => allocating.compress_tensor_ldlq(t, Some(&weights), ldl),
+            None => allocating.compress_tensor(t, Some(&weights)),
+        };
     }
     let calibrated = calibration
         .zip(site)

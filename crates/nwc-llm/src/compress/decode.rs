@@ -139,7 +139,7 @@ impl std::fmt::Debug for NwcLlamaSource<'_> {
 }
 
 impl<'c> NwcLlamaSource<'c> {
-    /// Opens a Llama `.nwc` written by [`compress_llama`] or [`compress_llama_layerwise`]. The
+    /// Opens a Llama `.nwc` written by `compress_llama` or `compress_llama_layerwise`. The
     /// tokenizer comes from the file when it holds one, else from `tokenizer`.
     ///
     /// # Errors

@@ -18,7 +18,7 @@ mod shard;
 mod whole;
 
 pub use self::baseline::{Baseline, BaselineResult, quantize_baseline};
-pub use self::calibration::{Calibration, Mode};
+pub use self::calibration::{AllocationOptions, Calibration, ColumnWeight, Mode};
 pub use self::decode::{NwcLlamaSource, decode_llama, decode_to, is_llama};
 pub use self::job::{
     LlamaCompression, compress_llama, compress_llama_ft_file, compress_llama_layerwise,
