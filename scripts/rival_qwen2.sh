@@ -3,7 +3,7 @@
 # 256-value super-blocks fit every matrix (SmolLM2's 576-wide rows do not: docs/llm-rival.md),
 # scored by llama.cpp's own llama-perplexity on the same text. Results: docs/llm-rival.md.
 #
-#   scripts/rival_qwen2.sh llamacpp [TYPES...]   # reference, imatrix, each type: rate and perplexity
+#   scripts/rival_qwen2.sh llamacpp [TYPES...]   # reference, imatrix (once), each type: rate, perplexity
 #   scripts/rival_qwen2.sh nwc CODEC NOMINAL     # nwc|tcq|ecsq, levels + LDLQ, layer by layer
 #
 # Needs: cargo xtask fetch qwen2 canterbury; cargo build --release -p nwc-cli; llama.cpp's tools
@@ -32,10 +32,13 @@ llamacpp)
   shift
   t=$(date +%s); s=$(stat -c %s $M)
   echo "reference: $s bytes, $(bits "$s") bits/param, ppl $(ppl $M) ($(( $(date +%s) - t )) s)"
-  t=$(date +%s)
-  "$B/llama-imatrix" -m $M -f "$D/calib.txt" -o "$D/imatrix.dat" -c 512 --chunks 16 \
-    -t "$(nproc)" --no-ppl > "$D/imatrix.log" 2>&1
-  echo "imatrix: $(( $(date +%s) - t )) s"
+  if [ ! -s "$D/imatrix.dat" ]; then
+    t=$(date +%s)
+    "$B/llama-imatrix" -m $M -f "$D/calib.txt" -o "$D/imatrix.dat.tmp" -c 512 --chunks 16 \
+      -t "$(nproc)" --no-ppl > "$D/imatrix.log" 2>&1
+    mv "$D/imatrix.dat.tmp" "$D/imatrix.dat"
+    echo "imatrix: $(( $(date +%s) - t )) s"
+  fi
   for T in ${*:-IQ2_XS Q2_K IQ3_XXS Q3_K_S Q3_K_M IQ4_XS}; do
     t=$(date +%s)
     "$B/llama-quantize" --allow-requantize --imatrix "$D/imatrix.dat" $M "$D/$T.gguf" "$T" \
