@@ -386,3 +386,104 @@ fn write_tmp(bytes: &[u8]) -> tempfile::NamedTempFile {
     std::fs::write(f.path(), bytes).unwrap();
     f
 }
+
+#[test]
+fn fisher_sensitivities_and_rate_allocation_run_on_a_real_llama() {
+    use nwc::codec_net::burn::backend::Autodiff;
+    use nwc::llama::{AllocationOptions, ColumnWeight};
+    use nwc::llm::Fisher;
+    type Ad = Autodiff<NdArray>;
+
+    let (w, eval, calib) = tiny();
+    let device = Default::default();
+    let (reference, h) = calibrated(&w, &calib);
+    let before = perplexity(&reference, &eval, 256, 4, &device, |_, _| {}).unwrap();
+
+    // The Fisher information of two windows is the mean of each window's.
+    let win = ft_windows(&calib, 2);
+    let both = Fisher::measure::<Ad>(&w, &win, &device, |_, _| {}).unwrap();
+    let one = |k: usize| Fisher::measure::<Ad>(&w, &win[k..=k], &device, |_, _| {}).unwrap();
+    let (a, b) = (one(0), one(1));
+    assert_eq!(both.windows, 2);
+    for (name, t) in &w.tensors {
+        let Some((_, cols)) = t.matrix_dims() else {
+            continue;
+        };
+        let f = &both.columns[name];
+        assert_eq!(f.len(), cols, "{name}");
+        assert!(f.iter().all(|v| v.is_finite() && *v >= 0.0), "{name}");
+        assert!(f.iter().sum::<f64>() > 0.0, "{name}: no gradient");
+        for ((m, x), y) in f.iter().zip(&a.columns[name]).zip(&b.columns[name]) {
+            assert!(
+                (m - (x + y) / 2.0).abs() <= 1e-4 * (x + y).max(1e-12),
+                "{name}"
+            );
+        }
+    }
+    assert!(Fisher::measure::<Ad>(&w, &[], &device, |_, _| {}).is_err());
+
+    // One finite, positive sensitivity per calibrated matrix; a bad one is refused.
+    let cal = Calibration::new(&h, &w.config).unwrap();
+    let sens = cal.sensitivities(&w, &both).unwrap();
+    assert!(!sens.is_empty());
+    assert!(sens.values().all(|c| c.is_finite() && *c > 0.0), "{sens:?}");
+    let mut bad = sens.clone();
+    *bad.values_mut().next().unwrap() = -1.0;
+    assert!(
+        cal.clone()
+            .with_allocation(&w, bad, AllocationOptions::default())
+            .is_err()
+    );
+
+    // Allocation folds a step per column into the scales: a different file, same decoder.
+    let codec = EcsqCodec::for_bits(5.0).unwrap();
+    let compressor = Compressor::new(&codec);
+    let dir = tempfile::tempdir().unwrap();
+    let run = |cal: &Calibration, name: &str| {
+        let path = dir.path().join(name);
+        let report = compress_llama(
+            &compressor,
+            &w,
+            Some(cal),
+            Mode::LevelsLdlq,
+            true,
+            std::fs::File::create(&path).unwrap(),
+        )
+        .unwrap();
+        let back = decode_llama(&NwcFile::open(&path).unwrap(), &codec, None).unwrap();
+        let model = Llama::<NdArray>::from_weights(&back, &device).unwrap();
+        let ppl = perplexity(&model, &eval, 256, 4, &device, |_, _| {})
+            .unwrap()
+            .ppl;
+        (report.bits_per_param(), ppl, std::fs::read(&path).unwrap())
+    };
+    let (bands_bits, bands_ppl, bands_file) = run(&cal, "bands.nwc");
+    for options in [
+        AllocationOptions::default(),
+        AllocationOptions {
+            weight: ColumnWeight::Diagonal,
+            across_matrices: true,
+            range: nwc::pipeline::StepAllocation {
+                min: 0.25,
+                max: 4.0,
+            },
+        },
+    ] {
+        let allocating = cal
+            .clone()
+            .with_allocation(&w, sens.clone(), options)
+            .unwrap();
+        assert!(allocating.allocates() && !cal.allocates());
+        let (bits, ppl, file) = run(&allocating, "alloc.nwc");
+        assert_ne!(file, bands_file, "{options:?}");
+        assert!(
+            bits > 0.5 && bits < 2.0 * bands_bits,
+            "{bits} vs {bands_bits}"
+        );
+        assert!(
+            ppl.is_finite() && ppl < before.ppl * 2.0,
+            "{options:?}: {ppl}"
+        );
+    }
+    assert!(bands_ppl < before.ppl * 1.2, "{} → {bands_ppl}", before.ppl);
+}
