@@ -29,6 +29,15 @@ pub struct Layer<B: Backend> {
     qkv_bias: Option<[Param<Tensor<B, 1>>; 3]>,
 }
 
+impl<B: Backend> Layer<B> {
+    /// The seven projections, in [`Proj::ALL`] order.
+    fn projections(&self) -> [&Param<Tensor<B, 2>>; 7] {
+        [
+            &self.q, &self.k, &self.v, &self.o, &self.gate, &self.up, &self.down,
+        ]
+    }
+}
+
 /// A Llama-architecture causal language model.
 #[derive(Module, Debug)]
 pub struct Llama<B: Backend> {
@@ -464,16 +473,12 @@ impl<B: Backend> Llama<B> {
     pub(crate) fn matrices(&self) -> Vec<(String, &Param<Tensor<B, 2>>)> {
         let mut m = vec![(EMBED.to_string(), &self.embed)];
         for (l, layer) in self.layers.iter().enumerate() {
-            let p = [
-                &layer.q,
-                &layer.k,
-                &layer.v,
-                &layer.o,
-                &layer.gate,
-                &layer.up,
-                &layer.down,
-            ];
-            m.extend(Proj::ALL.iter().zip(p).map(|(proj, t)| (proj.name(l), t)));
+            m.extend(
+                Proj::ALL
+                    .iter()
+                    .zip(layer.projections())
+                    .map(|(proj, t)| (proj.name(l), t)),
+            );
         }
         if let Some(h) = &self.lm_head {
             m.push((LM_HEAD.to_string(), h));
@@ -490,15 +495,7 @@ impl<B: Backend> Llama<B> {
         BlockTensors {
             attn_norm: layer.attn_norm.val(),
             mlp_norm: layer.mlp_norm.val(),
-            proj: [
-                layer.q.val(),
-                layer.k.val(),
-                layer.v.val(),
-                layer.o.val(),
-                layer.gate.val(),
-                layer.up.val(),
-                layer.down.val(),
-            ],
+            proj: layer.projections().map(Param::val),
             qkv_bias: layer
                 .qkv_bias
                 .as_ref()

@@ -404,23 +404,24 @@ pub(crate) fn compress_llama_tensor(
             }
         )));
     }
-    let ldlq = matches!(mode, Mode::LevelsLdlq | Mode::LevelsLdlqFt);
+    // With rate allocation, the matrix's column weights replace its importance, coded by a
+    // compressor that folds them into the scales.
+    let mut allocating = None;
+    let mut weights = None;
     if let Some((c, s)) = calibration.zip(site).filter(|_| mode != Mode::DataFree)
-        && let Some(weights) = c.column_weights(t.name(), s)
+        && let Some(w) = c.column_weights(t.name(), s)
     {
         let options = CompressOptions {
             allocation: c.allocation.as_ref().map(|a| a.options.range),
             ..compressor.options().clone()
         };
-        let allocating = Compressor::new(compressor.codec()).with_options(options)?;
-        return match c.ldl(s).filter(|_| ldlq) {
-            Some(ldl) => allocating.compress_tensor_ldlq(t, Some(&weights), ldl),
-            None => allocating.compress_tensor(t, Some(&weights)),
-        };
+        allocating = Some(Compressor::new(compressor.codec()).with_options(options)?);
+        weights = Some(w);
     }
+    let compressor = allocating.as_ref().unwrap_or(compressor);
     let calibrated = calibration
         .zip(site)
-        .and_then(|(c, s)| Some((c.importance(s)?, c.ldl(s)?)));
+        .and_then(|(c, s)| Some((weights.as_deref().or(c.importance(s))?, c.ldl(s)?)));
     match (calibrated, mode) {
         (Some((imp, ldl)), Mode::LevelsLdlq | Mode::LevelsLdlqFt) => {
             compressor.compress_tensor_ldlq(t, Some(imp), ldl)
