@@ -1,23 +1,25 @@
-//! `cargo xtask bench-llm`: perplexity against *measured* bits per parameter on a real Llama, for
-//! the FP reference, RTN and GPTQ (per-group, sharing the calibration Hessians) and NWC data-free,
-//! with levels, and with levels + LDLQ. Every compressed model is decoded from its bytes before it
-//! is evaluated.
+//! `cargo xtask bench-llm`: perplexity at *exact measured* rates on a real Llama — NWC, TCQ and
+//! ECSQ in each calibration mode, searched to 2, 3 and 4 bits per parameter — beside RTN and GPTQ
+//! (per group, sharing the calibration Hessians) and llama.cpp's own K- and I-quant types with an
+//! importance matrix of the same calibration text. Every file is scored by the same
+//! `llama-perplexity` on the same evaluation text (nwc's files decoded from their bytes and
+//! exported as f32 GGUF), nwc's own evaluation beside it.
 
-use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use anyhow::{Context, Result};
 use clap::Args;
 
-use crate::plot::ratio;
+use crate::llm_score::{Scored, Scoring, allocated};
 use nwc::codec_net::burn::backend::NdArray;
-use nwc::llama::{Baseline, Calibration, Mode, compress_llama, decode_llama, quantize_baseline};
+use nwc::llama::{AllocationOptions, Baseline, Calibration, ColumnWeight, Mode, quantize_baseline};
 use nwc::llm::FtConfig;
 use nwc::llm::{
-    Hessians, Llama, LlamaWeights, Perplexity, cache_file_name, calibration_fingerprint, perplexity,
+    Hessians, Llama, LlamaWeights, cache_file_name, calibration_fingerprint, perplexity,
 };
-use nwc::{CompressOptions, Compressor, EcsqCodec, NwcCodec, NwcFile, WeightCodec};
+use nwc::pipeline::StepAllocation;
+use nwc::{CompressOptions, EcsqCodec, NwcCodec, TcqCodec};
 
 /// The model, window size and texts every LLM benchmark shares (`bench-llm`, `bench-rival`).
 #[derive(Args, Debug, Clone)]
@@ -51,59 +53,64 @@ pub struct LlmTexts {
 pub struct LlmBenchArgs {
     #[command(flatten)]
     pub texts: LlmTexts,
+    /// Exact measured rates (bits per parameter) at which NWC, TCQ and ECSQ run, each mode.
+    #[arg(long, default_value = "2,3,4", value_delimiter = ',')]
+    pub rates: Vec<f64>,
+    /// Calibration modes of the nwc rows (data-free, levels, levels+LDLQ, levels+LDLQ+FT).
+    #[arg(
+        long,
+        default_value = "data-free,levels,levels+LDLQ",
+        value_delimiter = ','
+    )]
+    pub modes: Vec<String>,
+    /// nwc codecs (of NWC, TCQ, ECSQ).
+    #[arg(long, default_value = "NWC,TCQ,ECSQ", value_delimiter = ',')]
+    pub codecs: Vec<String>,
     /// Bit widths of RTN and GPTQ (groups of 128).
-    #[arg(long, default_value = "3,4,5", value_delimiter = ',')]
+    #[arg(long, default_value = "2,3,4", value_delimiter = ',')]
     pub baseline_bits: Vec<u32>,
-    /// Nominal rates (bits per value at quality level 0) at which NWC and ECSQ run, each mode;
-    /// the measured rates are what the table reports.
-    #[arg(long, default_value = "3.5,4.5", value_delimiter = ',')]
-    pub nwc_bits: Vec<f32>,
-    /// Skip the ECSQ rows.
-    #[arg(long)]
-    pub no_ecsq: bool,
+    /// llama.cpp types (quantized with an importance matrix of the calibration text).
+    #[arg(
+        long,
+        default_value = "IQ2_XS,Q2_K,IQ3_XXS,Q3_K_M,IQ4_XS,Q4_K_M,Q5_K_M",
+        value_delimiter = ','
+    )]
+    pub types: Vec<String>,
+    /// Rate allocation by column (Fisher sensitivities, diag(H), steps within 1/16..16 of the
+    /// file's, across the model; `docs/allocation.md`) at target rates of at most this many
+    /// bits; importance bands above it. 0: never.
+    #[arg(long, default_value_t = 3.0)]
+    pub allocate_up_to: f64,
+    /// Calibration windows of the Fisher information behind rate allocation.
+    #[arg(long, default_value_t = 4)]
+    pub fisher: usize,
     /// Calibration windows of block-wise fine-tuning (the last two are its held-out part).
     #[arg(long, default_value_t = 8)]
     pub ft_windows: usize,
     /// Most fine-tuning steps per block.
     #[arg(long, default_value_t = 40)]
     pub ft_steps: usize,
+    /// Score with nwc's own evaluation only: no llama.cpp tools built or run, no llama.cpp rows
+    /// (models llama.cpp cannot load, such as the byte-level test Llama).
+    #[arg(long)]
+    pub no_llamacpp: bool,
     /// Where llm.md and llm.svg go.
     #[arg(long, default_value = "docs")]
     pub out: PathBuf,
 }
 
-/// One measured point of a method.
-#[derive(Debug, Clone)]
-struct Row {
-    method: String,
-    setting: String,
-    bits: f64,
-    ppl: f64,
-    seconds: f64,
-}
+/// The rows' mode in the summary lines: the library's default for a calibrated Llama.
+pub const LINE_MODE: Mode = Mode::LevelsLdlq;
+
+/// The reference as nwc holds it (the source's weights in f32), exported like nwc's files: the
+/// denominator of every ratio.
+pub const REFERENCE_F32: &str = "reference (f32 export)";
 
 pub fn load_text(rel: &str) -> Result<String> {
     let p = nwc::tensor::data_dir().join(rel);
     let bytes = std::fs::read(&p)
         .with_context(|| format!("{}: run `cargo xtask fetch canterbury`", p.display()))?;
     Ok(String::from_utf8_lossy(&bytes).into_owned())
-}
-
-fn ppl_of(
-    w: &LlamaWeights,
-    ids: &[u32],
-    a: &LlmBenchArgs,
-    device: &nwc::codec_net::burn::backend::ndarray::NdArrayDevice,
-) -> Result<Perplexity> {
-    let model = Llama::<NdArray>::from_weights(w, device)?;
-    Ok(perplexity(
-        &model,
-        ids,
-        a.texts.ctx,
-        a.texts.eval_windows,
-        device,
-        |_, _| {},
-    )?)
 }
 
 /// Perplexity of `w` on the first `windows` windows of `ctx` tokens of `ids` (nwc's evaluation).
@@ -173,18 +180,26 @@ pub fn hessians(
 
 pub fn run(a: &LlmBenchArgs) -> Result<()> {
     let t0 = Instant::now();
-    let device = Default::default();
     let path =
         a.texts.model.clone().unwrap_or_else(|| {
             nwc::tensor::data_dir().join("smollm2/SmolLM2-135M-Instruct.Q4_1.gguf")
         });
     let w = LlamaWeights::open(&path)
         .with_context(|| format!("{}: run `cargo xtask fetch smollm2`", path.display()))?;
-    let n_params = w.n_params();
-    let eval_ids = w.tokenizer.encode(&load_text(&a.texts.eval_text)?)?;
+    let modes = a
+        .modes
+        .iter()
+        .map(|m| {
+            Mode::ALL
+                .into_iter()
+                .find(|x| x.label().eq_ignore_ascii_case(m))
+                .with_context(|| format!("--modes: no mode {m:?}"))
+        })
+        .collect::<Result<Vec<_>>>()?;
     println!(
-        "model {} ({n_params} params, {} layers); eval {} ({} windows × {} tokens); calibration {} ({} windows × {})",
+        "model {} ({} params, {} layers); eval {} ({} windows × {} tokens); calibration {} ({} windows × {})",
         path.display(),
+        w.n_params(),
         w.config.layers,
         a.texts.eval_text,
         a.texts.eval_windows,
@@ -193,268 +208,98 @@ pub fn run(a: &LlmBenchArgs) -> Result<()> {
         a.texts.calib_windows,
         a.texts.ctx
     );
-    let mut rows: Vec<Row> = Vec::new();
-    let push =
-        |rows: &mut Vec<Row>, method: &str, setting: String, bits: f64, ppl: f64, t: Instant| {
-            let r = Row {
-                method: method.to_string(),
-                setting,
-                bits,
-                ppl,
-                seconds: t.elapsed().as_secs_f64(),
-            };
-            println!(
-                "{:<18} {:<14} {:>7.4} bits/param  ppl {:>9.3}  ({:.0} s)",
-                r.method, r.setting, r.bits, r.ppl, r.seconds
-            );
-            rows.push(r);
-        };
-
+    let scoring = Scoring::new(&w, &a.texts, Path::new("target/bench-llm"), !a.no_llamacpp)?;
+    let mut rows: Vec<Scored> = Vec::new();
+    let mut push = |r: Scored| {
+        r.print();
+        rows.push(r);
+    };
+    if scoring.has_llamacpp() {
+        push(scoring.reference(&path)?);
+    }
     let t = Instant::now();
-    let fp = ppl_of(&w, &eval_ids, a, &device)?;
-    let stored_bits =
-        8.0 * w.tensors.values().map(|t| t.bytes().len()).sum::<usize>() as f64 / n_params as f64;
-    push(
-        &mut rows,
-        "FP (reference)",
-        "as loaded".into(),
-        stored_bits,
-        fp.ppl,
-        t,
-    );
+    let stored = w.tensors.values().map(|t| t.bytes().len()).sum::<usize>();
+    let stored_bits = 8.0 * stored as f64 / w.n_params() as f64;
+    push(scoring.decoded(REFERENCE_F32.into(), stored_bits, &w, t)?);
+    if scoring.has_llamacpp() {
+        scoring.llamacpp(&path, &a.types, &mut push)?;
+    }
 
     let h = hessians(&w, &a.texts.calib_text, a.texts.ctx, a.texts.calib_windows)?;
-    let t = Instant::now();
-    let cal = Calibration::new(&h, &w.config)?.with_finetune(
-        ft_windows(&w, &a.texts.calib_text, a.texts.ctx, a.ft_windows)?,
-        FtConfig {
-            max_steps: a.ft_steps,
-            ..FtConfig::default()
-        },
-    );
-    tracing::info!(
-        seconds = t.elapsed().as_secs_f64(),
-        "Hessians damped and factored"
-    );
-
+    let mut bands = Calibration::new(&h, &w.config)?;
+    if modes.contains(&Mode::LevelsLdlqFt) {
+        bands = bands.with_finetune(
+            ft_windows(&w, &a.texts.calib_text, a.texts.ctx, a.ft_windows)?,
+            FtConfig {
+                max_steps: a.ft_steps,
+                ..FtConfig::default()
+            },
+        );
+    }
     let policy = CompressOptions::default().policy;
     for &b in &a.baseline_bits {
         for base in [Baseline::Rtn(b), Baseline::Gptq(b)] {
             let t = Instant::now();
-            let r = quantize_baseline(&w, Some(&cal), base, &policy)?;
-            let p = ppl_of(&r.weights, &eval_ids, a, &device)?;
+            let r = quantize_baseline(&w, Some(&bands), base, &policy)?;
             let method = match base {
-                Baseline::Rtn(_) => "RTN g128",
-                Baseline::Gptq(_) => "GPTQ g128",
+                Baseline::Rtn(_) => format!("RTN g128 {b} bits"),
+                Baseline::Gptq(_) => format!("GPTQ g128 {b} bits"),
             };
-            push(
-                &mut rows,
-                method,
-                format!("{b} bits"),
-                r.bits_per_param,
-                p.ppl,
-                t,
-            );
+            push(scoring.decoded(method, r.bits_per_param, &r.weights, t)?);
         }
     }
+    let allocating = a.rates.iter().any(|&r| r <= a.allocate_up_to);
+    let allocated = if allocating {
+        let options = AllocationOptions {
+            range: StepAllocation {
+                min: 1.0 / 16.0,
+                max: 16.0,
+            },
+            weight: ColumnWeight::Diagonal,
+            across_matrices: true,
+        };
+        Some(allocated(&w, bands.clone(), &a.texts, a.fisher, options)?)
+    } else {
+        None
+    };
 
-    // One scratch file per run: a second bench must never truncate a file this one has mapped.
-    let tmp_dir = PathBuf::from("target/bench-llm");
-    std::fs::create_dir_all(&tmp_dir)?;
-    let file = tmp_dir.join(format!("model-{}.nwc", std::process::id()));
-    for mode in Mode::ALL {
-        for &b in &a.nwc_bits {
-            let mut codecs: Vec<(&str, Box<dyn WeightCodec>)> = vec![(
-                "NWC",
-                Box::new(
-                    NwcCodec::<NdArray>::default_on(&device)?
-                        .with_step(nwc::codec_net::tcq_step_for_bits(b))?,
-                ),
-            )];
-            if !a.no_ecsq {
-                codecs.push(("ECSQ", Box::new(EcsqCodec::for_bits(b)?)));
+    let device = Default::default();
+    let on = |c: &str| a.codecs.iter().any(|x| x.eq_ignore_ascii_case(c));
+    for &rate in &a.rates {
+        let cal = match &allocated {
+            Some(c) if rate <= a.allocate_up_to => c,
+            _ => &bands,
+        };
+        for &mode in &modes {
+            let cal = (mode != Mode::DataFree).then_some(cal);
+            let name = |c: &str| row_name(c, mode, rate);
+            if on("NWC") {
+                let nwc = NwcCodec::<NdArray>::default_on(&device)?
+                    .with_step(nwc::codec_net::tcq_step_for_bits(rate as f32))?;
+                push(scoring.nwc(name("NWC"), &w, cal, mode, &nwc, rate)?);
             }
-            for (name, codec) in codecs {
-                let t = Instant::now();
-                let bits = compress_to(codec.as_ref(), &w, &cal, mode, &file)?;
-                let decoded = decode_llama(
-                    &NwcFile::open(&file)?,
-                    codec.as_ref(),
-                    Some(w.tokenizer.clone()),
-                )?;
-                let p = ppl_of(&decoded, &eval_ids, a, &device)?;
-                push(
-                    &mut rows,
-                    &format!("{name} {}", mode.label()),
-                    format!("{b} b nominal"),
-                    bits,
-                    p.ppl,
-                    t,
-                );
+            if on("TCQ") {
+                let tcq = TcqCodec::for_bits(rate as f32)?;
+                push(scoring.nwc(name("TCQ"), &w, cal, mode, &tcq, rate)?);
+            }
+            if on("ECSQ") {
+                let ecsq = EcsqCodec::for_bits(rate as f32)?;
+                push(scoring.nwc(name("ECSQ"), &w, cal, mode, &ecsq, rate)?);
             }
         }
     }
-    std::fs::remove_file(&file)?;
-    write_report(a, &rows, fp, n_params, &path, t0)
+    let report = crate::bench_llm_report::Report {
+        a,
+        modes: &modes,
+        rows: &rows,
+        model: &path,
+        n_params: w.n_params(),
+        minutes: t0.elapsed().as_secs_f64() / 60.0,
+    };
+    report.write()
 }
 
-/// Compresses `w` into `file` and returns its measured bits per parameter.
-fn compress_to(
-    codec: &dyn WeightCodec,
-    w: &LlamaWeights,
-    cal: &Calibration,
-    mode: Mode,
-    file: &Path,
-) -> Result<f64> {
-    let compressor = Compressor::new(codec);
-    let out = std::io::BufWriter::new(std::fs::File::create(file)?);
-    let report = compress_llama(&compressor, w, Some(cal), mode, false, out)?;
-    let bits = NwcFile::open(file)?.bits_per_param()?;
-    tracing::info!(
-        mode = mode.label(),
-        bits,
-        seconds = report.seconds,
-        "compressed"
-    );
-    Ok(bits)
-}
-
-fn write_report(
-    a: &LlmBenchArgs,
-    rows: &[Row],
-    fp: Perplexity,
-    n_params: usize,
-    path: &Path,
-    t0: Instant,
-) -> Result<()> {
-    let series = |m: &str| -> Vec<(f64, f64)> {
-        rows.iter()
-            .filter(|r| r.method == m)
-            .map(|r| (r.bits, r.ppl))
-            .collect()
-    };
-    // Every mode of each codec at exactly 4.00 bits; each codec is then compared at its best.
-    let at4 = |codec: &str| -> Vec<(Mode, Option<f64>)> {
-        Mode::ALL
-            .iter()
-            .map(|&m| {
-                (
-                    m,
-                    crate::plot::at(&series(&format!("{codec} {}", m.label())), 4.0),
-                )
-            })
-            .collect()
-    };
-    let best = |v: &[(Mode, Option<f64>)]| {
-        v.iter()
-            .filter_map(|&(m, p)| p.map(|p| (m, p)))
-            .min_by(|a, b| a.1.total_cmp(&b.1))
-    };
-    let (nwc_modes, ecsq_modes) = (at4("NWC"), at4("ECSQ"));
-    let (nwc_best, ecsq_best) = (best(&nwc_modes), best(&ecsq_modes));
-    let best_label = |b: Option<(Mode, f64)>| {
-        b.map_or("levels+LDLQ".to_string(), |(m, _)| m.label().to_string())
-    };
-    let nwc = series(&format!("NWC {}", best_label(nwc_best)));
-    let ecsq = series(&format!("ECSQ {}", best_label(ecsq_best)));
-    let e4 = ecsq_best.map(|b| b.1);
-    let (n4, g4, r4) = (
-        nwc_best.map(|b| b.1),
-        crate::plot::at(&series("GPTQ g128"), 4.0),
-        crate::plot::at(&series("RTN g128"), 4.0),
-    );
-    let mut md = String::new();
-    let _ = writeln!(md, "# Perplexity against measured rate on a real Llama\n");
-    let _ = writeln!(
-        md,
-        "Made by `cargo xtask {}` in {:.0} min on this machine (2 CPU cores, NdArray backend).\n",
-        std::env::args().skip(1).collect::<Vec<_>>().join(" "),
-        t0.elapsed().as_secs_f64() / 60.0
-    );
-    let _ = writeln!(
-        md,
-        "- Model: `{}`, {n_params} parameters. Every matrix is compressed (the tied embedding too, calibrated as the output projection); norms stay in f32 and are counted.\n\
-         - Evaluation: perplexity on `{}`, {} non-overlapping windows of {} tokens ({} scored tokens). Calibration: `{}`, {} windows of {} tokens, disjoint from the evaluation text.\n\
-         - Rates are measured: NWC = `.nwc` file bytes × 8 / parameters (header, scales, levels, tables, index included; the model is decoded from that file before it is evaluated). RTN/GPTQ = serialized codes + f16 scale + f16 minimum per group of 128, plus the norms.\n\
-         - NWC codec: the checkpoint the library embeds (`nwc_codec::DEFAULT_CHECKPOINT`, the trellis refiner); ECSQ runs at the same nominal rates, with the same levels, LDLQ and calibration.\n",
-        path.file_name()
-            .map(|f| f.to_string_lossy())
-            .unwrap_or_default(),
-        a.texts.eval_text,
-        fp.windows,
-        fp.ctx,
-        fp.tokens,
-        a.texts.calib_text.join(" + "),
-        a.texts.calib_windows,
-        a.texts.ctx
-    );
-    let _ = writeln!(
-        md,
-        "| method | setting | bits/param | perplexity | ppl / FP | seconds |\n|---|---|---:|---:|---:|---:|"
-    );
-    for r in rows {
-        let _ = writeln!(
-            md,
-            "| {} | {} | {:.4} | {:.3} | {:.4} | {:.0} |",
-            r.method,
-            r.setting,
-            r.bits,
-            r.ppl,
-            r.ppl / fp.ppl,
-            r.seconds
-        );
-    }
-    let f = |v: Option<f64>| v.map_or("n/a".into(), |x| format!("{x:.3}"));
-    let _ = writeln!(
-        md,
-        "\n## What each stage is worth at 4.00 bits/param\n\n\
-         Perplexity at exactly 4.00 measured bits/param (log-perplexity interpolated between the \
-         measured points of each row), FP = {:.3}.\n\n\
-         | mode | NWC | ECSQ | NWC / ECSQ |\n|---|---:|---:|---:|",
-        fp.ppl
-    );
-    for ((m, n), (_, e)) in nwc_modes.iter().zip(&ecsq_modes) {
-        let _ = writeln!(
-            md,
-            "| {} | {} | {} | {} |",
-            m.label(),
-            f(*n),
-            f(*e),
-            ratio(*n, *e)
-        );
-    }
-    let _ = writeln!(
-        md,
-        "\nAt exactly 4.00 bits/param, each codec in its best mode: FP {:.3}, NWC {} ({}), ECSQ {} ({}), GPTQ {}, RTN {}.",
-        fp.ppl,
-        f(n4),
-        best_label(nwc_best),
-        f(e4),
-        best_label(ecsq_best),
-        f(g4),
-        f(r4)
-    );
-    let fp_line = vec![(1.0, fp.ppl), (9.0, fp.ppl)];
-    let svg = crate::plot::svg(
-        &[
-            ("FP reference", "#000000", fp_line),
-            ("RTN g128", "#7f7f7f", series("RTN g128")),
-            ("GPTQ g128", "#1f77b4", series("GPTQ g128")),
-            ("NWC data-free", "#ff9896", series("NWC data-free")),
-            ("NWC levels", "#ff7f0e", series("NWC levels")),
-            ("NWC levels+LDLQ", "#9467bd", series("NWC levels+LDLQ")),
-            ("ECSQ (best mode)", "#2ca02c", ecsq),
-            ("NWC (best mode)", "#d62728", nwc),
-        ],
-        "perplexity",
-    );
-    crate::plot::write_outputs(&a.out, "llm", &md, &svg)?;
-    println!(
-        "llm@4bit: ppl_ratio={} vs_gptq={} vs_rtn={} vs_ecsq={}",
-        ratio(n4, Some(fp.ppl)),
-        ratio(n4, g4),
-        ratio(n4, r4),
-        ratio(n4, e4)
-    );
-    Ok(())
+/// The method column of an nwc row; the report finds rows by it.
+pub fn row_name(codec: &str, mode: Mode, rate: f64) -> String {
+    format!("{codec} {} @ {rate} bits", mode.label())
 }

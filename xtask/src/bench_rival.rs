@@ -15,16 +15,13 @@ use std::time::Instant;
 use anyhow::{Context, Result};
 use clap::Args;
 
-use crate::llamacpp::LlamaCpp;
+use crate::llm_score::{Scored, Scoring, allocated};
 use crate::plot::ratio;
 use nwc::codec_net::burn::backend::NdArray;
-use nwc::llama::{
-    AllocationOptions, Calibration, ColumnWeight, LlamaCompression, Mode, decode_llama,
-};
+use nwc::llama::{AllocationOptions, Calibration, ColumnWeight, Mode};
 use nwc::llm::LlamaWeights;
-use nwc::pipeline::{RateControl, StepAllocation};
-use nwc::tensor::DType;
-use nwc::{Compressor, EcsqCodec, NwcCodec, NwcFile, TcqCodec, WeightCodec};
+use nwc::pipeline::StepAllocation;
+use nwc::{EcsqCodec, NwcCodec, TcqCodec};
 
 #[derive(Args, Debug, Clone)]
 pub struct RivalArgs {
@@ -66,18 +63,6 @@ pub struct RivalArgs {
     pub out: PathBuf,
 }
 
-/// One scored file.
-#[derive(Debug, Clone)]
-pub struct RivalRow {
-    pub method: String,
-    pub bits: f64,
-    /// `llama-perplexity` on the evaluation text.
-    pub llama_ppl: f64,
-    /// nwc's own evaluation (nwc rows only).
-    pub nwc_ppl: Option<f64>,
-    pub seconds: f64,
-}
-
 pub fn run(a: &RivalArgs) -> Result<()> {
     let t0 = Instant::now();
     let path =
@@ -90,29 +75,6 @@ pub fn run(a: &RivalArgs) -> Result<()> {
         crate::bench_llm::hessians(&w, &a.texts.calib_text, a.texts.ctx, a.texts.calib_windows)?;
     let mut cal = Calibration::new(&h, &w.config)?;
     if a.allocate {
-        let sens = if a.fisher > 0 {
-            let t = Instant::now();
-            let ids = w
-                .tokenizer
-                .encode(&crate::bench_llm::load_text(&a.texts.calib_text[0])?)?;
-            let windows: Vec<Vec<u32>> = nwc::llm::windows(&ids, a.texts.ctx, a.fisher)?
-                .into_iter()
-                .map(<[u32]>::to_vec)
-                .collect();
-            let f = nwc::llm::Fisher::measure::<nwc::codec_net::burn::backend::Autodiff<NdArray>>(
-                &w,
-                &windows,
-                &Default::default(),
-                |d, n| println!("fisher {d}/{n} ({:.0} s)", t.elapsed().as_secs_f64()),
-            )?;
-            let s = cal.sensitivities(&w, &f)?;
-            for (n, c) in &s {
-                tracing::info!(tensor = %n, sensitivity = c, "fisher");
-            }
-            s
-        } else {
-            Default::default()
-        };
         let [min, max] = a.allocate_range[..] else {
             anyhow::bail!("--allocate-range takes MIN,MAX");
         };
@@ -125,15 +87,13 @@ pub fn run(a: &RivalArgs) -> Result<()> {
             },
             across_matrices: !a.allocate_within,
         };
-        cal = cal.with_allocation(&w, sens, options)?;
+        cal = allocated(&w, cal, &a.texts, a.fisher, options)?;
     }
-    let eval_ids = w
-        .tokenizer
-        .encode(&crate::bench_llm::load_text(&a.texts.eval_text)?)?;
+    let scoring = Scoring::new(&w, &a.texts, Path::new("target/bench-rival"), true)?;
     let fp_nwc =
-        crate::bench_llm::ppl_of_windows(&w, &eval_ids, a.texts.ctx, a.texts.eval_windows)?;
-    let rows = rows(a, &path, &w, &cal, &eval_ids)?;
-    let fp = rows.first().context("no reference row")?.llama_ppl;
+        crate::bench_llm::ppl_of_windows(&w, &scoring.eval_ids, a.texts.ctx, a.texts.eval_windows)?;
+    let rows = rows(a, &path, &w, &cal, &scoring)?;
+    let fp = rows.first().context("no reference row")?.score();
     let mut md = String::new();
     let _ = writeln!(
         md,
@@ -197,19 +157,20 @@ pub fn run(a: &RivalArgs) -> Result<()> {
     Ok(())
 }
 
-/// The markdown table of `rows`, perplexities also as a ratio to the reference `fp`.
-pub fn table(rows: &[RivalRow], fp: f64) -> String {
+/// The markdown table of `rows`, perplexities also as a ratio to the reference `fp` (each
+/// row's [`Scored::score`]).
+pub fn table(rows: &[Scored], fp: f64) -> String {
     let mut md = String::from(
         "| method | bits/param | llama-perplexity | / reference | nwc's evaluation | seconds |\n|---|---:|---:|---:|---:|---:|\n",
     );
     for r in rows {
         let _ = writeln!(
             md,
-            "| {} | {:.4} | {:.4} | {:.4} | {} | {:.0} |",
+            "| {} | {:.4} | {} | {:.4} | {} | {:.0} |",
             r.method,
             r.bits,
-            r.llama_ppl,
-            r.llama_ppl / fp,
+            r.llama_ppl.map_or("–".into(), |p| format!("{p:.4}")),
+            r.score() / fp,
             r.nwc_ppl.map_or("–".into(), |p| format!("{p:.4}")),
             r.seconds
         );
@@ -219,11 +180,11 @@ pub fn table(rows: &[RivalRow], fp: f64) -> String {
 
 /// One line per rate: NWC's `llama-perplexity` over the reference's, over TCQ's and ECSQ's at
 /// the same rate, and over the best llama.cpp type of at most `rate + 1.5` bits/param.
-pub fn summary(rows: &[RivalRow], fp: f64, rates: &[f64]) -> Vec<String> {
+pub fn summary(rows: &[Scored], fp: f64, rates: &[f64]) -> Vec<String> {
     let at = |prefix: &str, rate: f64| {
         rows.iter()
             .find(|r| r.method == format!("{prefix} @ {rate} bits"))
-            .map(|r| r.llama_ppl)
+            .map(Scored::score)
     };
     rates
         .iter()
@@ -232,13 +193,13 @@ pub fn summary(rows: &[RivalRow], fp: f64, rates: &[f64]) -> Vec<String> {
             let best = rows
                 .iter()
                 .filter(|r| r.method.starts_with("llama.cpp") && r.bits <= rate + 1.5)
-                .min_by(|x, y| x.llama_ppl.total_cmp(&y.llama_ppl));
+                .min_by(|x, y| x.score().total_cmp(&y.score()));
             format!(
                 "rival@{rate}bit: ppl_ratio={} vs_tcq={} vs_ecsq={} vs_llamacpp={} ({})",
                 ratio(nwc, Some(fp)),
                 ratio(nwc, at("TCQ", rate)),
                 ratio(nwc, at("ECSQ", rate)),
-                ratio(nwc, best.map(|b| b.llama_ppl)),
+                ratio(nwc, best.map(Scored::score)),
                 best.map_or("no llama.cpp type that small".into(), |b| format!(
                     "{} at {:.2} bits",
                     b.method, b.bits
@@ -249,164 +210,38 @@ pub fn summary(rows: &[RivalRow], fp: f64, rates: &[f64]) -> Vec<String> {
 }
 
 /// Every row: the reference, each llama.cpp type, then NWC, TCQ and ECSQ at each rate.
-pub fn rows(
+fn rows(
     a: &RivalArgs,
     path: &Path,
     w: &LlamaWeights,
     cal: &Calibration,
-    eval_ids: &[u32],
-) -> Result<Vec<RivalRow>> {
-    let tools = LlamaCpp::find_or_build(Path::new("target/llama.cpp"))?;
-    let dir = PathBuf::from("target/bench-rival");
-    std::fs::create_dir_all(&dir)?;
-    let mut calib = String::new();
-    for t in &a.texts.calib_text {
-        calib.push_str(&crate::bench_llm::load_text(t)?);
-    }
-    let calib_file = dir.join("calib.txt");
-    std::fs::write(&calib_file, calib)?;
-    let eval_file = nwc::tensor::data_dir().join(&a.texts.eval_text);
-    let n_params = w.n_params() as f64;
-    let bits_of =
-        |p: &Path| -> Result<f64> { Ok(8.0 * std::fs::metadata(p)?.len() as f64 / n_params) };
-    let score = |p: &Path| tools.perplexity(p, &eval_file, a.texts.ctx, a.texts.eval_windows);
+    scoring: &Scoring<'_>,
+) -> Result<Vec<Scored>> {
     let mut rows = Vec::new();
-    let mut push = |r: RivalRow| {
-        println!(
-            "{:<28} {:>7.4} bits/param  llama-perplexity {:>9.4}{}  ({:.0} s)",
-            r.method,
-            r.bits,
-            r.llama_ppl,
-            r.nwc_ppl.map_or(String::new(), |p| format!("  nwc {p:.4}")),
-            r.seconds
-        );
+    let mut push = |r: Scored| {
+        r.print();
         rows.push(r);
     };
-
-    let t = Instant::now();
-    push(RivalRow {
-        method: "reference (source GGUF)".into(),
-        bits: bits_of(path)?,
-        llama_ppl: score(path)?,
-        nwc_ppl: None,
-        seconds: t.elapsed().as_secs_f64(),
-    });
-    let imatrix = dir.join("imatrix.gguf");
-    tools.imatrix(
-        path,
-        &calib_file,
-        a.texts.ctx,
-        a.texts.calib_windows,
-        &imatrix,
-    )?;
-    for ty in &a.types {
-        let t = Instant::now();
-        let out = dir.join(format!("{ty}.gguf"));
-        tools.quantize(path, Some(&imatrix), ty, &out)?;
-        push(RivalRow {
-            method: format!("llama.cpp {ty} + imatrix"),
-            bits: bits_of(&out)?,
-            llama_ppl: score(&out)?,
-            nwc_ppl: None,
-            seconds: t.elapsed().as_secs_f64(),
-        });
-        std::fs::remove_file(&out)?;
-    }
-
+    push(scoring.reference(path)?);
+    scoring.llamacpp(path, &a.types, &mut push)?;
     let device = Default::default();
-    let job = NwcJob {
-        w,
-        cal,
-        eval_ids,
-        a,
-        dir: &dir,
-        score: &score,
-    };
+    let on = |c: &str| a.codecs.iter().any(|x| x.eq_ignore_ascii_case(c));
+    let mode = Mode::LevelsLdlq;
     for &rate in &a.rates {
-        let nwc = NwcCodec::<NdArray>::default_on(&device)?
-            .with_step(nwc::codec_net::tcq_step_for_bits(rate as f32))?;
-        let on = |c: &str| a.codecs.iter().any(|x| x.eq_ignore_ascii_case(c));
+        let name = |c: &str| format!("{c} @ {rate} bits");
         if on("NWC") {
-            push(job.row("NWC", &nwc, rate)?);
+            let nwc = NwcCodec::<NdArray>::default_on(&device)?
+                .with_step(nwc::codec_net::tcq_step_for_bits(rate as f32))?;
+            push(scoring.nwc(name("NWC"), w, Some(cal), mode, &nwc, rate)?);
         }
         if on("TCQ") {
-            push(job.row("TCQ", &TcqCodec::for_bits(rate as f32)?, rate)?);
+            let tcq = TcqCodec::for_bits(rate as f32)?;
+            push(scoring.nwc(name("TCQ"), w, Some(cal), mode, &tcq, rate)?);
         }
         if on("ECSQ") {
-            push(job.row("ECSQ", &EcsqCodec::for_bits(rate as f32)?, rate)?);
+            let ecsq = EcsqCodec::for_bits(rate as f32)?;
+            push(scoring.nwc(name("ECSQ"), w, Some(cal), mode, &ecsq, rate)?);
         }
     }
     Ok(rows)
-}
-
-/// What every nwc row shares: the model, its calibration and texts, where files go and how
-/// a GGUF is scored.
-struct NwcJob<'a> {
-    w: &'a LlamaWeights,
-    cal: &'a Calibration,
-    eval_ids: &'a [u32],
-    a: &'a RivalArgs,
-    dir: &'a Path,
-    score: &'a dyn Fn(&Path) -> Result<f64>,
-}
-
-impl NwcJob<'_> {
-    /// One nwc codec at exactly `rate`: searched, written, decoded, exported and scored both
-    /// ways.
-    fn row<C: RateControl + WeightCodec>(
-        &self,
-        name: &str,
-        start: &C,
-        rate: f64,
-    ) -> Result<RivalRow> {
-        let t = Instant::now();
-        let NwcJob {
-            w,
-            cal,
-            eval_ids,
-            a,
-            dir,
-            score,
-        } = *self;
-        let job = |c| {
-            LlamaCompression::new(c)
-                .mode(Mode::LevelsLdlq)
-                .calibration(cal)
-                .embed_tokenizer(true)
-        };
-        let searching = Compressor::new(start);
-        let (codec, _) = job(&searching).tune_to_rate(start, w, rate)?;
-        let step = codec.log2_step().exp2();
-        tracing::info!(
-            codec = name,
-            rate,
-            step,
-            trellis_nominal_bits = nwc::codec_net::tcq_bits_for_step(step),
-            "searched"
-        );
-        let file = dir.join(format!("{name}-{rate}.nwc"));
-        let compressor = Compressor::new(&codec);
-        job(&compressor).run_to_file(w, &file)?;
-        let nwc_file = NwcFile::open(&file)?;
-        let bits = nwc_file.bits_per_param()?;
-        let decoded = decode_llama(&nwc_file, &codec, Some(w.tokenizer.clone()))?;
-        let nwc_ppl = crate::bench_llm::ppl_of_windows(
-            &decoded,
-            eval_ids,
-            a.texts.ctx,
-            a.texts.eval_windows,
-        )?;
-        let gguf = dir.join(format!("{name}-{rate}.gguf"));
-        decoded.save_gguf(&gguf, DType::F32)?;
-        let llama_ppl = score(&gguf)?;
-        std::fs::remove_file(&gguf)?;
-        std::fs::remove_file(&file)?;
-        Ok(RivalRow {
-            method: format!("{name} @ {rate} bits"),
-            bits,
-            llama_ppl,
-            nwc_ppl: Some(nwc_ppl),
-            seconds: t.elapsed().as_secs_f64(),
-        })
-    }
 }

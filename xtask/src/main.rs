@@ -1,12 +1,14 @@
 //! `cargo xtask`: project automation. Thin by design: real work lives in the library crates.
 
 mod bench_llm;
+mod bench_llm_report;
 mod bench_perf;
 mod bench_rd;
 mod bench_rival;
 mod fetch;
 mod house;
 mod llamacpp;
+mod llm_score;
 mod plot;
 mod test;
 mod train;
@@ -39,12 +41,14 @@ enum Command {
     /// docs/rd.svg; the last line is `rd@4bit: nwc/ecsq=<MSE ratio> nwc/rtn=<MSE ratio>` at
     /// exactly 4.00 bits/param (log-MSE interpolated).
     BenchRd(bench_rd::BenchArgs),
-    /// Perplexity vs measured bits/param on a real Llama (default SmolLM2-135M): FP, RTN and
-    /// GPTQ (g128, shared calibration Hessians), NWC and ECSQ data-free, with levels, with LDLQ
-    /// and with block-wise fine-tuning. Writes docs/llm.md (with the ablation at 4.00 bits) and
-    /// docs/llm.svg; the last line is `llm@4bit: ppl_ratio=<NWC/FP> vs_gptq=<NWC/GPTQ>
-    /// vs_rtn=<NWC/RTN> vs_ecsq=<NWC/ECSQ>` at 4.00 bits/param (log-ppl interpolated), each
-    /// codec in its best mode.
+    /// Perplexity at exact measured rates on a real Llama (default SmolLM2-135M): NWC, TCQ and
+    /// ECSQ searched to 2, 3 and 4 bits/param in each calibration mode (rate allocation by
+    /// Fisher sensitivity at ≤ 3 bits), RTN and GPTQ (g128, shared calibration Hessians), and
+    /// llama.cpp's K- and I-quant types with an importance matrix, every file scored by
+    /// `llama-perplexity` on the same text. Writes docs/llm.md and docs/llm.svg; one line per
+    /// rate, `llm@<b>bit: ppl_ratio=… vs_tcq=… vs_ecsq=… vs_gptq=… vs_rtn=… vs_llamacpp=…`
+    /// (NWC levels+LDLQ over the reference and each rival; llama.cpp: its best type of at most
+    /// b + 1.5 bits/param), then `llm@bars:` (the bars, met or not).
     BenchLlm(bench_llm::LlmBenchArgs),
     /// nwc against llama.cpp's own quantizers on the same model and texts, every file scored
     /// by llama.cpp's `llama-perplexity` (tools built once from llama-cpp-python's source into
