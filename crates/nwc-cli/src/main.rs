@@ -93,8 +93,9 @@ struct CompressArgs {
     /// The .nwc file to write (whole or not at all).
     #[arg(short, long)]
     output: PathBuf,
-    /// Target bits per parameter. Generic models are tuned to it as measured from the file;
-    /// Llama models use it as the codec's nominal rate (the report gives the measured rate).
+    /// Target bits per parameter, as measured from the file (side information included):
+    /// generic models are searched to it, Llama models steered to it block by block. A shard
+    /// (and `--mode ft`) uses it as the codec's nominal rate; the report gives the measured rate.
     #[arg(long, default_value_t = 4.0)]
     bits: f64,
     /// Codec.
@@ -117,6 +118,10 @@ struct CompressArgs {
     /// docs/llm-large.md).
     #[arg(long, value_name = "K/N")]
     shard: Option<nwc::llama::Shard>,
+    /// Llama models: use --bits as the codec's nominal rate instead of steering the file to it
+    /// (no search passes on the first block and the embedding; what a shard does).
+    #[arg(long)]
+    nominal: bool,
     /// Print one JSON object instead of the text report.
     #[arg(long)]
     json: bool,
@@ -249,14 +254,17 @@ fn nominal_codec(choice: CodecChoice, bits: f64) -> Result<Box<dyn WeightCodec>>
     Ok(match choice {
         CodecChoice::Ecsq => Box::new(EcsqCodec::for_bits(bits)?),
         CodecChoice::Tcq => Box::new(TcqCodec::for_bits(bits)?),
-        CodecChoice::Nwc => {
-            let codec = NwcCodec::<NdArray>::default_on(&Default::default())?;
-            if !codec.is_trellis() {
-                bail!("the embedded checkpoint has no continuous rate control");
-            }
-            Box::new(codec.with_step(nwc::codec_net::tcq_step_for_bits(bits))?)
-        }
+        CodecChoice::Nwc => Box::new(nwc_at(bits)?),
     })
+}
+
+/// The embedded learned codec at a nominal rate.
+fn nwc_at(bits: f32) -> Result<NwcCodec<NdArray>> {
+    let codec = NwcCodec::<NdArray>::default_on(&Default::default())?;
+    if !codec.is_trellis() {
+        bail!("the embedded checkpoint has no continuous rate control");
+    }
+    Ok(codec.with_step(nwc::codec_net::tcq_step_for_bits(bits))?)
 }
 
 fn compress(a: &CompressArgs) -> Result<()> {
@@ -371,9 +379,20 @@ fn compress_llama(a: &CompressArgs, src: &LazyWeights, mode: Mode) -> Result<Com
     if let Some(shard) = a.shard {
         job = job.shard(shard);
     }
-    let r = job
-        .run_layerwise(src, &a.output, progress)
-        .with_context(|| format!("compressing {}", a.model.display()))?;
+    let (out, b) = (&a.output, a.bits as f32);
+    let r = match (a.shard.is_some() || a.nominal, a.codec) {
+        (true, _) => job.run_layerwise(src, out, progress),
+        (false, CodecChoice::Ecsq) => {
+            job.run_layerwise_to_rate(&EcsqCodec::for_bits(b)?, a.bits, src, out, progress)
+        }
+        (false, CodecChoice::Tcq) => {
+            job.run_layerwise_to_rate(&TcqCodec::for_bits(b)?, a.bits, src, out, progress)
+        }
+        (false, CodecChoice::Nwc) => {
+            job.run_layerwise_to_rate(&nwc_at(b)?, a.bits, src, out, progress)
+        }
+    }
+    .with_context(|| format!("compressing {}", a.model.display()))?;
     pb.finish_and_clear();
     Ok(r.report)
 }

@@ -291,8 +291,9 @@ impl LlamaConfig {
         serde_json::to_string_pretty(&v).expect("JSON of plain values")
     }
 
-    /// Parameters of the model (embedding counted once when tied).
-    pub fn n_params(&self) -> usize {
+    /// Parameters of one decoder block: the seven projections, their biases where the family
+    /// has them, and the two norms.
+    pub fn block_params(&self) -> usize {
         let (h, hd) = (self.hidden, self.head_dim());
         let attn = h * self.heads * hd * 2 + h * self.kv_heads * hd * 2;
         let mlp = 3 * h * self.intermediate;
@@ -301,7 +302,12 @@ impl LlamaConfig {
         } else {
             0
         };
-        let per_layer = attn + mlp + 2 * h + bias;
+        attn + mlp + 2 * h + bias
+    }
+
+    /// Parameters of the model (embedding counted once when tied).
+    pub fn n_params(&self) -> usize {
+        let (h, per_layer) = (self.hidden, self.block_params());
         let head = if self.tie_embeddings {
             0
         } else {

@@ -1,6 +1,7 @@
 //! Layer-by-layer compression of the committed tiny Llama: the same records as the whole-model
 //! pipeline, evaluation of the result one block at a time, and a compression killed midway
-//! (a real child process, SIGKILL) that resumes to the same bytes as an uninterrupted run.
+//! (a real child process, SIGKILL) that resumes to the same bytes as an uninterrupted run,
+//! steered to a measured rate or not; a steered run lands its rate within 1 %.
 
 mod common;
 
@@ -11,10 +12,11 @@ use common::tiny;
 use nwc::codec_net::burn::backend::NdArray;
 use nwc::format::{FileReader, ReadOptions};
 use nwc::llama::{
-    Calibration, Mode, NwcLlamaSource, compress_llama, compress_llama_layerwise, decode_llama,
+    Calibration, LlamaCompression, Mode, NwcLlamaSource, compress_llama, compress_llama_layerwise,
+    decode_llama,
 };
 use nwc::llm::{Hessians, Llama, layerwise_perplexity, perplexity};
-use nwc::{Compressor, EcsqCodec, NwcFile};
+use nwc::{Compressor, EcsqCodec, NwcFile, TcqCodec};
 
 /// The calibration windows both pipelines use: 4 of 256 tokens.
 fn windows(calib: &[u32]) -> Vec<Vec<u32>> {
@@ -44,10 +46,18 @@ fn layerwise_perplexity_is_the_whole_models() {
     );
 }
 
-/// Compresses the tiny Llama layer by layer into `out` (ECSQ at 4 bits, levels + LDLQ).
-fn layerwise(out: &Path, pause: Duration) -> nwc::llama::LayerwiseReport {
+/// Compresses the tiny Llama layer by layer into `out` (ECSQ at 4 bits, levels + LDLQ),
+/// steered to 3.5 measured bits per parameter when `steer`.
+fn layerwise(out: &Path, pause: Duration, steer: bool) -> nwc::llama::LayerwiseReport {
     let (w, _, calib) = tiny();
     let codec = EcsqCodec::for_bits(4.0).unwrap();
+    if steer {
+        return LlamaCompression::new(&Compressor::new(&codec))
+            .mode(Mode::LevelsLdlq)
+            .windows(&windows(&calib))
+            .run_layerwise_to_rate(&codec, 3.5, &w, out, |_| std::thread::sleep(pause))
+            .unwrap();
+    }
     compress_llama_layerwise(
         &Compressor::new(&codec),
         &w,
@@ -87,7 +97,7 @@ fn layerwise_records_are_the_whole_model_pipelines() {
     .unwrap();
 
     let path = dir.path().join("lw.nwc");
-    let report = layerwise(&path, Duration::ZERO);
+    let report = layerwise(&path, Duration::ZERO, false);
     assert_eq!(report.first_block, 0);
     assert!(!dir.path().join("lw.nwc.partial").exists());
     assert!(!dir.path().join("lw.nwc.resume").exists());
@@ -143,15 +153,25 @@ fn layerwise_records_are_the_whole_model_pipelines() {
 #[ignore = "helper process of a_killed_compression_resumes_to_the_same_bytes"]
 fn kill_test_child() {
     if let Ok(out) = std::env::var("NWC_KILL_TEST_OUT") {
-        layerwise(Path::new(&out), Duration::from_millis(60));
+        let steer = std::env::var_os("NWC_KILL_TEST_STEER").is_some();
+        layerwise(Path::new(&out), Duration::from_millis(60), steer);
     }
 }
 
 #[test]
 fn a_killed_compression_resumes_to_the_same_bytes() {
+    killed_and_resumed(false);
+}
+
+#[test]
+fn a_killed_steered_compression_resumes_to_the_same_bytes() {
+    killed_and_resumed(true);
+}
+
+fn killed_and_resumed(steer: bool) {
     let dir = tempfile::tempdir().unwrap();
     let reference = dir.path().join("ref.nwc");
-    layerwise(&reference, Duration::ZERO);
+    layerwise(&reference, Duration::ZERO, steer);
     let expected = std::fs::read(&reference).unwrap();
 
     let out = dir.path().join("killed.nwc");
@@ -160,6 +180,7 @@ fn a_killed_compression_resumes_to_the_same_bytes() {
     let mut child = std::process::Command::new(std::env::current_exe().unwrap())
         .args(["--exact", "kill_test_child", "--ignored", "--nocapture"])
         .env("NWC_KILL_TEST_OUT", &out)
+        .envs(steer.then_some(("NWC_KILL_TEST_STEER", "1")))
         .spawn()
         .unwrap();
     // Kill it once a block is checkpointed and the next one is being written.
@@ -185,7 +206,7 @@ fn a_killed_compression_resumes_to_the_same_bytes() {
     assert!(!out.exists(), "a killed run leaves no output");
     assert!(partial.exists() && resume.exists());
 
-    let report = layerwise(&out, Duration::ZERO);
+    let report = layerwise(&out, Duration::ZERO, steer);
     assert!(
         report.first_block >= 1,
         "resumed from block {}",
@@ -202,7 +223,55 @@ fn a_killed_compression_resumes_to_the_same_bytes() {
     )
     .unwrap();
     std::fs::remove_file(&out).unwrap();
-    let report = layerwise(&out, Duration::ZERO);
+    let report = layerwise(&out, Duration::ZERO, steer);
     assert_eq!(report.first_block, 0);
     assert_eq!(std::fs::read(&out).unwrap(), expected);
+}
+
+/// `run_layerwise_to_rate` lands the file's measured rate within 1 % (side information
+/// included) at 2, 3 and 4 bits, TCQ and ECSQ, levels + LDLQ, where the codec's nominal rate
+/// alone lands elsewhere; the file decodes.
+#[test]
+fn a_layerwise_run_steered_to_a_rate_lands_within_one_percent() {
+    let (w, _, calib) = tiny();
+    let dir = tempfile::tempdir().unwrap();
+    let win = windows(&calib);
+    let out = dir.path().join("steered.nwc");
+    let measured = |out: &Path| NwcFile::open(out).unwrap().bits_per_param().unwrap();
+    for bits in [2.0, 3.0] {
+        let codec = TcqCodec::for_bits(bits as f32).unwrap();
+        let job = |c| {
+            LlamaCompression::new(c)
+                .mode(Mode::LevelsLdlq)
+                .windows(&win)
+        };
+        let compressor = Compressor::new(&codec);
+        job(&compressor).run_layerwise(&w, &out, |_| {}).unwrap();
+        let nominal = measured(&out);
+        job(&compressor)
+            .run_layerwise_to_rate(&codec, bits, &w, &out, |_| {})
+            .unwrap();
+        let r = measured(&out);
+        eprintln!("TCQ {bits}: nominal {nominal:.4}, steered {r:.4}");
+        assert!((r - bits).abs() <= 0.01 * bits, "TCQ {bits}: {r}");
+        assert!(
+            (nominal - bits).abs() > (r - bits).abs(),
+            "TCQ {bits}: nominal {nominal}, steered {r}"
+        );
+        let decoded = decode_llama(&NwcFile::open(&out).unwrap(), &codec, None).unwrap();
+        assert_eq!(decoded.n_params(), w.n_params());
+    }
+    let codec = EcsqCodec::for_bits(4.0).unwrap();
+    let report = LlamaCompression::new(&Compressor::new(&codec))
+        .mode(Mode::LevelsLdlq)
+        .windows(&win)
+        .run_layerwise_to_rate(&codec, 4.0, &w, &out, |_| {})
+        .unwrap();
+    let r = measured(&out);
+    eprintln!("ECSQ 4: steered {r:.4}");
+    assert!((r - 4.0).abs() <= 0.04, "ECSQ 4: {r}");
+    assert_eq!(
+        report.report.file_bytes,
+        std::fs::metadata(&out).unwrap().len()
+    );
 }

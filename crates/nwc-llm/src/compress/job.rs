@@ -18,6 +18,7 @@ use crate::weights::LlamaWeights;
 use super::calibration::{Calibration, Mode};
 use super::layerwise::{LayerwiseProgress, LayerwiseReport, run_layerwise};
 use super::shard::Shard;
+use super::steer::{Steer, Steering};
 use super::whole::{Calibrated, write_llama};
 
 /// How to compress a Llama: built from a [`Compressor`] (the codec and its options), then
@@ -176,6 +177,37 @@ impl<'a, 'c> LlamaCompression<'a, 'c> {
         output: &Path,
         progress: impl FnMut(LayerwiseProgress<'_>),
     ) -> Result<LayerwiseReport> {
+        self.layerwise(src, None, output, progress)
+    }
+
+    /// [`LlamaCompression::run_layerwise`] with `codec`'s step steered block by block (the
+    /// compressor's options; module `steer`) so that the file measures `bits` per parameter,
+    /// side information included: the first block and the tensors after the blocks are
+    /// searched, every other block is coded once. Resumable like `run_layerwise`; not for a
+    /// shard.
+    ///
+    /// # Errors
+    /// As [`LlamaCompression::run_layerwise`]; [`NwcError::RateUnreachable`] for a rate
+    /// outside 0.5..=16; [`NwcError::Config`] with a shard.
+    pub fn run_layerwise_to_rate<C: RateControl>(
+        &self,
+        codec: &C,
+        bits: f64,
+        src: &dyn ModelSource,
+        output: &Path,
+        progress: impl FnMut(LayerwiseProgress<'_>),
+    ) -> Result<LayerwiseReport> {
+        let mut steer = Steer::new(codec, self.compressor.options().clone(), bits)?;
+        self.layerwise(src, Some(&mut steer), output, progress)
+    }
+
+    fn layerwise(
+        &self,
+        src: &dyn ModelSource,
+        steer: Option<&mut dyn Steering>,
+        output: &Path,
+        progress: impl FnMut(LayerwiseProgress<'_>),
+    ) -> Result<LayerwiseReport> {
         match self.mode {
             Mode::LevelsLdlqFt => {
                 return Err(self.needs("the whole model: use run with a fine-tuning calibration"));
@@ -192,6 +224,7 @@ impl<'a, 'c> LlamaCompression<'a, 'c> {
             self.windows,
             self.embed_tokenizer,
             self.shard,
+            steer,
             output,
             progress,
         )

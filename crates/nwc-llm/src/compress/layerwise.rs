@@ -26,6 +26,7 @@ use nwc_pipeline::{CompressReport, Compressor, NwcError, Result, TensorReport};
 use super::calibration::{Calibration, Mode, compress_llama_tensor};
 use super::records::{CONFIG_RECORD, TOKENIZER_RECORD, metadata};
 use super::shard::Shard;
+use super::steer::{Coded, Steering};
 
 const MAGIC: &[u8; 8] = b"NWCRSUM1";
 
@@ -76,6 +77,8 @@ struct Checkpoint {
     reports: Vec<TensorReport>,
     /// Windows, tokens per window, then the values (empty when uncalibrated).
     activations: (usize, usize, Vec<f32>),
+    /// A steered run's step (log₂) and last segment's bits per parameter.
+    steer: Option<(f32, Option<f64>)>,
 }
 
 impl Checkpoint {
@@ -102,6 +105,10 @@ impl Checkpoint {
         b.extend((v.len() as u64).to_le_bytes());
         for x in v {
             b.extend(x.to_le_bytes());
+        }
+        if let Some((step, last)) = self.steer {
+            b.extend(step.to_le_bytes());
+            b.extend(last.unwrap_or(f64::NAN).to_le_bytes());
         }
         let digest = crate::calib::fingerprint(&[&b]);
         b.extend(digest);
@@ -157,12 +164,20 @@ impl Checkpoint {
             .chunks_exact(4)
             .map(|b| f32::from_le_bytes(b.try_into().expect("4 bytes")))
             .collect();
+        let steer = if c.remaining() > 0 {
+            let step = c.f32().map_err(e)?;
+            let last = c.f64().map_err(e)?;
+            Some((step, Some(last).filter(|x| x.is_finite())))
+        } else {
+            None
+        };
         Ok(Self {
             next_block,
             partial_len,
             index,
             reports,
             activations: (windows, t, values),
+            steer,
         })
     }
 
@@ -228,17 +243,27 @@ pub(crate) fn run_layerwise(
     windows: &[Vec<u32>],
     embed_tokenizer: bool,
     shard: Option<Shard>,
+    mut steer: Option<&mut dyn Steering>,
     output: &Path,
     mut progress: impl FnMut(LayerwiseProgress<'_>),
 ) -> Result<LayerwiseReport> {
     let start = Instant::now();
+    if shard.is_some() && steer.is_some() {
+        return Err(NwcError::Config(
+            "a shard cannot be steered to a rate: the blocks of the other shards are not seen"
+                .into(),
+        ));
+    }
     // Checked by `LlamaCompression::run_layerwise`: a calibrated mode here has windows.
     let calibrated = mode != Mode::DataFree;
     let cfg = src.config().clone();
     let device = Default::default();
     let partial = nwc_tensor::with_suffix(output, ".partial");
     let state_path = nwc_tensor::with_suffix(output, ".resume");
-    let job_fp = job_fingerprint(compressor, src, mode, windows, embed_tokenizer);
+    let mut job_fp = job_fingerprint(compressor, src, mode, windows, embed_tokenizer);
+    if let Some(s) = steer.as_deref() {
+        job_fp = crate::calib::fingerprint(&[&job_fp, b"rate", &s.bits().to_le_bytes()]);
+    }
     // A shard's checkpoint resumes that shard only.
     let fp = match shard {
         None => job_fp,
@@ -281,6 +306,9 @@ pub(crate) fn run_layerwise(
                 c.partial_len,
                 c.index,
             )?;
+            if let (Some(s), Some((step, last))) = (steer.as_deref_mut(), c.steer) {
+                s.restore(step, last);
+            }
             let (w, t, values) = c.activations;
             let run = if calibrated {
                 Some(Layerwise::<NdArray>::from_f32(&cfg, values, w, t, &device)?)
@@ -330,6 +358,43 @@ pub(crate) fn run_layerwise(
     };
 
     let names = src.names();
+    // A steered run's budget: the file's bytes at the target rate, less the index it ends with;
+    // what is left of it is shared by what is left to code, at the same bits per parameter.
+    let total_params = cfg.n_params() as f64;
+    let per_block = cfg.block_params() as f64;
+    let rest_params = total_params - cfg.layers as f64 * per_block;
+    let index_bytes = [CONFIG_RECORD, TOKENIZER_RECORD]
+        .into_iter()
+        .chain(names.iter().map(String::as_str))
+        .map(|n| 26 + n.len())
+        .sum::<usize>()
+        + 64;
+    let rate_left = |bits: f64, written: u64, params_left: f64| {
+        let left = bits * total_params / 8.0 - written as f64 - index_bytes as f64;
+        8.0 * left / params_left
+    };
+    let collect = |times: &mut StageTimes,
+                   compressor: &Compressor<'_>,
+                   names: &[&String],
+                   calibration: Option<&Calibration>,
+                   parallel: bool|
+     -> Result<Coded> {
+        let mut coded = Vec::new();
+        code_tensors(
+            compressor,
+            src,
+            names,
+            calibration,
+            mode,
+            parallel,
+            times,
+            |r, report| {
+                coded.push((r, report));
+                Ok(())
+            },
+        )?;
+        Ok(coded)
+    };
     let block_of = |n: &str| -> Option<usize> {
         n.strip_prefix("model.layers.")?
             .split_once('.')?
@@ -397,16 +462,28 @@ pub(crate) fn run_layerwise(
             }
             None => None,
         };
-        code_tensors(
-            compressor,
-            src,
-            &block_names,
-            calibration.as_ref(),
-            mode,
-            true,
-            &mut times,
-            |record, report| sink(&mut writer, &mut reports, record, report, l),
-        )?;
+        match steer.as_deref_mut() {
+            Some(s) => {
+                let params_left = (cfg.layers - l) as f64 * per_block + rest_params;
+                let target = rate_left(s.bits(), writer.position(), params_left);
+                let coded = s.code(target, false, &mut |c| {
+                    collect(&mut times, c, &block_names, calibration.as_ref(), true)
+                })?;
+                for (record, report) in coded {
+                    sink(&mut writer, &mut reports, record, report, l)?;
+                }
+            }
+            None => code_tensors(
+                compressor,
+                src,
+                &block_names,
+                calibration.as_ref(),
+                mode,
+                true,
+                &mut times,
+                |record, report| sink(&mut writer, &mut reports, record, report, l),
+            )?,
+        }
         drop(calibration);
         // Checkpoint: records synced, then the state that points at them.
         let t = Instant::now();
@@ -426,6 +503,7 @@ pub(crate) fn run_layerwise(
             index: writer.index().to_vec(),
             reports: reports.clone(),
             activations,
+            steer: steer.as_deref().map(|s| s.state()),
         }
         .save(&state_path, &fp)?;
         times.write += t.elapsed().as_secs_f64();
@@ -458,16 +536,27 @@ pub(crate) fn run_layerwise(
         _ => None,
     };
     drop(run);
-    code_tensors(
-        compressor,
-        src,
-        &rest,
-        head.as_ref(),
-        mode,
-        false,
-        &mut times,
-        |record, report| sink(&mut writer, &mut reports, record, report, cfg.layers),
-    )?;
+    match steer.as_deref_mut() {
+        Some(s) if !rest.is_empty() => {
+            let target = rate_left(s.bits(), writer.position(), rest_params);
+            let coded = s.code(target, true, &mut |c| {
+                collect(&mut times, c, &rest, head.as_ref(), false)
+            })?;
+            for (record, report) in coded {
+                sink(&mut writer, &mut reports, record, report, cfg.layers)?;
+            }
+        }
+        _ => code_tensors(
+            compressor,
+            src,
+            &rest,
+            head.as_ref(),
+            mode,
+            false,
+            &mut times,
+            |record, report| sink(&mut writer, &mut reports, record, report, cfg.layers),
+        )?,
+    }
     let t = Instant::now();
     let (mut inner, file_bytes) = writer.finish()?;
     inner.flush().map_err(NwcError::io(&partial))?;
