@@ -324,10 +324,29 @@ fn run_layerwise(a: &Args, model_path: &Path, eval_path: &Path, calib_path: &Pat
     let n_tensors = src.names().len() as u64;
     let pb = bar(n_tensors, "tensors");
     let t = Instant::now();
-    let r = compress_llama_layerwise(&compressor, &src, mode, &windows, true, &a.out, |p| {
+    let progress = |p: nwc::llama::LayerwiseProgress<'_>| {
         pb.inc(1);
         pb.set_message(format!("block {}/{}", p.blocks_done, p.blocks));
-    })?;
+    };
+    // Steered block by block to the measured rate (`docs/llm-large.md`, "Exact rates").
+    let job = LlamaCompression::new(&compressor)
+        .mode(mode)
+        .windows(&windows);
+    let b = a.bits as f32;
+    let r = match a.codec {
+        CodecChoice::Ecsq => {
+            job.run_layerwise_to_rate(&EcsqCodec::for_bits(b)?, a.bits, &src, &a.out, progress)?
+        }
+        CodecChoice::Nwc => {
+            let codec = NwcCodec::<NdArray>::default_on(&Default::default())?;
+            if codec.is_trellis() {
+                let start = codec.with_step(nwc::codec_net::tcq_step_for_bits(b))?;
+                job.run_layerwise_to_rate(&start, a.bits, &src, &a.out, progress)?
+            } else {
+                compress_llama_layerwise(&compressor, &src, mode, &windows, true, &a.out, progress)?
+            }
+        }
+    };
     pb.finish_and_clear();
     let s = r.stages;
     println!(
