@@ -21,6 +21,11 @@
 //!     --eval-text .data/canterbury/alice29.txt --calib-text .data/canterbury/lcet10.txt
 //! ```
 //!
+//! Either way the file lands on `--bits` as measured (whole model: the step searched with
+//! calibration and LDLQ in the loop; layer by layer: steered block by block). At 3 bits or fewer
+//! the whole-model path allocates rate by column with Fisher sensitivities (`--allocate`,
+//! `docs/allocation.md`).
+//!
 //! With no arguments it runs offline on `examples/assets/tiny-llama` (a 1.7 M-parameter byte-level
 //! Llama made by `cargo xtask train-llama`), calibrating on its `calibration.txt` and evaluating on
 //! its held-out `eval.txt`.
@@ -110,6 +115,18 @@ struct Args {
     /// the reference and decoded perplexities are computed block by block too).
     #[arg(long)]
     layerwise: bool,
+    /// Rate allocation by column with Fisher sensitivities (`docs/allocation.md`; whole-model
+    /// path): auto turns it on at 3 bits or fewer, where it was measured to win.
+    #[arg(long, value_enum, default_value_t = Allocate::Auto)]
+    allocate: Allocate,
+}
+
+#[derive(Clone, Copy, Debug, ValueEnum)]
+enum Allocate {
+    /// On at `--bits` ≤ 3 (without incoherence processing), off above.
+    Auto,
+    On,
+    Off,
 }
 
 fn default_model() -> PathBuf {
@@ -238,6 +255,46 @@ fn tuned_codec(
             search(start, w, a.bits, mode, calibration, a.incoherence)
         }
     }
+}
+
+/// `cal` with rate allocation by column: each matrix's loss sensitivity from the Fisher
+/// information of 4 calibration windows, errors weighted by diag(H), steps within 1/16..16 of
+/// the file's, across the model (the setting `docs/allocation.md` measured).
+fn allocate(
+    cal: Calibration,
+    w: &LlamaWeights,
+    calib_ids: &[u32],
+    ctx: usize,
+) -> Result<Calibration> {
+    let t = Instant::now();
+    let windows: Vec<Vec<u32>> = nwc::llm::windows(calib_ids, ctx, 4)?
+        .into_iter()
+        .map(<[u32]>::to_vec)
+        .collect();
+    let pb = bar(windows.len() as u64, "Fisher windows");
+    let fisher = nwc::llm::Fisher::measure::<nwc::codec_net::burn::backend::Autodiff<NdArray>>(
+        w,
+        &windows,
+        &Default::default(),
+        |d, _| pb.set_position(d as u64),
+    )?;
+    pb.finish_and_clear();
+    let sensitivity = cal.sensitivities(w, &fisher)?;
+    let options = nwc::llama::AllocationOptions {
+        range: nwc::pipeline::StepAllocation {
+            min: 1.0 / 16.0,
+            max: 16.0,
+        },
+        weight: nwc::llama::ColumnWeight::Diagonal,
+        across_matrices: true,
+    };
+    let cal = cal.with_allocation(w, sensitivity, options)?;
+    println!(
+        "allocate   rate by column, Fisher sensitivities of {} windows × {ctx} tokens   [{:.1} s]",
+        windows.len(),
+        t.elapsed().as_secs_f64()
+    );
+    Ok(cal)
 }
 
 fn layerwise_ppl(src: &dyn ModelSource, ids: &[u32], a: &Args, what: &str) -> Result<Perplexity> {
@@ -496,6 +553,16 @@ fn main() -> Result<()> {
             rel(&cache).display(),
             t.elapsed().as_secs_f64()
         );
+        let allocating = match a.allocate {
+            Allocate::On => true,
+            Allocate::Off => false,
+            Allocate::Auto => a.bits <= 3.0 && !a.incoherence,
+        };
+        let cal = if allocating {
+            allocate(cal, &w, &calib_ids, ctx)?
+        } else {
+            cal
+        };
         Some(cal)
     };
 
