@@ -536,7 +536,7 @@ pub(crate) fn run_layerwise(
         _ => None,
     };
     drop(run);
-    match steer.as_deref_mut() {
+    match steer {
         Some(s) if !rest.is_empty() => {
             let target = rate_left(s.bits(), writer.position(), rest_params);
             let coded = s.code(target, true, &mut |c| {

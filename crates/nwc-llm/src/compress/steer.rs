@@ -70,7 +70,7 @@ impl<'a, C: RateControl> Steer<'a, C> {
 
     /// Bytes and parameters of `records` as the file would hold them.
     fn size(&self, records: &Coded) -> Result<(u64, u64)> {
-        let mut w = Writer::new(Count(0), self.header.clone())?;
+        let mut w = Writer::new(Count(0), self.header)?;
         let mut bytes = 0;
         for (r, _) in records {
             bytes += w.write(r)?;
