@@ -218,9 +218,15 @@ pub fn run(a: &LlmBenchArgs) -> Result<()> {
         push(scoring.reference(&path)?);
     }
     let t = Instant::now();
-    let stored = w.tensors.values().map(|t| t.bytes().len()).sum::<usize>();
-    let stored_bits = 8.0 * stored as f64 / w.n_params() as f64;
-    push(scoring.decoded(REFERENCE_F32.into(), stored_bits, &w, t)?);
+    // The source's rate: its file, or (a directory) its stored tensors.
+    let source_bits = match std::fs::metadata(&path) {
+        Ok(m) if m.is_file() => 8.0 * m.len() as f64 / w.n_params() as f64,
+        _ => {
+            let stored = w.tensors.values().map(|t| t.bytes().len()).sum::<usize>();
+            8.0 * stored as f64 / w.n_params() as f64
+        }
+    };
+    push(scoring.decoded(REFERENCE_F32.into(), source_bits, &w, t)?);
     if scoring.has_llamacpp() {
         scoring.llamacpp(&path, &a.types, &mut push)?;
     }

@@ -102,7 +102,7 @@ impl Report<'_> {
         let _ = writeln!(
             md,
             "- Model: `{}`, {} parameters; every rate is file bytes × 8 / that (nwc: the `.nwc` file, header, scales, levels, tables, tokenizer and index included; llama.cpp: its GGUF; RTN/GPTQ: serialized codes + f16 scale and minimum per group of 128, plus the norms).\n\
-             - Every file is scored by llama.cpp {}'s `llama-perplexity -c {} --chunks {}` on `{}`; nwc's files are decoded from their bytes and exported as GGUF (f32), the reference too (`{REFERENCE_F32}`, its stored tensors' bits; the denominator of every ratio). nwc's own evaluation of the same weights beside it.\n\
+             - Every file is scored by llama.cpp {}'s `llama-perplexity -c {} --chunks {}` on `{}`; nwc's files are decoded from their bytes and exported as GGUF (f32), the reference too (`{REFERENCE_F32}`, at the source's rate; the denominator of every ratio). nwc's own evaluation of the same weights beside it.\n\
              - Calibration: `{}`, {} windows of {} tokens, disjoint from the evaluation text: nwc's Hessians and GPTQ's, and llama.cpp's importance matrix (`llama-imatrix`, same windows; `llama-quantize --allow-requantize` from the source GGUF).\n\
              - nwc: NWC (the embedded trellis + refiner checkpoint), TCQ (the same trellis, no refiner) and ECSQ, each searched to the exact measured rate in each mode; at rates of at most {} bits the calibrated modes allocate rate by column (Fisher sensitivities of {} windows, diag(H), steps within 1/16..16 of the file's; `docs/allocation.md`), above it importance bands. The summary lines use mode {}.\n",
             self.model
