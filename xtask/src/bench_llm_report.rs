@@ -42,7 +42,7 @@ impl Report<'_> {
     }
 
     /// One line per rate, NWC (levels + LDLQ) against the reference and every rival, all by
-    /// `llama-perplexity`; then whether the bars are met.
+    /// `llama-perplexity`; then (default model only) whether the bars are met.
     fn lines(&self, fp: f64) -> Vec<String> {
         let mut lines = Vec::new();
         let mut bars = Vec::new();
@@ -77,7 +77,9 @@ impl Report<'_> {
                 bars.push(s);
             }
         }
-        if !bars.is_empty() {
+        // The bars are the issue's, for the default model (SmolLM2-135M); another model's run
+        // is not judged by them.
+        if !bars.is_empty() && self.a.texts.model.is_none() {
             lines.push(format!("llm@bars: {}", bars.join("; ")));
         }
         lines

@@ -48,7 +48,8 @@ enum Command {
     /// `llama-perplexity` on the same text. Writes docs/llm.md and docs/llm.svg; one line per
     /// rate, `llm@<b>bit: ppl_ratio=… vs_tcq=… vs_ecsq=… vs_gptq=… vs_rtn=… vs_llamacpp=…`
     /// (NWC levels+LDLQ over the reference and each rival; llama.cpp: its best type of at most
-    /// b + 1.5 bits/param), then `llm@bars:` (the bars, met or not).
+    /// b + 1.5 bits/param), then (default model only) `llm@bars:` (the bars, met or
+    /// not).
     BenchLlm(bench_llm::LlmBenchArgs),
     /// nwc against llama.cpp's own quantizers on the same model and texts, every file scored
     /// by llama.cpp's `llama-perplexity` (tools built once from llama-cpp-python's source into
