@@ -373,28 +373,6 @@ pub(crate) fn run_layerwise(
         let left = bits * total_params / 8.0 - written as f64 - index_bytes as f64;
         8.0 * left / params_left
     };
-    let collect = |times: &mut StageTimes,
-                   compressor: &Compressor<'_>,
-                   names: &[&String],
-                   calibration: Option<&Calibration>,
-                   parallel: bool|
-     -> Result<Coded> {
-        let mut coded = Vec::new();
-        code_tensors(
-            compressor,
-            src,
-            names,
-            calibration,
-            mode,
-            parallel,
-            times,
-            |r, report| {
-                coded.push((r, report));
-                Ok(())
-            },
-        )?;
-        Ok(coded)
-    };
     let block_of = |n: &str| -> Option<usize> {
         n.strip_prefix("model.layers.")?
             .split_once('.')?
@@ -416,6 +394,55 @@ pub(crate) fn run_layerwise(
             blocks: cfg.layers,
         });
         reports.push(report);
+        Ok(())
+    };
+    // Codes `names` and writes their records: streamed as they are coded, or (a steered run)
+    // coded whole at the step that lands what is left of the budget on `params_left`, searched
+    // when `search`.
+    let mut segment = |steer: &mut Option<&mut dyn Steering>,
+                       search: bool,
+                       params_left: f64,
+                       names: &[&String],
+                       calibration: Option<&Calibration>,
+                       parallel: bool,
+                       blocks_done: usize,
+                       writer: &mut Writer<BufWriter<File>>,
+                       reports: &mut Vec<TensorReport>,
+                       times: &mut StageTimes|
+     -> Result<()> {
+        let Some(s) = steer.as_deref_mut() else {
+            return code_tensors(
+                compressor,
+                src,
+                names,
+                calibration,
+                mode,
+                parallel,
+                times,
+                |record, report| sink(writer, reports, record, report, blocks_done),
+            );
+        };
+        let target = rate_left(s.bits(), writer.position(), params_left);
+        let coded = s.code(target, search, &mut |c| {
+            let mut coded: Coded = Vec::new();
+            code_tensors(
+                c,
+                src,
+                names,
+                calibration,
+                mode,
+                parallel,
+                times,
+                |r, report| {
+                    coded.push((r, report));
+                    Ok(())
+                },
+            )?;
+            Ok(coded)
+        })?;
+        for (record, report) in coded {
+            sink(writer, reports, record, report, blocks_done)?;
+        }
         Ok(())
     };
 
@@ -462,28 +489,19 @@ pub(crate) fn run_layerwise(
             }
             None => None,
         };
-        match steer.as_deref_mut() {
-            Some(s) => {
-                let params_left = (cfg.layers - l) as f64 * per_block + rest_params;
-                let target = rate_left(s.bits(), writer.position(), params_left);
-                let coded = s.code(target, false, &mut |c| {
-                    collect(&mut times, c, &block_names, calibration.as_ref(), true)
-                })?;
-                for (record, report) in coded {
-                    sink(&mut writer, &mut reports, record, report, l)?;
-                }
-            }
-            None => code_tensors(
-                compressor,
-                src,
-                &block_names,
-                calibration.as_ref(),
-                mode,
-                true,
-                &mut times,
-                |record, report| sink(&mut writer, &mut reports, record, report, l),
-            )?,
-        }
+        let params_left = (cfg.layers - l) as f64 * per_block + rest_params;
+        segment(
+            &mut steer,
+            false,
+            params_left,
+            &block_names,
+            calibration.as_ref(),
+            true,
+            l,
+            &mut writer,
+            &mut reports,
+            &mut times,
+        )?;
         drop(calibration);
         // Checkpoint: records synced, then the state that points at them.
         let t = Instant::now();
@@ -536,26 +554,19 @@ pub(crate) fn run_layerwise(
         _ => None,
     };
     drop(run);
-    match steer {
-        Some(s) if !rest.is_empty() => {
-            let target = rate_left(s.bits(), writer.position(), rest_params);
-            let coded = s.code(target, true, &mut |c| {
-                collect(&mut times, c, &rest, head.as_ref(), false)
-            })?;
-            for (record, report) in coded {
-                sink(&mut writer, &mut reports, record, report, cfg.layers)?;
-            }
-        }
-        _ => code_tensors(
-            compressor,
-            src,
+    if !rest.is_empty() {
+        segment(
+            &mut steer,
+            true,
+            rest_params,
             &rest,
             head.as_ref(),
-            mode,
             false,
+            cfg.layers,
+            &mut writer,
+            &mut reports,
             &mut times,
-            |record, report| sink(&mut writer, &mut reports, record, report, cfg.layers),
-        )?,
+        )?;
     }
     let t = Instant::now();
     let (mut inner, file_bytes) = writer.finish()?;
