@@ -272,23 +272,14 @@ fn allocate(
         .map(<[u32]>::to_vec)
         .collect();
     let pb = bar(windows.len() as u64, "Fisher windows");
-    let fisher = nwc::llm::Fisher::measure::<nwc::codec_net::burn::backend::Autodiff<NdArray>>(
+    let cal = cal.with_fisher_allocation::<nwc::codec_net::burn::backend::Autodiff<NdArray>>(
         w,
         &windows,
         &Default::default(),
+        nwc::llama::AllocationOptions::FISHER,
         |d, _| pb.set_position(d as u64),
     )?;
     pb.finish_and_clear();
-    let sensitivity = cal.sensitivities(w, &fisher)?;
-    let options = nwc::llama::AllocationOptions {
-        range: nwc::pipeline::StepAllocation {
-            min: 1.0 / 16.0,
-            max: 16.0,
-        },
-        weight: nwc::llama::ColumnWeight::Diagonal,
-        across_matrices: true,
-    };
-    let cal = cal.with_allocation(w, sensitivity, options)?;
     println!(
         "allocate   rate by column, Fisher sensitivities of {} windows × {ctx} tokens   [{:.1} s]",
         windows.len(),

@@ -11,15 +11,14 @@ use std::time::Instant;
 use anyhow::{Context, Result};
 use clap::Args;
 
-use crate::llm_score::{Scored, Scoring, allocated};
+use crate::llm_score::{Lineup, Scored, Scoring, allocated};
+use nwc::CompressOptions;
 use nwc::codec_net::burn::backend::NdArray;
-use nwc::llama::{AllocationOptions, Baseline, Calibration, ColumnWeight, Mode, quantize_baseline};
+use nwc::llama::{AllocationOptions, Baseline, Calibration, Mode, quantize_baseline};
 use nwc::llm::FtConfig;
 use nwc::llm::{
     Hessians, Llama, LlamaWeights, cache_file_name, calibration_fingerprint, perplexity,
 };
-use nwc::pipeline::StepAllocation;
-use nwc::{CompressOptions, EcsqCodec, NwcCodec, TcqCodec};
 
 /// The model, window size and texts every LLM benchmark shares (`bench-llm`, `bench-rival`).
 #[derive(Args, Debug, Clone)]
@@ -54,9 +53,9 @@ pub struct LlmTexts {
 pub struct LlmBenchArgs {
     #[command(flatten)]
     pub texts: LlmTexts,
-    /// Exact measured rates (bits per parameter) at which NWC, TCQ and ECSQ run, each mode.
-    #[arg(long, default_value = "2,3,4", value_delimiter = ',')]
-    pub rates: Vec<f64>,
+    /// The nwc codecs and the exact rates they run at, each mode.
+    #[command(flatten)]
+    pub lineup: Lineup,
     /// Calibration modes of the nwc rows (data-free, levels, levels+LDLQ, levels+LDLQ+FT).
     #[arg(
         long,
@@ -64,9 +63,6 @@ pub struct LlmBenchArgs {
         value_delimiter = ','
     )]
     pub modes: Vec<String>,
-    /// nwc codecs (of NWC, TCQ, ECSQ).
-    #[arg(long, default_value = "NWC,TCQ,ECSQ", value_delimiter = ',')]
-    pub codecs: Vec<String>,
     /// Bit widths of RTN and GPTQ (groups of 128).
     #[arg(long, default_value = "2,3,4", value_delimiter = ',')]
     pub baseline_bits: Vec<u32>,
@@ -255,24 +251,20 @@ pub fn run(a: &LlmBenchArgs) -> Result<()> {
             push(scoring.decoded(method, r.bits_per_param, &r.weights, t)?);
         }
     }
-    let allocating = a.rates.iter().any(|&r| r <= a.allocate_up_to);
+    let allocating = a.lineup.rates.iter().any(|&r| r <= a.allocate_up_to);
     let allocated = if allocating {
-        let options = AllocationOptions {
-            range: StepAllocation {
-                min: 1.0 / 16.0,
-                max: 16.0,
-            },
-            weight: ColumnWeight::Diagonal,
-            across_matrices: true,
-        };
-        Some(allocated(&w, bands.clone(), &a.texts, a.fisher, options)?)
+        Some(allocated(
+            &w,
+            bands.clone(),
+            &a.texts,
+            a.fisher,
+            AllocationOptions::FISHER,
+        )?)
     } else {
         None
     };
 
-    let device = Default::default();
-    let on = |c: &str| a.codecs.iter().any(|x| x.eq_ignore_ascii_case(c));
-    for &rate in &a.rates {
+    for &rate in &a.lineup.rates {
         let cal = match &allocated {
             Some(c) if rate <= a.allocate_up_to => c,
             _ => &bands,
@@ -280,19 +272,8 @@ pub fn run(a: &LlmBenchArgs) -> Result<()> {
         for &mode in &modes {
             let cal = (mode != Mode::DataFree).then_some(cal);
             let name = |c: &str| row_name(c, mode, rate);
-            if on("NWC") {
-                let nwc = NwcCodec::<NdArray>::default_on(&device)?
-                    .with_step(nwc::codec_net::tcq_step_for_bits(rate as f32))?;
-                push(scoring.nwc(name("NWC"), &w, cal, mode, &nwc, rate)?);
-            }
-            if on("TCQ") {
-                let tcq = TcqCodec::for_bits(rate as f32)?;
-                push(scoring.nwc(name("TCQ"), &w, cal, mode, &tcq, rate)?);
-            }
-            if on("ECSQ") {
-                let ecsq = EcsqCodec::for_bits(rate as f32)?;
-                push(scoring.nwc(name("ECSQ"), &w, cal, mode, &ecsq, rate)?);
-            }
+            a.lineup
+                .rows(&scoring, &w, cal, mode, rate, name, &mut push)?;
         }
     }
     let report = crate::bench_llm_report::Report {

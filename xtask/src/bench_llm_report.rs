@@ -46,7 +46,7 @@ impl Report<'_> {
     fn lines(&self, fp: f64) -> Vec<String> {
         let mut lines = Vec::new();
         let mut bars = Vec::new();
-        for &rate in &self.a.rates {
+        for &rate in &self.a.lineup.rates {
             let nwc = self.ppl("NWC", LINE_MODE, rate);
             let b = rate.round() as u32;
             let base = |m: &str| self.find(&format!("{m} g128 {b} bits"));
@@ -130,7 +130,7 @@ impl Report<'_> {
             );
         }
         md.push_str(&crate::bench_rival::table(self.rows, fp));
-        for &rate in &a.rates {
+        for &rate in &a.lineup.rates {
             let _ = writeln!(
                 md,
                 "\n### {rate} bits: perplexity by mode and codec\n\n\

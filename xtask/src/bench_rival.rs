@@ -15,21 +15,19 @@ use std::time::Instant;
 use anyhow::{Context, Result};
 use clap::Args;
 
-use crate::llm_score::{Scored, Scoring, allocated};
+use crate::llm_score::{Lineup, Scored, Scoring, allocated};
 use crate::plot::ratio;
-use nwc::codec_net::burn::backend::NdArray;
 use nwc::llama::{AllocationOptions, Calibration, ColumnWeight, Mode};
 use nwc::llm::LlamaWeights;
 use nwc::pipeline::StepAllocation;
-use nwc::{EcsqCodec, NwcCodec, TcqCodec};
 
 #[derive(Args, Debug, Clone)]
 pub struct RivalArgs {
     #[command(flatten)]
     pub texts: crate::bench_llm::LlmTexts,
-    /// Exact measured rates at which NWC, TCQ and ECSQ run.
-    #[arg(long, default_value = "2,3,4", value_delimiter = ',')]
-    pub rates: Vec<f64>,
+    /// The nwc codecs and the exact rates they run at (levels + LDLQ).
+    #[command(flatten)]
+    pub lineup: Lineup,
     /// llama.cpp types.
     #[arg(
         long,
@@ -37,9 +35,6 @@ pub struct RivalArgs {
         value_delimiter = ','
     )]
     pub types: Vec<String>,
-    /// nwc codecs to run (of NWC, TCQ, ECSQ).
-    #[arg(long, default_value = "NWC,TCQ,ECSQ", value_delimiter = ',')]
-    pub codecs: Vec<String>,
     /// Rate allocation by column across the model (`Calibration::with_allocation`) instead of
     /// importance bands.
     #[arg(long)]
@@ -147,7 +142,7 @@ pub fn run(a: &RivalArgs) -> Result<()> {
         );
     }
     md.push_str(&table(&rows, fp));
-    let lines = summary(&rows, fp, &a.rates);
+    let lines = summary(&rows, fp, &a.lineup.rates);
     let _ = writeln!(md, "\n```\n{}\n```", lines.join("\n"));
     std::fs::create_dir_all(&a.out)?;
     std::fs::write(a.out.join("llm-rival.md"), &md)?;
@@ -224,24 +219,17 @@ fn rows(
     };
     push(scoring.reference(path)?);
     scoring.llamacpp(path, &a.types, &mut push)?;
-    let device = Default::default();
-    let on = |c: &str| a.codecs.iter().any(|x| x.eq_ignore_ascii_case(c));
-    let mode = Mode::LevelsLdlq;
-    for &rate in &a.rates {
+    for &rate in &a.lineup.rates {
         let name = |c: &str| format!("{c} @ {rate} bits");
-        if on("NWC") {
-            let nwc = NwcCodec::<NdArray>::default_on(&device)?
-                .with_step(nwc::codec_net::tcq_step_for_bits(rate as f32))?;
-            push(scoring.nwc(name("NWC"), w, Some(cal), mode, &nwc, rate)?);
-        }
-        if on("TCQ") {
-            let tcq = TcqCodec::for_bits(rate as f32)?;
-            push(scoring.nwc(name("TCQ"), w, Some(cal), mode, &tcq, rate)?);
-        }
-        if on("ECSQ") {
-            let ecsq = EcsqCodec::for_bits(rate as f32)?;
-            push(scoring.nwc(name("ECSQ"), w, Some(cal), mode, &ecsq, rate)?);
-        }
+        a.lineup.rows(
+            scoring,
+            w,
+            Some(cal),
+            Mode::LevelsLdlq,
+            rate,
+            name,
+            &mut push,
+        )?;
     }
     Ok(rows)
 }

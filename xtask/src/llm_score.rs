@@ -7,15 +7,60 @@ use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use anyhow::{Context, Result};
+use clap::Args;
 
 use crate::bench_llm::{LlmTexts, load_text, ppl_of_windows};
 use crate::llamacpp::LlamaCpp;
 use nwc::codec_net::burn::backend::{Autodiff, NdArray};
 use nwc::llama::{AllocationOptions, Calibration, LlamaCompression, Mode, decode_llama};
-use nwc::llm::{Fisher, LlamaWeights};
+use nwc::llm::LlamaWeights;
 use nwc::pipeline::RateControl;
 use nwc::tensor::DType;
-use nwc::{Compressor, NwcFile, WeightCodec};
+use nwc::{Compressor, EcsqCodec, NwcCodec, NwcFile, TcqCodec, WeightCodec};
+
+/// The nwc rows both LLM benches run: which codecs, at which exact measured rates.
+#[derive(Args, Debug, Clone)]
+pub struct Lineup {
+    /// Exact measured rates (bits per parameter) at which the nwc codecs run.
+    #[arg(long, default_value = "2,3,4", value_delimiter = ',')]
+    pub rates: Vec<f64>,
+    /// nwc codecs (of NWC, TCQ, ECSQ).
+    #[arg(long, default_value = "NWC,TCQ,ECSQ", value_delimiter = ',')]
+    pub codecs: Vec<String>,
+}
+
+impl Lineup {
+    /// NWC, TCQ and ECSQ (those in the lineup, in that order) at exactly `rate` in `mode`,
+    /// each scored and handed to `push`; `name(codec)` is a row's method.
+    #[allow(clippy::too_many_arguments)]
+    pub fn rows(
+        &self,
+        scoring: &Scoring<'_>,
+        w: &LlamaWeights,
+        cal: Option<&Calibration>,
+        mode: Mode,
+        rate: f64,
+        name: impl Fn(&str) -> String,
+        push: &mut dyn FnMut(Scored),
+    ) -> Result<()> {
+        let on = |c: &str| self.codecs.iter().any(|x| x.eq_ignore_ascii_case(c));
+        let bits = rate as f32;
+        if on("NWC") {
+            let nwc = NwcCodec::<NdArray>::default_on(&Default::default())?
+                .with_step(nwc::codec_net::tcq_step_for_bits(bits))?;
+            push(scoring.nwc(name("NWC"), w, cal, mode, &nwc, rate)?);
+        }
+        if on("TCQ") {
+            let tcq = TcqCodec::for_bits(bits)?;
+            push(scoring.nwc(name("TCQ"), w, cal, mode, &tcq, rate)?);
+        }
+        if on("ECSQ") {
+            let ecsq = EcsqCodec::for_bits(bits)?;
+            push(scoring.nwc(name("ECSQ"), w, cal, mode, &ecsq, rate)?);
+        }
+        Ok(())
+    }
+}
 
 /// One scored file.
 #[derive(Debug, Clone)]
@@ -235,23 +280,20 @@ pub fn allocated(
     fisher: usize,
     options: AllocationOptions,
 ) -> Result<Calibration> {
-    let sens = if fisher > 0 {
-        let t = Instant::now();
-        let ids = w.tokenizer.encode(&load_text(&texts.calib_text[0])?)?;
-        let windows: Vec<Vec<u32>> = nwc::llm::windows(&ids, texts.ctx, fisher)?
-            .into_iter()
-            .map(<[u32]>::to_vec)
-            .collect();
-        let f = Fisher::measure::<Autodiff<NdArray>>(w, &windows, &Default::default(), |d, n| {
-            println!("fisher {d}/{n} ({:.0} s)", t.elapsed().as_secs_f64())
-        })?;
-        let s = cal.sensitivities(w, &f)?;
-        for (n, c) in &s {
-            tracing::info!(tensor = %n, sensitivity = c, "fisher");
-        }
-        s
-    } else {
-        Default::default()
-    };
-    Ok(cal.with_allocation(w, sens, options)?)
+    if fisher == 0 {
+        return Ok(cal.with_allocation(w, Default::default(), options)?);
+    }
+    let t = Instant::now();
+    let ids = w.tokenizer.encode(&load_text(&texts.calib_text[0])?)?;
+    let windows: Vec<Vec<u32>> = nwc::llm::windows(&ids, texts.ctx, fisher)?
+        .into_iter()
+        .map(<[u32]>::to_vec)
+        .collect();
+    Ok(cal.with_fisher_allocation::<Autodiff<NdArray>>(
+        w,
+        &windows,
+        &Default::default(),
+        options,
+        |d, n| println!("fisher {d}/{n} ({:.0} s)", t.elapsed().as_secs_f64()),
+    )?)
 }

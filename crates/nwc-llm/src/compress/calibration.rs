@@ -3,6 +3,8 @@
 
 use std::collections::BTreeMap;
 
+use burn::tensor::backend::AutodiffBackend;
+
 use nwc_format::Record;
 use nwc_ldl::BlockLdl;
 use nwc_pipeline::{CompressOptions, Compressor, NwcError, Result, StepAllocation};
@@ -11,6 +13,7 @@ use nwc_tensor::Tensor;
 use crate::calib::Hessians;
 use crate::config::LlamaConfig;
 use crate::finetune::FtConfig;
+use crate::sensitivity::Fisher;
 use crate::weights::{LlamaWeights, Site, site_of};
 
 /// How much calibration information the compressor uses.
@@ -164,6 +167,20 @@ pub struct AllocationOptions {
     pub across_matrices: bool,
 }
 
+impl AllocationOptions {
+    /// The setting `docs/allocation.md` measured to win with Fisher sensitivities at 3 bits or
+    /// fewer: errors weighted by diag(H), steps within 1/16..16 of the file's, normalized
+    /// across the model.
+    pub const FISHER: Self = Self {
+        range: StepAllocation {
+            min: 1.0 / 16.0,
+            max: 16.0,
+        },
+        weight: ColumnWeight::Diagonal,
+        across_matrices: true,
+    };
+}
+
 impl Calibration {
     /// Damps every Hessian (dead columns, then `H/mean(diag) + 0.01·I`, as GPTQ/QuIP# do) and
     /// factors it.
@@ -299,6 +316,29 @@ impl Calibration {
         Ok(self)
     }
 
+    /// [`Calibration::with_allocation`] with each matrix's sensitivity from the Fisher
+    /// information of `windows` ([`Fisher::measure`] on autodiff backend `B`, then
+    /// [`Calibration::sensitivities`]); `progress(done, total)` after each window.
+    ///
+    /// # Errors
+    /// As [`Fisher::measure`], [`Calibration::sensitivities`] and
+    /// [`Calibration::with_allocation`].
+    pub fn with_fisher_allocation<B: AutodiffBackend>(
+        self,
+        weights: &LlamaWeights,
+        windows: &[Vec<u32>],
+        device: &B::Device,
+        options: AllocationOptions,
+        progress: impl Fn(usize, usize),
+    ) -> Result<Self> {
+        let fisher = Fisher::measure::<B>(weights, windows, device, progress)?;
+        let sensitivity = self.sensitivities(weights, &fisher)?;
+        for (n, c) in &sensitivity {
+            tracing::debug!(tensor = %n, sensitivity = c, "fisher");
+        }
+        self.with_allocation(weights, sensitivity, options)
+    }
+
     /// Each matrix's loss sensitivity `c_t` from the Fisher information: the loss a
     /// perturbation of uniform normalized size costs, over the Hessian-weighted error it causes,
     /// `Σ_j F_j s_j² / (rows · Σ_j H_jj s_j²)` (`F_j` the column's Fisher information summed
@@ -310,7 +350,7 @@ impl Calibration {
     pub fn sensitivities(
         &self,
         weights: &LlamaWeights,
-        fisher: &crate::sensitivity::Fisher,
+        fisher: &Fisher,
     ) -> Result<BTreeMap<String, f64>> {
         let mut out = BTreeMap::new();
         for (name, t) in &weights.tensors {
