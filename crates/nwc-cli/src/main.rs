@@ -122,6 +122,11 @@ struct CompressArgs {
     /// (no search passes on the first block and the embedding; what a shard does).
     #[arg(long)]
     nominal: bool,
+    /// Llama models with calibration: calibrate each block on the coded model's activations,
+    /// coding `W P` so the block reproduces the original block's outputs from them (asymmetric
+    /// calibration, blend ALPHA in 0..=1; three forward passes per block instead of one).
+    #[arg(long, value_name = "ALPHA")]
+    asymmetric: Option<f64>,
     /// Print one JSON object instead of the text report.
     #[arg(long)]
     json: bool,
@@ -375,7 +380,8 @@ fn compress_llama(a: &CompressArgs, src: &LazyWeights, mode: Mode) -> Result<Com
     let mut job = LlamaCompression::new(&compressor)
         .mode(mode)
         .windows(&windows)
-        .embed_tokenizer(true);
+        .embed_tokenizer(true)
+        .asymmetric(a.asymmetric);
     if let Some(shard) = a.shard {
         job = job.shard(shard);
     }

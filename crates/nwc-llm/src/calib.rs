@@ -53,20 +53,58 @@ impl Hessians {
     /// [`LlmError::Input`] for a site without an accumulator; [`LlmError::Ldl`] for a width
     /// mismatch or non-finite values.
     pub fn add<B: Backend>(&mut self, site: Site, x: burn::tensor::Tensor<B, 2>) -> Result<()> {
+        self.add_gram(site, Self::gram(x))
+    }
+
+    /// `(Σ x xᵀ, rows)` of `x: [tokens, width]`, row-major: what [`Hessians::add_gram`] adds
+    /// (computed apart so that windows can run in parallel).
+    pub fn gram<B: Backend>(x: burn::tensor::Tensor<B, 2>) -> (Vec<f32>, u64) {
+        let rows = x.dims()[0] as u64;
+        let g = x.clone().transpose().matmul(x);
+        (
+            g.into_data().convert::<f32>().to_vec::<f32>().expect("f32"),
+            rows,
+        )
+    }
+
+    /// Adds a [`Hessians::gram`] at `site`.
+    ///
+    /// # Errors
+    /// As [`Hessians::add`].
+    pub fn add_gram(&mut self, site: Site, (g, rows): (Vec<f32>, u64)) -> Result<()> {
         let acc = self
             .sites
             .get_mut(&site)
             .ok_or_else(|| LlmError::Input(format!("no Hessian for site {}", site.key())))?;
-        let rows = x.dims()[0] as u64;
-        let g = x
-            .clone()
-            .transpose()
-            .matmul(x)
-            .into_data()
-            .convert::<f32>()
-            .to_vec::<f32>()
-            .expect("f32");
         Ok(acc.add_gram(&g, rows)?)
+    }
+
+    /// `(Σ x̂ xᵀ, rows)` of `x` and `xq` (`[tokens, width]` each, the same tokens), row-major:
+    /// added by [`Hessians::add_gram`] to a second `Hessians`, it accumulates the
+    /// cross-covariance `Σ x x̂ᵀ` of what a site sees in the original model (`x`) and in the
+    /// model coded so far (`xq`), which asymmetric calibration needs. (`add_gram` reads a
+    /// row-major matrix into a column-major sum, so the sum at (i, j) gets this product's row j,
+    /// column i, `Σ x̂_j x_i`.)
+    ///
+    /// # Errors
+    /// [`LlmError::Input`] when the two differ in shape.
+    pub fn cross_gram<B: Backend>(
+        x: burn::tensor::Tensor<B, 2>,
+        xq: burn::tensor::Tensor<B, 2>,
+    ) -> Result<(Vec<f32>, u64)> {
+        if x.dims() != xq.dims() {
+            return Err(LlmError::Input(format!(
+                "activations {:?} and {:?} differ in shape",
+                x.dims(),
+                xq.dims()
+            )));
+        }
+        let rows = x.dims()[0] as u64;
+        let g = xq.transpose().matmul(x);
+        Ok((
+            g.into_data().convert::<f32>().to_vec::<f32>().expect("f32"),
+            rows,
+        ))
     }
 
     /// Counts one more window (after its [`Hessians::add`] calls).

@@ -10,6 +10,7 @@ use burn::tensor::activation::log_softmax;
 use burn::tensor::backend::Backend;
 use burn::tensor::{Tensor, TensorData};
 use nwc_tensor::{GgufFile, SafetensorsFile, WeightSource};
+use rayon::prelude::*;
 use sha2::{Digest, Sha256};
 
 use crate::config::LlamaConfig;
@@ -422,11 +423,99 @@ impl<B: Backend> Layerwise<B> {
     }
 
     /// Runs block `l` with weights `w` over every window, calling `cap` with the input of each
-    /// linear-layer group, window by window.
-    pub fn advance(&mut self, w: &BlockTensors<B>, l: usize, mut cap: Option<Capture<'_, B>>) {
-        for x in &mut self.xs {
-            *x = block_forward(x.clone(), w, &self.ctx, l, &mut cap);
+    /// linear-layer group, window by window. Windows run in parallel; `cap` sees them in order.
+    pub fn advance(&mut self, w: &BlockTensors<B>, l: usize, cap: Option<Capture<'_, B>>) {
+        match cap {
+            None => {
+                let ctx = &self.ctx;
+                self.xs
+                    .par_iter_mut()
+                    .for_each(|x| *x = block_forward(x.clone(), w, ctx, l, &mut None));
+            }
+            Some(cap) => self.advance_mapped(w, l, &|_, x| x, &mut |site, x| cap(site, x)),
         }
+    }
+
+    /// [`Layerwise::advance`] with each linear-layer group's input first mapped by `map` (in
+    /// parallel, for example to its Gram matrix), then handed to `sink` window by window, in
+    /// order (so sums over windows do not depend on the thread count).
+    pub fn advance_mapped<T: Send>(
+        &mut self,
+        w: &BlockTensors<B>,
+        l: usize,
+        map: &(dyn Fn(Site, Tensor<B, 2>) -> T + Sync),
+        sink: &mut dyn FnMut(Site, T),
+    ) {
+        let ctx = &self.ctx;
+        for chunk in self.xs.chunks_mut(rayon::current_num_threads().max(1)) {
+            let out: Vec<Vec<(Site, T)>> = chunk
+                .par_iter_mut()
+                .map(|x| {
+                    let mut seen = Vec::new();
+                    let mut keep = |site: Site, t: Tensor<B, 2>| seen.push((site, t));
+                    *x = block_forward(x.clone(), w, ctx, l, &mut Some(&mut keep));
+                    seen.into_iter().map(|(s, t)| (s, map(s, t))).collect()
+                })
+                .collect();
+            for (site, t) in out.into_iter().flatten() {
+                sink(site, t);
+            }
+        }
+    }
+
+    /// Runs block `l` with weights `w` over every window of this stream (the original model's
+    /// activations), and over every window of `coded` (the activations of the model coded so
+    /// far, which are left as they are), mapping each linear-layer group's input in both by
+    /// `map(site, x, x̂)` (in parallel) and handing the results to `sink` window by window, in
+    /// order.
+    ///
+    /// # Errors
+    /// [`LlmError::Input`] when the two streams hold different windows.
+    pub fn advance_paired<T: Send>(
+        &mut self,
+        coded: &Self,
+        w: &BlockTensors<B>,
+        l: usize,
+        map: &(dyn Fn(Site, Tensor<B, 2>, Tensor<B, 2>) -> T + Sync),
+        sink: &mut dyn FnMut(Site, T),
+    ) -> Result<()> {
+        if self.xs.len() != coded.xs.len()
+            || self
+                .xs
+                .iter()
+                .zip(&coded.xs)
+                .any(|(a, b)| a.dims() != b.dims())
+        {
+            return Err(LlmError::Input(
+                "the original and coded activation streams differ".into(),
+            ));
+        }
+        let ctx = &self.ctx;
+        let threads = rayon::current_num_threads().max(1);
+        for (chunk, coded) in self.xs.chunks_mut(threads).zip(coded.xs.chunks(threads)) {
+            let out: Vec<Vec<(Site, T)>> = chunk
+                .par_iter_mut()
+                .zip(coded)
+                .map(|(x, xq)| {
+                    let mut seen = Vec::new();
+                    let mut keep = |site: Site, t: Tensor<B, 2>| seen.push((site, t));
+                    *x = block_forward(x.clone(), w, ctx, l, &mut Some(&mut keep));
+                    let mut pairs = Vec::new();
+                    let mut pair = |site: Site, tq: Tensor<B, 2>| {
+                        if let Some(i) = seen.iter().position(|(s, _)| *s == site) {
+                            let (_, t) = seen.swap_remove(i);
+                            pairs.push((site, map(site, t, tq)));
+                        }
+                    };
+                    let _ = block_forward(xq.clone(), w, ctx, l, &mut Some(&mut pair));
+                    pairs
+                })
+                .collect();
+            for (site, t) in out.into_iter().flatten() {
+                sink(site, t);
+            }
+        }
+        Ok(())
     }
 
     /// The final norm's output of every window, handed to `cap` as [`Site::Head`]'s input (what

@@ -50,6 +50,7 @@ pub struct LlamaCompression<'a, 'c> {
     windows: &'a [Vec<u32>],
     embed_tokenizer: bool,
     shard: Option<Shard>,
+    asymmetric: Option<f64>,
 }
 
 impl<'a, 'c> LlamaCompression<'a, 'c> {
@@ -62,6 +63,7 @@ impl<'a, 'c> LlamaCompression<'a, 'c> {
             windows: &[],
             embed_tokenizer: true,
             shard: None,
+            asymmetric: None,
         }
     }
 
@@ -95,6 +97,19 @@ impl<'a, 'c> LlamaCompression<'a, 'c> {
     /// Codes one shard of a job spread over machines ([`LlamaCompression::run_layerwise`]).
     pub fn shard(mut self, shard: Shard) -> Self {
         self.shard = Some(shard);
+        self
+    }
+
+    /// Asymmetric calibration for [`LlamaCompression::run_layerwise`] (calibrated modes, not a
+    /// shard): each block is calibrated on the activations of the model coded so far, its
+    /// matrices coded as `W P` so that the coded block reproduces the *original* block's outputs
+    /// from the inputs it will see (`P = (1 − alpha) I + alpha · E[x x̂ᵀ] E[x̂ x̂ᵀ]⁻¹`, GPTAQ's
+    /// objective), so errors are corrected block after block instead of accumulating. Costs
+    /// three forward passes of the calibration windows per block instead of one, and the
+    /// original and coded activations in memory and in the checkpoint. `None` (the default):
+    /// the original model's activations, `W` coded.
+    pub fn asymmetric(mut self, alpha: Option<f64>) -> Self {
+        self.asymmetric = alpha;
         self
     }
 
@@ -217,6 +232,11 @@ impl<'a, 'c> LlamaCompression<'a, 'c> {
             }
             _ => {}
         }
+        if let Some(a) = self.asymmetric.filter(|a| !(0.0..=1.0).contains(a)) {
+            return Err(NwcError::Config(format!(
+                "asymmetric calibration's blend {a} is not in 0..=1"
+            )));
+        }
         run_layerwise(
             self.compressor,
             src,
@@ -224,6 +244,7 @@ impl<'a, 'c> LlamaCompression<'a, 'c> {
             self.windows,
             self.embed_tokenizer,
             self.shard,
+            self.asymmetric,
             steer,
             output,
             progress,

@@ -14,7 +14,6 @@ use std::path::Path;
 use std::time::Instant;
 
 use crate::calib::Hessians;
-use crate::model::Capture;
 use crate::stream::{Layerwise, ModelSource};
 use crate::weights::{Site, site_of};
 use burn::backend::NdArray;
@@ -25,6 +24,7 @@ use nwc_pipeline::{CompressReport, Compressor, NwcError, Result, TensorReport};
 
 use super::calibration::{Calibration, Mode, compress_llama_tensor};
 use super::records::{CONFIG_RECORD, TOKENIZER_RECORD, metadata};
+use super::sequential::Streams;
 use super::shard::Shard;
 use super::steer::{Coded, Steering};
 
@@ -243,6 +243,7 @@ pub(crate) fn run_layerwise(
     windows: &[Vec<u32>],
     embed_tokenizer: bool,
     shard: Option<Shard>,
+    asymmetric: Option<f64>,
     mut steer: Option<&mut dyn Steering>,
     output: &Path,
     mut progress: impl FnMut(LayerwiseProgress<'_>),
@@ -254,8 +255,15 @@ pub(crate) fn run_layerwise(
                 .into(),
         ));
     }
+    if shard.is_some() && asymmetric.is_some() {
+        return Err(NwcError::Config(
+            "a shard cannot use asymmetric calibration: the coded blocks of the shards before it are not seen"
+                .into(),
+        ));
+    }
     // Checked by `LlamaCompression::run_layerwise`: a calibrated mode here has windows.
     let calibrated = mode != Mode::DataFree;
+    let asymmetric = asymmetric.filter(|_| calibrated);
     let cfg = src.config().clone();
     let device = Default::default();
     let partial = nwc_tensor::with_suffix(output, ".partial");
@@ -263,6 +271,9 @@ pub(crate) fn run_layerwise(
     let mut job_fp = job_fingerprint(compressor, src, mode, windows, embed_tokenizer);
     if let Some(s) = steer.as_deref() {
         job_fp = crate::calib::fingerprint(&[&job_fp, b"rate", &s.bits().to_le_bytes()]);
+    }
+    if let Some(a) = asymmetric {
+        job_fp = crate::calib::fingerprint(&[&job_fp, b"asymmetric", &a.to_le_bytes()]);
     }
     // A shard's checkpoint resumes that shard only.
     let fp = match shard {
@@ -291,7 +302,7 @@ pub(crate) fn run_layerwise(
         },
         Err(_) => None,
     };
-    let (mut writer, mut reports, first_block, mut run) = match resumed {
+    let (mut writer, mut reports, first_block, mut run, mut streams) = match resumed {
         Some(c) => {
             let mut f = OpenOptions::new()
                 .write(true)
@@ -310,17 +321,20 @@ pub(crate) fn run_layerwise(
                 s.restore(step, last);
             }
             let (w, t, values) = c.activations;
-            let run = if calibrated {
-                Some(Layerwise::<NdArray>::from_f32(&cfg, values, w, t, &device)?)
-            } else {
-                None
+            let (run, streams) = match (calibrated, asymmetric) {
+                (false, _) => (None, None),
+                (true, None) => (
+                    Some(Layerwise::<NdArray>::from_f32(&cfg, values, w, t, &device)?),
+                    None,
+                ),
+                (true, Some(_)) => (None, Some(Streams::from_f32(&cfg, values, w, t)?)),
             };
             tracing::info!(
                 block = c.next_block,
                 records = writer.index().len(),
                 "resuming layer-by-layer compression"
             );
-            (writer, c.reports, c.next_block, run)
+            (writer, c.reports, c.next_block, run, streams)
         }
         None => {
             let f = File::create(&partial).map_err(NwcError::io(&partial))?;
@@ -346,14 +360,21 @@ pub(crate) fn run_layerwise(
                 reports.push(raw_report(r, bytes));
             }
             let t = Instant::now();
-            let run = if calibrated {
-                let w: Vec<&[u32]> = windows.iter().map(Vec::as_slice).collect();
-                Some(Layerwise::<NdArray>::embed(src, &w, &device)?)
-            } else {
-                None
+            let w: Vec<&[u32]> = windows.iter().map(Vec::as_slice).collect();
+            let embed = || Layerwise::<NdArray>::embed(src, &w, &device);
+            let (run, streams) = match (calibrated, asymmetric) {
+                (false, _) => (None, None),
+                (true, None) => (Some(embed()?), None),
+                (true, Some(_)) => (
+                    None,
+                    Some(Streams {
+                        original: embed()?,
+                        coded: embed()?,
+                    }),
+                ),
             };
             times.load += t.elapsed().as_secs_f64();
-            (writer, reports, 0, run)
+            (writer, reports, 0, run, streams)
         }
     };
 
@@ -380,6 +401,8 @@ pub(crate) fn run_layerwise(
             .parse()
             .ok()
     };
+    // An asymmetric run's records of the block being coded (to move the coded stream on).
+    let block_records = std::cell::RefCell::new(Vec::new());
     let mut sink = |writer: &mut Writer<BufWriter<File>>,
                     reports: &mut Vec<TensorReport>,
                     record: Record,
@@ -387,6 +410,9 @@ pub(crate) fn run_layerwise(
                     blocks_done: usize|
      -> Result<()> {
         report.bytes = writer.write(&record)?;
+        if asymmetric.is_some() {
+            block_records.borrow_mut().push(record);
+        }
         tracing::debug!(tensor = %report.name, bits_per_param = report.bits_per_param(), nmse = report.nmse(), "compressed");
         progress(LayerwiseProgress {
             tensor: &report,
@@ -479,15 +505,33 @@ pub(crate) fn run_layerwise(
                     compressor.options().incoherence,
                     &sites,
                     &mut times,
-                    move |cap| {
-                        run.advance(&w, l, Some(cap));
+                    move |sink| {
+                        run.advance_mapped(&w, l, &|_, x| Hessians::gram(x), sink);
                         drop(w);
                         Ok(())
                     },
                 )?;
                 Some(c)
             }
-            None => None,
+            None => match (streams.as_mut(), asymmetric) {
+                (Some(st), Some(alpha)) => {
+                    let t = Instant::now();
+                    let w = st.original.load_block(src, l)?;
+                    times.load += t.elapsed().as_secs_f64();
+                    let t = Instant::now();
+                    let sites = [
+                        Site::AttnIn(l),
+                        Site::AttnOut(l),
+                        Site::MlpIn(l),
+                        Site::MlpDown(l),
+                    ];
+                    let rotated = compressor.options().incoherence;
+                    let c = st.calibrate_block(&cfg, &w, l, &sites, rotated, alpha)?;
+                    times.forward += t.elapsed().as_secs_f64();
+                    Some(c)
+                }
+                _ => None,
+            },
         };
         let params_left = (cfg.layers - l) as f64 * per_block + rest_params;
         segment(
@@ -503,6 +547,11 @@ pub(crate) fn run_layerwise(
             &mut times,
         )?;
         drop(calibration);
+        if let Some(st) = streams.as_mut() {
+            let t = Instant::now();
+            st.advance_coded(&cfg, compressor.codec(), &block_records.take(), l)?;
+            times.forward += t.elapsed().as_secs_f64();
+        }
         // Checkpoint: records synced, then the state that points at them.
         let t = Instant::now();
         writer.inner_mut().flush().map_err(NwcError::io(&partial))?;
@@ -511,9 +560,10 @@ pub(crate) fn run_layerwise(
             .get_ref()
             .sync_data()
             .map_err(NwcError::io(&partial))?;
-        let activations = match &run {
-            Some(r) => (r.windows(), windows[0].len(), r.to_f32()),
-            None => (0, 0, Vec::new()),
+        let activations = match (&run, &streams) {
+            (Some(r), _) => (r.windows(), windows[0].len(), r.to_f32()),
+            (None, Some(st)) => (st.original.windows(), windows[0].len(), st.to_f32()),
+            (None, None) => (0, 0, Vec::new()),
         };
         Checkpoint {
             next_block: l + 1,
@@ -543,17 +593,21 @@ pub(crate) fn run_layerwise(
     } else {
         Vec::new()
     };
-    let head = match run.as_ref() {
+    // An asymmetric run calibrates the output projection on the coded model's final
+    // activations (no target map: a tied embedding is also the input table).
+    let head_stream = run.as_ref().or(streams.as_ref().map(|st| &st.coded));
+    let head = match head_stream {
         Some(run) if rest.iter().any(|n| site_of(&cfg, n) == Some(Site::Head)) => Some(calibrate(
             &cfg,
             compressor.options().incoherence,
             &[Site::Head],
             &mut times,
-            |cap| Ok(run.head_input(src, cap)?),
+            |sink| Ok(run.head_input(src, &mut |site, x| sink(site, Hessians::gram(x)))?),
         )?),
         _ => None,
     };
     drop(run);
+    drop(streams);
     if !rest.is_empty() {
         segment(
             &mut steer,
@@ -592,20 +646,20 @@ pub(crate) fn run_layerwise(
     })
 }
 
-/// Accumulates the Hessians of `sites` from what `forward` hands its capture, then factors them
-/// (each freed once factored), timing both stages.
+/// Accumulates the Hessians of `sites` from the Gram matrices ([`Hessians::gram`]) `forward`
+/// hands its sink, then factors them (each freed once factored), timing both stages.
 fn calibrate(
     cfg: &crate::config::LlamaConfig,
     rotated: bool,
     sites: &[Site],
     times: &mut StageTimes,
-    forward: impl FnOnce(Capture<'_, NdArray>) -> Result<()>,
+    forward: impl FnOnce(&mut dyn FnMut(Site, (Vec<f32>, u64))) -> Result<()>,
 ) -> Result<Calibration> {
     let t = Instant::now();
     let mut h = Hessians::for_sites(cfg, sites);
     let mut err = None;
-    forward(&mut |site, x| {
-        if let Err(e) = h.add(site, x)
+    forward(&mut |site, g| {
+        if let Err(e) = h.add_gram(site, g)
             && err.is_none()
         {
             err = Some(e);
