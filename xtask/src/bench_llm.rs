@@ -11,7 +11,7 @@ use std::time::Instant;
 use anyhow::{Context, Result};
 use clap::Args;
 
-use crate::llm_score::{Lineup, Scored, Scoring, allocated};
+use crate::llm_score::{Job, Lineup, Scored, Scoring, allocated};
 use nwc::CompressOptions;
 use nwc::codec_net::burn::backend::NdArray;
 use nwc::llama::{AllocationOptions, Baseline, Calibration, Mode, quantize_baseline};
@@ -56,10 +56,11 @@ pub struct LlmBenchArgs {
     /// The nwc codecs and the exact rates they run at, each mode.
     #[command(flatten)]
     pub lineup: Lineup,
-    /// Calibration modes of the nwc rows (data-free, levels, levels+LDLQ, levels+LDLQ+FT).
+    /// Calibration modes of the nwc rows (data-free, levels, levels+LDLQ, levels+LDLQ+AC,
+    /// levels+LDLQ+FT; `+AC`: layer by layer, asymmetric calibration).
     #[arg(
         long,
-        default_value = "data-free,levels,levels+LDLQ",
+        default_value = "data-free,levels,levels+LDLQ,levels+LDLQ+AC",
         value_delimiter = ','
     )]
     pub modes: Vec<String>,
@@ -96,8 +97,51 @@ pub struct LlmBenchArgs {
     pub out: PathBuf,
 }
 
-/// The rows' mode in the summary lines: the library's default for a calibrated Llama.
-pub const LINE_MODE: Mode = Mode::LevelsLdlq;
+/// A row's mode: the library's calibration mode, coded whole (one step searched to the rate),
+/// or (`asymmetric`, label `+AC`) layer by layer, steered to the rate, with asymmetric
+/// calibration (`LlamaCompression::asymmetric`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RowMode {
+    pub mode: Mode,
+    pub asymmetric: bool,
+}
+
+impl RowMode {
+    /// `mode` coded whole.
+    pub const fn whole(mode: Mode) -> Self {
+        Self {
+            mode,
+            asymmetric: false,
+        }
+    }
+
+    /// Every mode a row can have, from least to most calibration.
+    pub const ALL: [Self; 5] = [
+        Self::whole(Mode::DataFree),
+        Self::whole(Mode::Levels),
+        Self::whole(Mode::LevelsLdlq),
+        LINE_MODE,
+        Self::whole(Mode::LevelsLdlqFt),
+    ];
+
+    pub fn label(self) -> String {
+        if self.asymmetric {
+            format!("{}+AC", self.mode.label())
+        } else {
+            self.mode.label().into()
+        }
+    }
+}
+
+/// The rows' mode in the summary lines: the most complete calibration that runs in the
+/// default bench (levels, LDLQ, asymmetric calibration).
+pub const LINE_MODE: RowMode = RowMode {
+    mode: Mode::LevelsLdlq,
+    asymmetric: true,
+};
+
+/// Asymmetric calibration's blend in the `+AC` rows.
+const AC_BLEND: f64 = 1.0;
 
 /// The reference as nwc holds it (the source's weights in f32), exported like nwc's files: the
 /// denominator of every ratio.
@@ -187,7 +231,7 @@ pub fn run(a: &LlmBenchArgs) -> Result<()> {
         .modes
         .iter()
         .map(|m| {
-            Mode::ALL
+            RowMode::ALL
                 .into_iter()
                 .find(|x| x.label().eq_ignore_ascii_case(m))
                 .with_context(|| format!("--modes: no mode {m:?}"))
@@ -230,7 +274,7 @@ pub fn run(a: &LlmBenchArgs) -> Result<()> {
 
     let h = hessians(&w, &a.texts.calib_text, a.texts.ctx, a.texts.calib_windows)?;
     let mut bands = Calibration::new(&h, &w.config)?;
-    if modes.contains(&Mode::LevelsLdlqFt) {
+    if modes.contains(&RowMode::whole(Mode::LevelsLdlqFt)) {
         bands = bands.with_finetune(
             ft_windows(&w, &a.texts.calib_text, a.texts.ctx, a.ft_windows)?,
             FtConfig {
@@ -264,16 +308,25 @@ pub fn run(a: &LlmBenchArgs) -> Result<()> {
         None
     };
 
+    let calib_windows = ft_windows(&w, &a.texts.calib_text, a.texts.ctx, a.texts.calib_windows)?;
     for &rate in &a.lineup.rates {
         let cal = match &allocated {
             Some(c) if rate <= a.allocate_up_to => c,
             _ => &bands,
         };
         for &mode in &modes {
-            let cal = (mode != Mode::DataFree).then_some(cal);
+            let job = if mode.asymmetric {
+                Job::Layerwise {
+                    windows: &calib_windows,
+                    asymmetric: Some(AC_BLEND),
+                    allocation: Some(cal).filter(|c| c.allocates()),
+                }
+            } else {
+                Job::Whole((mode.mode != Mode::DataFree).then_some(cal))
+            };
             let name = |c: &str| row_name(c, mode, rate);
             a.lineup
-                .rows(&scoring, &w, cal, mode, rate, name, &mut push)?;
+                .rows(&scoring, &w, job, mode.mode, rate, name, &mut push)?;
         }
     }
     let report = crate::bench_llm_report::Report {
@@ -288,6 +341,6 @@ pub fn run(a: &LlmBenchArgs) -> Result<()> {
 }
 
 /// The method column of an nwc row; the report finds rows by it.
-pub fn row_name(codec: &str, mode: Mode, rate: f64) -> String {
+pub fn row_name(codec: &str, mode: RowMode, rate: f64) -> String {
     format!("{codec} {} @ {rate} bits", mode.label())
 }

@@ -6,7 +6,7 @@ use std::path::Path;
 
 use anyhow::{Context, Result};
 
-use crate::bench_llm::{LINE_MODE, LlmBenchArgs, REFERENCE_F32, row_name};
+use crate::bench_llm::{LINE_MODE, LlmBenchArgs, REFERENCE_F32, RowMode, row_name};
 use crate::llm_score::Scored;
 use crate::plot::ratio;
 use nwc::llama::Mode;
@@ -17,7 +17,7 @@ const BARS: [(f64, f64); 3] = [(2.0, 2.0), (3.0, 1.25), (4.0, 1.05)];
 /// What the report is made of.
 pub struct Report<'a> {
     pub a: &'a LlmBenchArgs,
-    pub modes: &'a [Mode],
+    pub modes: &'a [RowMode],
     pub rows: &'a [Scored],
     pub model: &'a Path,
     pub n_params: usize,
@@ -29,7 +29,7 @@ impl Report<'_> {
         self.rows.iter().find(|r| r.method == method)
     }
 
-    fn ppl(&self, codec: &str, mode: Mode, rate: f64) -> Option<f64> {
+    fn ppl(&self, codec: &str, mode: RowMode, rate: f64) -> Option<f64> {
         self.find(&row_name(codec, mode, rate)).map(Scored::score)
     }
 
@@ -167,7 +167,7 @@ impl Report<'_> {
             v.sort_by(|x, y| x.0.total_cmp(&y.0));
             v
         };
-        let codec = |c: &'static str, m: Mode| {
+        let codec = |c: &'static str, m: RowMode| {
             move |s: &str| s.starts_with(&format!("{c} {} @", m.label()))
         };
         let svg = crate::plot::svg(
@@ -183,20 +183,20 @@ impl Report<'_> {
                 (
                     "NWC data-free",
                     "#ff9896",
-                    series(&codec("NWC", Mode::DataFree)),
+                    series(&codec("NWC", RowMode::whole(Mode::DataFree))),
                 ),
                 (
-                    "ECSQ levels+LDLQ",
+                    &format!("ECSQ {}", LINE_MODE.label()),
                     "#2ca02c",
                     series(&codec("ECSQ", LINE_MODE)),
                 ),
                 (
-                    "TCQ levels+LDLQ",
+                    &format!("TCQ {}", LINE_MODE.label()),
                     "#9467bd",
                     series(&codec("TCQ", LINE_MODE)),
                 ),
                 (
-                    "NWC levels+LDLQ",
+                    &format!("NWC {}", LINE_MODE.label()),
                     "#d62728",
                     series(&codec("NWC", LINE_MODE)),
                 ),

@@ -15,7 +15,7 @@ use std::time::Instant;
 use anyhow::{Context, Result};
 use clap::Args;
 
-use crate::llm_score::{Lineup, Scored, Scoring, allocated};
+use crate::llm_score::{Job, Lineup, Scored, Scoring, allocated};
 use crate::plot::ratio;
 use nwc::llama::{AllocationOptions, Calibration, ColumnWeight, Mode};
 use nwc::llm::LlamaWeights;
@@ -224,7 +224,7 @@ fn rows(
         a.lineup.rows(
             scoring,
             w,
-            Some(cal),
+            Job::Whole(Some(cal)),
             Mode::LevelsLdlq,
             rate,
             name,

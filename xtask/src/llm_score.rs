@@ -18,6 +18,22 @@ use nwc::pipeline::RateControl;
 use nwc::tensor::DType;
 use nwc::{Compressor, EcsqCodec, NwcCodec, NwcFile, TcqCodec, WeightCodec};
 
+/// How an nwc row is coded.
+#[derive(Debug, Clone, Copy)]
+pub enum Job<'a> {
+    /// The whole model in memory, one step searched to the rate (`tune_to_rate`), with this
+    /// calibration (none: data-free).
+    Whole(Option<&'a Calibration>),
+    /// Layer by layer, steered to the rate (`run_layerwise_to_rate`), calibrated on these
+    /// windows, with asymmetric calibration at this blend and the rate allocation of this
+    /// whole-model calibration (if it allocates).
+    Layerwise {
+        windows: &'a [Vec<u32>],
+        asymmetric: Option<f64>,
+        allocation: Option<&'a Calibration>,
+    },
+}
+
 /// The nwc rows both LLM benches run: which codecs, at which exact measured rates.
 #[derive(Args, Debug, Clone)]
 pub struct Lineup {
@@ -37,7 +53,7 @@ impl Lineup {
         &self,
         scoring: &Scoring<'_>,
         w: &LlamaWeights,
-        cal: Option<&Calibration>,
+        job: Job<'_>,
         mode: Mode,
         rate: f64,
         name: impl Fn(&str) -> String,
@@ -48,15 +64,15 @@ impl Lineup {
         if on("NWC") {
             let nwc = NwcCodec::<NdArray>::default_on(&Default::default())?
                 .with_step(nwc::codec_net::tcq_step_for_bits(bits))?;
-            push(scoring.nwc(name("NWC"), w, cal, mode, &nwc, rate)?);
+            push(scoring.nwc(name("NWC"), w, job, mode, &nwc, rate)?);
         }
         if on("TCQ") {
             let tcq = TcqCodec::for_bits(bits)?;
-            push(scoring.nwc(name("TCQ"), w, cal, mode, &tcq, rate)?);
+            push(scoring.nwc(name("TCQ"), w, job, mode, &tcq, rate)?);
         }
         if on("ECSQ") {
             let ecsq = EcsqCodec::for_bits(bits)?;
-            push(scoring.nwc(name("ECSQ"), w, cal, mode, &ecsq, rate)?);
+            push(scoring.nwc(name("ECSQ"), w, job, mode, &ecsq, rate)?);
         }
         Ok(())
     }
@@ -230,18 +246,41 @@ impl<'a> Scoring<'a> {
         })
     }
 
-    /// One nwc codec in `mode` at exactly the measured `rate`: the step searched from `start`,
-    /// the file written, decoded from its bytes, and scored both ways.
+    /// One nwc codec in `mode` at exactly the measured `rate` (the step searched from `start`,
+    /// or steered from it layer by layer), the file written, decoded from its bytes, and scored
+    /// both ways.
     pub fn nwc<C: RateControl + WeightCodec>(
         &self,
         method: String,
         w: &LlamaWeights,
-        cal: Option<&Calibration>,
+        job: Job<'_>,
         mode: Mode,
         start: &C,
         rate: f64,
     ) -> Result<Scored> {
         let t = Instant::now();
+        let file = self.dir.join(format!("scored-{}.nwc", std::process::id()));
+        let cal = match job {
+            Job::Whole(cal) => cal,
+            Job::Layerwise {
+                windows,
+                asymmetric,
+                allocation,
+            } => {
+                let compressor = Compressor::new(start);
+                let job = LlamaCompression::new(&compressor);
+                match allocation {
+                    Some(c) => job.calibration(c),
+                    None => job,
+                }
+                .mode(mode)
+                .windows(windows)
+                .asymmetric(asymmetric)
+                .embed_tokenizer(true)
+                .run_layerwise_to_rate(start, rate, w, &file, |_| {})?;
+                return self.score_file(method, &file, start, w, t);
+            }
+        };
         let job = |c| {
             let j = LlamaCompression::new(c).mode(mode).embed_tokenizer(true);
             match cal {
@@ -259,13 +298,25 @@ impl<'a> Scoring<'a> {
             trellis_nominal_bits = nwc::codec_net::tcq_bits_for_step(step),
             "searched"
         );
-        let file = self.dir.join(format!("scored-{}.nwc", std::process::id()));
         job(&Compressor::new(&codec)).run_to_file(w, &file)?;
-        let nwc_file = NwcFile::open(&file)?;
+        self.score_file(method, &file, &codec, w, t)
+    }
+
+    /// The `.nwc` file `file` (of `w`, coded with `codec`) decoded from its bytes, scored, and
+    /// removed.
+    fn score_file(
+        &self,
+        method: String,
+        file: &Path,
+        codec: &dyn WeightCodec,
+        w: &LlamaWeights,
+        t: Instant,
+    ) -> Result<Scored> {
+        let nwc_file = NwcFile::open(file)?;
         let bits = nwc_file.bits_per_param()?;
-        let decoded = decode_llama(&nwc_file, &codec, Some(w.tokenizer.clone()))?;
+        let decoded = decode_llama(&nwc_file, codec, Some(w.tokenizer.clone()))?;
         drop(nwc_file);
-        std::fs::remove_file(&file)?;
+        std::fs::remove_file(file)?;
         self.decoded(method, bits, &decoded, t)
     }
 }

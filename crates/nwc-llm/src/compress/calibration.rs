@@ -330,6 +330,17 @@ impl Calibration {
         })
     }
 
+    /// This calibration with `other`'s rate allocation ([`Calibration::with_allocation`]; none
+    /// when `other` has none): its per-matrix references and sensitivities, applied to this
+    /// calibration's own column weights (layer-by-layer compression, where each block's
+    /// calibration is made as the run goes but the allocation is the whole model's).
+    pub(crate) fn with_allocation_of(mut self, other: Option<&Calibration>) -> Self {
+        if let Some(o) = other {
+            self.allocation = o.allocation.clone();
+        }
+        self
+    }
+
     /// Adds what [`Mode::LevelsLdlqFt`] needs: calibration windows (token ids, one length) and
     /// the fine-tuning settings.
     pub fn with_finetune(mut self, windows: Vec<Vec<u32>>, config: FtConfig) -> Self {
@@ -467,6 +478,11 @@ impl Calibration {
             }
         }
         Ok(out)
+    }
+
+    /// The allocation's settings and per-matrix values as text (a job's fingerprint).
+    pub(crate) fn allocation_key(&self) -> String {
+        format!("{:?}", self.allocation)
     }
 
     /// Whether [`Calibration::with_allocation`] is on.

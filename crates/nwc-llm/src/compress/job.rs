@@ -74,7 +74,10 @@ impl<'a, 'c> LlamaCompression<'a, 'c> {
     }
 
     /// Calibration for [`LlamaCompression::run`] (Hessians of the whole model, factored; with
-    /// [`Calibration::with_finetune`] for [`Mode::LevelsLdlqFt`]).
+    /// [`Calibration::with_finetune`] for [`Mode::LevelsLdlqFt`]). A layer-by-layer run makes
+    /// its own calibration block by block and takes only this one's rate allocation
+    /// ([`Calibration::with_allocation`]): each matrix's reference and sensitivity, applied to
+    /// the column weights of the block's own Hessians.
     pub fn calibration(mut self, calibration: &'a Calibration) -> Self {
         self.calibration = Some(calibration);
         self
@@ -245,6 +248,7 @@ impl<'a, 'c> LlamaCompression<'a, 'c> {
             self.embed_tokenizer,
             self.shard,
             self.asymmetric,
+            self.calibration.filter(|c| c.allocates()),
             steer,
             output,
             progress,

@@ -244,6 +244,7 @@ pub(crate) fn run_layerwise(
     embed_tokenizer: bool,
     shard: Option<Shard>,
     asymmetric: Option<f64>,
+    allocation: Option<&Calibration>,
     mut steer: Option<&mut dyn Steering>,
     output: &Path,
     mut progress: impl FnMut(LayerwiseProgress<'_>),
@@ -274,6 +275,10 @@ pub(crate) fn run_layerwise(
     }
     if let Some(a) = asymmetric {
         job_fp = crate::calib::fingerprint(&[&job_fp, b"asymmetric", &a.to_le_bytes()]);
+    }
+    if let Some(c) = allocation {
+        job_fp =
+            crate::calib::fingerprint(&[&job_fp, b"allocation", c.allocation_key().as_bytes()]);
     }
     // A shard's checkpoint resumes that shard only.
     let fp = match shard {
@@ -511,7 +516,7 @@ pub(crate) fn run_layerwise(
                         Ok(())
                     },
                 )?;
-                Some(c)
+                Some(c.with_allocation_of(allocation))
             }
             None => match (streams.as_mut(), asymmetric) {
                 (Some(st), Some(alpha)) => {
@@ -528,7 +533,7 @@ pub(crate) fn run_layerwise(
                     let rotated = compressor.options().incoherence;
                     let c = st.calibrate_block(&cfg, &w, l, &sites, rotated, alpha)?;
                     times.forward += t.elapsed().as_secs_f64();
-                    Some(c)
+                    Some(c.with_allocation_of(allocation))
                 }
                 _ => None,
             },
@@ -597,13 +602,16 @@ pub(crate) fn run_layerwise(
     // activations (no target map: a tied embedding is also the input table).
     let head_stream = run.as_ref().or(streams.as_ref().map(|st| &st.coded));
     let head = match head_stream {
-        Some(run) if rest.iter().any(|n| site_of(&cfg, n) == Some(Site::Head)) => Some(calibrate(
-            &cfg,
-            compressor.options().incoherence,
-            &[Site::Head],
-            &mut times,
-            |sink| Ok(run.head_input(src, &mut |site, x| sink(site, Hessians::gram(x)))?),
-        )?),
+        Some(run) if rest.iter().any(|n| site_of(&cfg, n) == Some(Site::Head)) => Some(
+            calibrate(
+                &cfg,
+                compressor.options().incoherence,
+                &[Site::Head],
+                &mut times,
+                |sink| Ok(run.head_input(src, &mut |site, x| sink(site, Hessians::gram(x)))?),
+            )?
+            .with_allocation_of(allocation),
+        ),
         _ => None,
     };
     drop(run);

@@ -42,7 +42,7 @@ impl Streams {
         windows: usize,
         t: usize,
     ) -> Result<Self> {
-        if values.len() % 2 != 0 {
+        if !values.len().is_multiple_of(2) {
             return Err(NwcError::Config(
                 "checkpoint activations are not two streams".into(),
             ));
@@ -75,7 +75,7 @@ impl Streams {
         };
         self.original
             .advance_paired(&self.coded, w, l, &map, &mut |site, grams| {
-                let r = grams.map_err(Into::into).and_then(|(g, c)| {
+                let r = grams.and_then(|(g, c)| {
                     coded.add_gram(site, g)?;
                     cross.add_gram(site, c)
                 });

@@ -122,7 +122,7 @@ impl<C: RateControl> Steering for Steer<'_, C> {
             }
             Ok(r)
         };
-        let coded_once = matches!(self.mean_bits, Some(_) if !search);
+        let coded_once = self.mean_bits.is_some() && !search;
         match self.mean_bits {
             Some(mean) if !search => {
                 let moved = ((mean - target) as f32).clamp(-MAX_MOVE, MAX_MOVE);
