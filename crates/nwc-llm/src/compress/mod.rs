@@ -4,9 +4,10 @@
 //!
 //! Modules, bottom-up (each imports only those before it): `records` (the metadata records),
 //! `calibration` (modes, per-site importances and LDL factors, one tensor coded with them),
-//! `whole` (a model held in memory into one stream), `decode`, `baseline`, `shard`, `steer` (a
-//! layer-by-layer run's step moved segment by segment to land a measured rate), `sequential`
-//! (asymmetric calibration: the original and the coded model's activations side by side), `layerwise`
+//! `whole` (a model held in memory into one stream), `decode`, `baseline`, `resume` (a
+//! layer-by-layer run's checkpoint), `sequential` (asymmetric calibration: the original and the
+//! coded model's activations side by side), `shard`, `steer` (a layer-by-layer run's step moved
+//! segment by segment to land a measured rate), `layerwise`
 //! (block by block from disk, resumable, sharded), `job` ([`LlamaCompression`], the builder
 //! that checks a job and runs it any of these ways).
 
@@ -16,6 +17,7 @@ mod decode;
 mod job;
 mod layerwise;
 mod records;
+mod resume;
 mod sequential;
 mod shard;
 mod steer;
