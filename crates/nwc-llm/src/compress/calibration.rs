@@ -62,7 +62,7 @@ struct SiteCalibration {
     pivots: Vec<f32>,
     /// Asymmetric calibration's target map `P` (`dim × dim`): the site's matrices are coded as
     /// `W P`, the least-squares fit of the original layer's outputs from the inputs the model
-    /// coded so far produces ([`Calibration::asymmetric`]); `None` codes `W`.
+    /// coded so far produces ([`Calibration::take_all_asymmetric`]); `None` codes `W`.
     target: Option<nalgebra::DMatrix<f64>>,
 }
 
