@@ -568,26 +568,19 @@ pub(crate) fn compress_llama_tensor(
     }
     let compressor = allocating.as_ref().unwrap_or(compressor);
     // Asymmetric calibration: code `W P` in place of `W`.
-    let mapped = match (calibration.zip(site), mode) {
-        (Some((c, s)), Mode::Levels | Mode::LevelsLdlq | Mode::LevelsLdlqFt) => {
-            match (
-                c.sites.get(&s).and_then(|s| s.target.as_ref()),
-                t.matrix_dims(),
-            ) {
-                (Some(p), Some((_, cols))) if p.nrows() == cols => {
-                    let v = apply_target(&t.to_f32()?, cols, p);
-                    let dtype = if t.dtype().is_float() {
-                        t.dtype()
-                    } else {
-                        nwc_tensor::DType::F32
-                    };
-                    Some(Tensor::from_f32(t.name(), dtype, t.shape().to_vec(), &v)?)
-                }
-                _ => None,
-            }
-        }
-        _ => None,
-    };
+    let mut mapped = None;
+    if let Some((c, s)) = calibration.zip(site).filter(|_| mode != Mode::DataFree)
+        && let Some(p) = c.sites.get(&s).and_then(|s| s.target.as_ref())
+        && let Some((_, cols)) = t.matrix_dims().filter(|&(_, cols)| cols == p.nrows())
+    {
+        let v = apply_target(&t.to_f32()?, cols, p);
+        let dtype = if t.dtype().is_float() {
+            t.dtype()
+        } else {
+            nwc_tensor::DType::F32
+        };
+        mapped = Some(Tensor::from_f32(t.name(), dtype, t.shape().to_vec(), &v)?);
+    }
     let t = mapped.as_ref().unwrap_or(t);
     let calibrated = calibration
         .zip(site)

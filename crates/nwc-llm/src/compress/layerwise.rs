@@ -366,51 +366,38 @@ pub(crate) fn run_layerwise(
         }
         let block_start = Instant::now();
         let block_names: Vec<&String> = names.iter().filter(|n| block_of(n) == Some(l)).collect();
-        // Calibrate: this block's Hessians from the original activations, then move them on.
-        let calibration = match run.as_mut() {
-            Some(run) => {
+        // Calibrate: this block's Hessians from the original activations (or, asymmetric, from
+        // the coded model's), then move the original activations on.
+        let sites = [
+            Site::AttnIn(l),
+            Site::AttnOut(l),
+            Site::MlpIn(l),
+            Site::MlpDown(l),
+        ];
+        let rotated = compressor.options().incoherence;
+        let calibration = match (run.as_mut(), streams.as_mut().zip(asymmetric)) {
+            (Some(run), _) => {
                 let t = Instant::now();
                 let w = run.load_block(src, l)?;
                 times.load += t.elapsed().as_secs_f64();
-                let sites = [
-                    Site::AttnIn(l),
-                    Site::AttnOut(l),
-                    Site::MlpIn(l),
-                    Site::MlpDown(l),
-                ];
                 // The block's weights go before its Hessians are factored.
-                let c = calibrate(
-                    &cfg,
-                    compressor.options().incoherence,
-                    &sites,
-                    &mut times,
-                    move |sink| {
-                        run.advance_mapped(&w, l, &|_, x| Hessians::gram(x), sink);
-                        drop(w);
-                        Ok(())
-                    },
-                )?;
+                let c = calibrate(&cfg, rotated, &sites, &mut times, move |sink| {
+                    run.advance_mapped(&w, l, &|_, x| Hessians::gram(x), sink);
+                    drop(w);
+                    Ok(())
+                })?;
                 Some(c.with_allocation_of(allocation))
             }
-            None => match (streams.as_mut(), asymmetric) {
-                (Some(st), Some(alpha)) => {
-                    let t = Instant::now();
-                    let w = st.original.load_block(src, l)?;
-                    times.load += t.elapsed().as_secs_f64();
-                    let t = Instant::now();
-                    let sites = [
-                        Site::AttnIn(l),
-                        Site::AttnOut(l),
-                        Site::MlpIn(l),
-                        Site::MlpDown(l),
-                    ];
-                    let rotated = compressor.options().incoherence;
-                    let c = st.calibrate_block(&cfg, &w, l, &sites, rotated, alpha)?;
-                    times.forward += t.elapsed().as_secs_f64();
-                    Some(c.with_allocation_of(allocation))
-                }
-                _ => None,
-            },
+            (None, Some((st, alpha))) => {
+                let t = Instant::now();
+                let w = st.original.load_block(src, l)?;
+                times.load += t.elapsed().as_secs_f64();
+                let t = Instant::now();
+                let c = st.calibrate_block(&cfg, &w, l, &sites, rotated, alpha)?;
+                times.forward += t.elapsed().as_secs_f64();
+                Some(c.with_allocation_of(allocation))
+            }
+            (None, None) => None,
         };
         let params_left = (cfg.layers - l) as f64 * per_block + rest_params;
         segment(
